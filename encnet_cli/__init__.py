@@ -1,0 +1,1 @@
+"""encnet command-line interface (Typer)."""

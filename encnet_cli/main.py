@@ -1,0 +1,84 @@
+"""The ``encnet`` Typer application: one module per command, errors as one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from typer.core import TyperGroup
+
+from encnet_core import __version__
+from encnet_core.errors import EncNetError
+
+err_console = Console(stderr=True)
+
+
+class EncNetGroup(TyperGroup):
+    """Prints an ``EncNetError`` as one red line and exits 1 (a traceback only with ENCNET_DEBUG=1)."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except EncNetError as exc:
+            if os.environ.get("ENCNET_DEBUG") == "1":
+                raise
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    cls=EncNetGroup,
+    name="encnet",
+    help="EncNet semantic segmentation: prepare datasets, train, evaluate, predict and export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"encnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
+) -> None:
+    """EncNet semantic segmentation: prepare datasets, train, evaluate, predict and export."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("encnet")
+    logger.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False, markup=False)]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _register() -> None:
+    from encnet_cli import doctor, models
+
+    app.command("models")(models.models)
+    app.command("doctor")(doctor.doctor)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="encnet")
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training, evaluation, inference and export engines."""

@@ -1,0 +1,90 @@
+"""The EncNet segmentation model and its dilated-FCN baseline.
+
+``forward(x)`` returns a dict: ``"out"`` (B, classes, H, W) always; in training mode also ``"aux"``
+(B, classes, H, W) when the auxiliary FCN head is on and ``"se"`` (B, classes) SE logits when SE-loss
+is on. ``forward(x, with_se=True)`` also returns ``"se"`` in eval mode (used by ``encnet predict``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from encnet_core.models.backbones import build_backbone
+from encnet_core.models.layers import EncHead, FCNHead
+
+__all__ = ["EncNet"]
+
+
+class EncNet(nn.Module):
+    """Dilated ResNet + EncHead (``head="enc"``) or FCNHead (``head="fcn"``, the ablation baseline)."""
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int,
+        *,
+        head: str = "enc",
+        output_stride: int = 8,
+        lateral: bool = False,
+        num_codes: int = 32,
+        head_channels: int = 512,
+        aux: bool = True,
+        se_loss: bool = True,
+        align_corners: bool = True,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if head not in ("enc", "fcn"):
+            raise ValueError(f"head must be 'enc' or 'fcn', got {head!r}")
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        self.head_type = head
+        self.backbone = build_backbone(backbone, output_stride)
+        _, c2, c3, c4 = self.backbone.channels
+        if head == "enc":
+            self.head: nn.Module = EncHead(
+                (c2, c3, c4),
+                num_classes,
+                channels=head_channels,
+                num_codes=num_codes,
+                se_loss=se_loss,
+                lateral=lateral,
+                dropout=dropout,
+            )
+        else:
+            self.head = FCNHead(c4, num_classes, dropout=dropout)
+        self.aux_head = FCNHead(c3, num_classes, dropout=dropout) if aux else None
+
+    def _upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, x: Tensor, with_se: bool = False) -> dict[str, Tensor]:
+        size = (x.shape[-2], x.shape[-1])
+        _, c2, c3, c4 = self.backbone(x)
+        se: Tensor | None = None
+        if self.head_type == "enc":
+            logits, se = self.head(c2, c3, c4)
+        else:
+            logits = self.head(c4)
+        outputs = {"out": self._upsample(logits, size)}  # (B, classes, H, W)
+        if self.training and self.aux_head is not None:
+            outputs["aux"] = self._upsample(self.aux_head(c3), size)  # (B, classes, H, W)
+        if se is not None and (self.training or with_se):
+            outputs["se"] = se  # (B, classes)
+        return outputs
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the heads (trained at 10x the backbone learning rate)."""
+        params = list(self.head.parameters())
+        if self.aux_head is not None:
+            params += list(self.aux_head.parameters())
+        return params
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, head={self.head_type!r}"
+
+    # set by create_model: the registered name and arguments, so checkpoints can rebuild the model
+    config: dict[str, Any]

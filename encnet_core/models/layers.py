@@ -1,0 +1,193 @@
+"""EncNet building blocks: the Encoding layer, the Context Encoding Module and the heads.
+
+Module and parameter names follow the reference implementation (PyTorch-Encoding), so its weights map
+onto ours with a prefix rename only (see ``convert.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Encoding", "Mean", "EncModule", "EncHead", "FCNHead"]
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Disable autocast for ``device_type`` (a no-op on devices without autocast, e.g. meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class Encoding(nn.Module):
+    """Residual encoding layer (Zhang et al. 2018, eq. 1-2).
+
+    For descriptors x_i (the N = H*W positions of a (B, C, H, W) map), codewords d_k and smoothing
+    factors s_k::
+
+        a_ik = softmax_k(s_k * ||x_i - d_k||^2)
+        e_k  = sum_i a_ik (x_i - d_k)
+
+    Both terms are computed with matrix products, never materialising the (B, N, K, C) residuals:
+    ``||x - d||^2 = ||x||^2 - 2 x.d + ||d||^2`` and ``E = A^T X - (sum_i a_ik) d_k``. Descriptors
+    and codewords are first shifted by the per-image mean descriptor (distances and residual sums
+    are invariant to a common shift), which keeps the expansion accurate for features with large
+    norms. Everything runs in float32 (or float64 for float64 input), also under autocast.
+    """
+
+    def __init__(self, channels: int, num_codes: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.num_codes = num_codes
+        self.codewords = nn.Parameter(torch.empty(num_codes, channels))  # (K, C)
+        self.scale = nn.Parameter(torch.empty(num_codes))  # (K,)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference initialisation: codewords U(-1/sqrt(KC), 1/sqrt(KC)), scale U(-1, 0)."""
+        bound = 1.0 / math.sqrt(self.num_codes * self.channels)
+        nn.init.uniform_(self.codewords, -bound, bound)
+        nn.init.uniform_(self.scale, -1.0, 0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"Encoding expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with _no_autocast(x.device.type):
+            feats = x.flatten(2).transpose(1, 2).to(dtype)  # (B, N, C)
+            center = feats.mean(dim=1, keepdim=True).detach()  # (B, 1, C)
+            feats = feats - center  # (B, N, C)
+            codes = self.codewords.to(dtype).unsqueeze(0) - center  # (B, K, C)
+            feat_sq = feats.pow(2).sum(-1, keepdim=True)  # (B, N, 1)
+            code_sq = codes.pow(2).sum(-1).unsqueeze(1)  # (B, 1, K)
+            # ||x||^2 + ||d||^2 - 2 x.d in one fused batched GEMM
+            dist = torch.baddbmm(feat_sq + code_sq, feats, codes.transpose(1, 2), alpha=-2.0)  # (B, N, K)
+            assign = torch.softmax(dist.clamp_min(0.0) * self.scale.to(dtype), dim=-1)  # (B, N, K)
+            # sum_i a_ik x_i - (sum_i a_ik) d_k
+            encoded = torch.bmm(assign.transpose(1, 2), feats)  # (B, K, C)
+            encoded = encoded - assign.sum(dim=1).unsqueeze(-1) * codes  # (B, K, C)
+        return encoded
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_codes={self.num_codes}"
+
+
+class Mean(nn.Module):
+    """Mean over one dimension (the reference's ``encoding.nn.Mean``)."""
+
+    def __init__(self, dim: int, keep_dim: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.keep_dim = keep_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(self.dim, keepdim=self.keep_dim)
+
+
+def conv_bn_relu(in_ch: int, out_ch: int, kernel: int, norm_layer: type[nn.Module]) -> nn.Sequential:
+    """Conv (no bias) -> norm -> ReLU, the repeated unit of the heads."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
+        norm_layer(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class EncModule(nn.Module):
+    """Context Encoding Module: channel attention from the encoded context, plus the SE logits.
+
+    ``encoding``: Conv1x1 -> BN -> ReLU -> Encoding -> BatchNorm1d(K) -> ReLU -> mean over K (B, C);
+    ``fc``: gamma = sigmoid(Linear(C, C)); output ReLU(x + x * gamma); ``selayer``: Linear(C, classes).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        num_codes: int = 32,
+        se_loss: bool = True,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.encoding = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, bias=False),
+            norm_layer(channels),
+            nn.ReLU(inplace=True),
+            Encoding(channels, num_codes),
+            nn.BatchNorm1d(num_codes),
+            nn.ReLU(inplace=True),
+            Mean(dim=1),
+        )
+        self.fc = nn.Sequential(nn.Linear(channels, channels), nn.Sigmoid())
+        self.selayer = nn.Linear(channels, num_classes) if se_loss else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        context = self.encoding(x)  # (B, C)
+        gamma = self.fc(context)  # (B, C)
+        out = F.relu(x + x * gamma[:, :, None, None].to(x.dtype))  # (B, C, H, W)
+        se = self.selayer(context) if self.selayer is not None else None  # (B, classes)
+        return out, se
+
+
+class EncHead(nn.Module):
+    """EncNet head on the backbone's last stage, with the optional lateral branch of the paper.
+
+    ``in_channels`` are the channels of (layer2, layer3, layer4); only layer4 is used without
+    ``lateral``. Returns (logits at feature resolution, SE logits or None).
+    """
+
+    def __init__(
+        self,
+        in_channels: tuple[int, int, int],
+        num_classes: int,
+        *,
+        channels: int = 512,
+        num_codes: int = 32,
+        se_loss: bool = True,
+        lateral: bool = False,
+        dropout: float = 0.1,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        c2, c3, c4 = in_channels
+        self.lateral = lateral
+        self.conv5 = conv_bn_relu(c4, channels, 3, norm_layer)
+        if lateral:
+            self.connect = nn.ModuleList(
+                [conv_bn_relu(c2, channels, 1, norm_layer), conv_bn_relu(c3, channels, 1, norm_layer)]
+            )
+            self.fusion = conv_bn_relu(3 * channels, channels, 3, norm_layer)
+        self.encmodule = EncModule(channels, num_classes, num_codes, se_loss, norm_layer)
+        self.conv6 = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(channels, num_classes, 1))
+
+    def forward(self, c2: Tensor, c3: Tensor, c4: Tensor) -> tuple[Tensor, Tensor | None]:
+        feat = self.conv5(c4)  # (B, 512, h, w)
+        if self.lateral:
+            feat = self.fusion(torch.cat([feat, self.connect[0](c2), self.connect[1](c3)], dim=1))
+        feat, se = self.encmodule(feat)
+        return self.conv6(feat), se  # (B, classes, h, w), (B, classes) | None
+
+
+class FCNHead(nn.Sequential):
+    """FCN head: Conv3x3(C -> C/4)-BN-ReLU-Dropout(0.1)-Conv1x1(-> classes). Aux head and baseline."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        dropout: float = 0.1,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        inter = in_channels // 4
+        super().__init__(
+            nn.Conv2d(in_channels, inter, 3, padding=1, bias=False),
+            norm_layer(inter),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(inter, num_classes, 1),
+        )

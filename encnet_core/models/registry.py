@@ -1,0 +1,98 @@
+"""Registered model variants: each is data (a dict of arguments) for the one builder, ``EncNet``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from encnet_core.errors import ModelError
+from encnet_core.models.backbones import load_backbone_weights
+from encnet_core.models.encnet import EncNet
+
+__all__ = ["MODELS", "OVERRIDES", "create_model", "list_models", "count_flops"]
+
+MODELS: dict[str, dict[str, Any]] = {
+    # EncNet, 7x7-stem torchvision backbones
+    "encnet_resnet18": {"backbone": "resnet18"},
+    "encnet_resnet34": {"backbone": "resnet34"},
+    "encnet_resnet50": {"backbone": "resnet50"},
+    "encnet_resnet101": {"backbone": "resnet101"},
+    "encnet_resnet152": {"backbone": "resnet152"},
+    # EncNet, deep-stem backbones of PyTorch-Encoding (its published models)
+    "encnet_resnet50s": {"backbone": "resnet50s"},
+    "encnet_resnet101s": {"backbone": "resnet101s"},
+    "encnet_resnet152s": {"backbone": "resnet152s"},
+    # dilated FCN baselines (same backbones, FCNHead, no Encoding), for ablations
+    "fcn_resnet18": {"backbone": "resnet18", "head": "fcn"},
+    "fcn_resnet50": {"backbone": "resnet50", "head": "fcn"},
+    "fcn_resnet101": {"backbone": "resnet101", "head": "fcn"},
+    "fcn_resnet50s": {"backbone": "resnet50s", "head": "fcn"},
+    # tiny variants for tests and quick CPU runs
+    "encnet_tiny": {"backbone": "tiny", "head_channels": 32, "num_codes": 8},
+    "fcn_tiny": {"backbone": "tiny", "head": "fcn"},
+}
+
+OVERRIDES: dict[str, str] = {
+    "lateral": "use layer2/layer3 features in the head (paper setting for PASCAL)",
+    "num_codes": "number of codewords K of the Encoding layer",
+    "aux": "auxiliary FCN head on layer3",
+    "se_loss": "Semantic Encoding head (class-presence logits)",
+    "output_stride": "8 (default) or 16",
+    "head_channels": "width of the EncHead (512 in the paper)",
+    "align_corners": "bilinear upsampling mode of the logits (reference: True)",
+    "dropout": "dropout before the classifiers",
+    "backbone_weights": "local state_dict file or 'imagenet' (torchvision weights, needs network)",
+}
+_ENC_ONLY = {"lateral", "num_codes", "se_loss", "head_channels"}
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``."""
+    return list(MODELS)
+
+
+def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet:
+    """Build a registered model; ``overrides`` change its arguments (see ``OVERRIDES``).
+
+    The model remembers ``config`` (name, num_classes and the effective overrides, without
+    ``backbone_weights``) so a checkpoint can rebuild it with ``create_model(**config)``.
+    """
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be positive, got {num_classes}")
+    unknown = set(overrides) - set(OVERRIDES)
+    if unknown:
+        raise ModelError(f"unknown model option(s) {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
+    args = dict(MODELS[name])
+    weights = overrides.pop("backbone_weights", None)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.get("head") == "fcn":
+        dropped = {k for k in overrides if k in _ENC_ONLY}
+        if dropped:
+            raise ModelError(f"{name} has no Encoding head; options {sorted(dropped)} do not apply")
+    args.update(overrides)
+    model = EncNet(num_classes=num_classes, **args)
+    if weights:
+        load_backbone_weights(model.backbone, args["backbone"], weights if weights == "imagenet" else Path(weights))
+    model.config = {"name": name, "num_classes": num_classes, **overrides}
+    return model
+
+
+def count_flops(name: str, num_classes: int = 21, size: int = 480, **overrides: Any) -> tuple[int, int]:
+    """(parameter count, forward FLOPs) at a size x size input, in eval mode, measured on the meta device.
+
+    FLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add counts as 2).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes, **overrides).eval()
+        x = torch.empty(1, 3, size, size)
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return params, counter.get_total_flops()
