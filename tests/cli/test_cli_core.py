@@ -1,0 +1,59 @@
+"""CLI basics: version, help, one-line errors, models table, doctor step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from encnet_cli.main import app
+from encnet_core import __version__
+
+runner = CliRunner()
+
+
+def test_version_and_help() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"encnet {__version__}"
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("models", "doctor"):
+        assert command in result.output
+
+
+def test_models_json_lists_registry() -> None:
+    result = runner.invoke(app, ["models", "--json", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["encnet_resnet50"]["backbone"] == "resnet50"
+    assert rows["fcn_resnet50"]["head"] == "FCN"
+    assert rows["encnet_resnet50"]["params_m"] > rows["encnet_tiny"]["params_m"] > 0
+    assert rows["encnet_resnet101"]["gflops"] > rows["encnet_resnet50"]["gflops"]
+
+
+def test_doctor_runs_a_training_step() -> None:
+    result = runner.invoke(app, ["doctor", "--json", "--device", "cpu", "--amp", "bf16"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["outputs"]["out"] == [2, 21, 64, 64]
+    assert set(info["loss"]) == {"total", "seg", "aux", "se"}
+    assert info["params_with_grad"].split("/")[0] == info["params_with_grad"].split("/")[1]
+
+
+def test_user_error_is_one_line_exit_1() -> None:
+    result = runner.invoke(app, ["doctor", "--model", "nope"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'nope'")
+
+
+def test_cuda_refused_without_gpu_and_fp16_on_cpu() -> None:
+    result = runner.invoke(app, ["doctor", "--amp", "fp16", "--device", "cpu"])
+    assert result.exit_code == 1 and "fp16 needs a CUDA device" in result.output
+
+
+def test_python_dash_m_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "encnet_cli", "--version"], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == f"encnet {__version__}"

@@ -1,0 +1,141 @@
+"""Registered models: output contract, backbones against torchvision, weights loading."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from encnet_core.errors import ModelError
+from encnet_core.models import EncHead, EncModule, FCNHead, create_model, list_models
+
+REQUIRED = ["encnet_resnet50", "encnet_resnet101", "encnet_resnet50s", "encnet_resnet101s", "encnet_resnet18", "fcn_resnet50"]
+
+
+def test_required_models_registered() -> None:
+    names = list_models()
+    for name in REQUIRED + ["encnet_tiny"]:
+        assert name in names
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_output_contract_every_model(name: str) -> None:
+    model = create_model(name, 7)
+    x = torch.randn(2, 3, 40, 48)
+    model.train()
+    out = model(x)
+    assert out["out"].shape == (2, 7, 40, 48)
+    assert out["aux"].shape == (2, 7, 40, 48)
+    if name.startswith("encnet"):
+        assert out["se"].shape == (2, 7)
+    else:
+        assert "se" not in out
+    model.eval()
+    with torch.no_grad():
+        out = model(x[:1])
+    assert list(out) == ["out"] and out["out"].shape == (1, 7, 40, 48)
+
+
+def test_switches_remove_heads() -> None:
+    model = create_model("encnet_tiny", 4, aux=False, se_loss=False).train()
+    assert model.aux_head is None
+    assert list(model(torch.randn(2, 3, 32, 32))) == ["out"]
+    model.eval()
+    assert "se" in create_model("encnet_tiny", 4).eval()(torch.randn(1, 3, 32, 32), with_se=True)
+
+
+def test_lateral_and_codes_overrides() -> None:
+    model = create_model("encnet_tiny", 4, lateral=True, num_codes=5)
+    assert isinstance(model.head, EncHead) and model.head.lateral
+    assert isinstance(model.head.encmodule, EncModule)
+    assert model.head.encmodule.encoding[3].codewords.shape == (5, 32)
+    assert model.config == {"name": "encnet_tiny", "num_classes": 4, "lateral": True, "num_codes": 5}
+    rebuilt = create_model(**model.config)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+def test_fcn_baseline_has_no_encoding() -> None:
+    model = create_model("fcn_resnet50", 3)
+    assert isinstance(model.head, FCNHead)
+    assert not any("encmodule" in k for k in model.state_dict())
+    with pytest.raises(ModelError, match="no Encoding head"):
+        create_model("fcn_resnet50", 3, num_codes=8)
+
+
+def test_bad_names_and_overrides() -> None:
+    with pytest.raises(ModelError, match="unknown model"):
+        create_model("encnet_resnet9000", 3)
+    with pytest.raises(ModelError, match="unknown model option"):
+        create_model("encnet_tiny", 3, codes=3)
+    with pytest.raises(ModelError, match="output_stride"):
+        create_model("encnet_tiny", 3, output_stride=32)
+
+
+@pytest.mark.parametrize("output_stride,dilations", [(8, (2, 4)), (16, (1, 2))])
+def test_dilated_resnet50_matches_torchvision(output_stride: int, dilations: tuple[int, int]) -> None:
+    """Our dilated backbone computes exactly torchvision's dilated ResNet-50 given the same weights."""
+    replace = [False, True, True] if output_stride == 8 else [False, False, True]
+    reference = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=replace).eval()
+    model = create_model("encnet_resnet50", 3, output_stride=output_stride).eval()
+    missing = model.backbone.load_state_dict(reference.state_dict(), strict=False)
+    assert missing.missing_keys == [] and set(missing.unexpected_keys) == {"fc.weight", "fc.bias"}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        c4 = model.backbone(x)[3]
+        ref = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
+            reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))))
+    assert c4.shape[-1] == 64 // output_stride
+    torch.testing.assert_close(c4, ref)
+    assert model.backbone.layer4[1].conv2.dilation == (dilations[1], dilations[1])
+    assert model.backbone.layer3[1].conv2.dilation == (dilations[0], dilations[0])
+
+
+def test_dilated_basic_block_resnet18() -> None:
+    """ResNet-18 (BasicBlock) works dilated at output stride 8 and keeps torchvision's names."""
+    model = create_model("encnet_resnet18", 3).eval()
+    c1, c2, c3, c4 = model.backbone(torch.randn(1, 3, 64, 64))
+    assert c2.shape[-1] == c3.shape[-1] == c4.shape[-1] == 8
+    assert model.backbone.layer4[1].conv1.dilation == (4, 4)
+    tv_keys = {k for k in torchvision.models.resnet18(weights=None).state_dict() if not k.startswith("fc.")}
+    assert tv_keys == set(model.backbone.state_dict())
+
+
+def test_backbone_weights_from_local_file(tmp_path) -> None:
+    source = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("encnet_resnet18", 5, backbone_weights=str(path))
+    torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    torch.testing.assert_close(model.backbone.bn1.running_var, source.bn1.running_var)
+    assert "backbone_weights" not in model.config
+
+
+def test_backbone_weights_wrong_architecture(tmp_path) -> None:
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(ModelError, match="do not fit"):
+        create_model("encnet_resnet50", 5, backbone_weights=str(path))
+    with pytest.raises(ModelError, match="not found"):
+        create_model("encnet_resnet18", 5, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def test_backbone_weights_refuse_pickled_code(tmp_path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "payload": object()}, path)
+    with pytest.raises(ModelError, match="cannot read"):
+        create_model("encnet_resnet18", 5, backbone_weights=str(path))
+
+
+def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(ModelError, match="could not download ImageNet weights"):
+        create_model("encnet_resnet18", 5, backbone_weights="imagenet")
+    with pytest.raises(ModelError, match="no ImageNet weights"):
+        create_model("encnet_resnet50s", 5, backbone_weights="imagenet")
