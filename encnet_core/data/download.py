@@ -1,0 +1,428 @@
+"""Fetch dataset archives: resumable downloads with retries, checksums, a local cache and overrides.
+
+`fetch` is the one entry point of `encnet prepare`: it takes a user-supplied archive, else the cached
+copy in the cache directory, else downloads the file. A file whose checksum differs from the expected
+one is never used: a bad download is deleted before it gets its final name, a bad cached or local file
+raises `ChecksumError`. Downloads use urllib only (http, https, ftp and file URLs); they stream into
+``<name>.part``, resume it with an HTTP Range request after a dropped connection, and retry transient
+failures with exponential back-off. Progress goes through a `ProgressCallback`, never to the terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http.client import HTTPException, InvalidURL
+from pathlib import Path
+from urllib.error import HTTPError
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
+
+from encnet_core import __version__
+from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError
+
+__all__ = [
+    "HASH_ALGOS",
+    "ProgressCallback",
+    "RemoteFile",
+    "ThrottledProgress",
+    "default_cache_dir",
+    "download",
+    "fetch",
+    "file_hashes",
+    "parse_checksum_option",
+    "parse_url_option",
+    "verify_file",
+]
+
+ProgressCallback = Callable[[str, int, int | None], None]
+"""Called as ``(description, bytes_done, bytes_total_or_None)``, at most about 10 times a second."""
+
+HASH_ALGOS = ("md5", "sha1", "sha256")  # every hash the functions below compute and return
+_HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
+_NET_CHUNK = 1 << 16  # bytes read at a time from a connection (small, so progress stays live)
+_MAX_BACKOFF = 60.0  # seconds: cap of the exponential back-off between retries
+_URL_SCHEMES = ("http", "https", "ftp", "file")
+_USER_AGENT = f"encnet/{__version__} (+urllib)"
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file that a dataset is built from, and where to get it."""
+
+    name: str  # file name in the cache directory, e.g. "VOCtrainval_11-May-2012.tar"
+    url: str  # official download URL (a mirror can be given to `fetch` instead)
+    md5: str | None = None  # published md5 hex digest, if any
+    sha1: str | None = None  # published sha1 hex digest, if any
+    size: int | None = None  # approximate size in bytes, for messages only
+
+    def checksums(self) -> dict[str, str]:
+        """The published checksums as ``{algo: hex}`` (empty when none is known)."""
+        return {algo: digest for algo, digest in (("md5", self.md5), ("sha1", self.sha1)) if digest}
+
+
+class ThrottledProgress:
+    """Forwards progress to a `ProgressCallback` (which may be None), at most once per ``interval`` seconds."""
+
+    def __init__(self, progress: ProgressCallback | None, description: str, interval: float = 0.1) -> None:
+        self._progress = progress
+        self._description = description
+        self._interval = interval
+        self._last = float("-inf")
+
+    def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
+        """Report ``done`` of ``total``; ``final`` reports even if the last call was recent."""
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self._last >= self._interval:
+            self._last = now
+            self._progress(self._description, done, total)
+
+
+def _new_hashers(algos: Iterable[str] = HASH_ALGOS) -> dict[str, hashlib._Hash]:
+    return {algo: hashlib.new(algo, usedforsecurity=False) for algo in algos}
+
+
+def _hash_into(path: Path, hashers: Mapping[str, hashlib._Hash], report: ThrottledProgress) -> int:
+    """Feed the bytes of ``path`` to every hasher in 1 MiB chunks; return the number of bytes read."""
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+            done += len(chunk)
+            report(done, total)
+    report(done, total, final=True)
+    return done
+
+
+def file_hashes(
+    path: Path, algos: Iterable[str] = HASH_ALGOS, progress: ProgressCallback | None = None
+) -> dict[str, str]:
+    """Hex digests ``{algo: hex}`` of a file, reading it once in 1 MiB chunks."""
+    path = Path(path)
+    hashers = _new_hashers(algos)
+    _hash_into(path, hashers, ThrottledProgress(progress, f"hashing {path.name}"))
+    return {algo: hasher.hexdigest() for algo, hasher in hashers.items()}
+
+
+def _normalise_checksums(expected: Mapping[str, str]) -> dict[str, str]:
+    """``{algo: hex}`` with lower-case names and digests, in `HASH_ALGOS` order; `ConfigError` if malformed."""
+    checks = {algo.strip().lower(): digest.strip().lower() for algo, digest in expected.items()}
+    for algo, digest in checks.items():
+        if algo not in HASH_ALGOS:
+            raise ConfigError(f"unknown checksum algorithm {algo!r}: use one of {', '.join(HASH_ALGOS)}")
+        length = hashlib.new(algo, usedforsecurity=False).digest_size * 2
+        if not re.fullmatch(rf"[0-9a-f]{{{length}}}", digest):
+            raise ConfigError(f"bad {algo} checksum {digest!r}: expected {length} hexadecimal digits")
+    return {algo: checks[algo] for algo in HASH_ALGOS if algo in checks}
+
+
+def _first_mismatch(hashes: Mapping[str, str], expected: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """``(algo, expected, actual)`` of the first differing checksum, or None if all match."""
+    for algo, digest in expected.items():
+        if hashes[algo] != digest:
+            return algo, digest, hashes[algo]
+    return None
+
+
+def verify_file(
+    path: Path,
+    expected: Mapping[str, str],
+    *,
+    what: str = "file",
+    progress: ProgressCallback | None = None,
+) -> dict[str, str]:
+    """Check a file against ``expected`` (``{algo: hex}``, any of md5/sha1/sha256) in one read.
+
+    ``what`` names the file in the error message ("cached file", "archive"). Returns every hash in
+    `HASH_ALGOS`; raises `ChecksumError` (one line: file, algorithm, expected and actual digest, and
+    what to do) on a mismatch.
+    """
+    path = Path(path)
+    checks = _normalise_checksums(expected)
+    hashes = file_hashes(path, progress=progress)
+    mismatch = _first_mismatch(hashes, checks)
+    if mismatch:
+        algo, want, got = mismatch
+        raise ChecksumError(
+            f"{what} {path} has {algo} {got} but {want} was expected: delete it and run again to "
+            f"download a fresh copy, or pass --checksum {path.name}={algo}:{got} if you trust this file"
+        )
+    return hashes
+
+
+class _RetryableError(Exception):
+    """A transient failure of one download attempt; the bytes received so far are kept."""
+
+
+class _PartFile:
+    """The ``.part`` file of a download and running hashes of exactly the bytes it holds."""
+
+    def __init__(self, path: Path, progress: ProgressCallback | None) -> None:
+        self.path = path
+        self.hashers = _new_hashers()
+        self.size = 0
+        if path.is_file():  # a previous run left a partial download: hash what it holds, then resume
+            self.size = _hash_into(path, self.hashers, ThrottledProgress(progress, f"checking {path.name}"))
+
+    def reset(self) -> None:
+        """Drop the bytes received so far (the next attempt starts from the first byte)."""
+        self.path.unlink(missing_ok=True)
+        self.hashers = _new_hashers()
+        self.size = 0
+
+    def hexdigests(self) -> dict[str, str]:
+        """``{algo: hex}`` of the bytes received so far."""
+        return {algo: hasher.hexdigest() for algo, hasher in self.hashers.items()}
+
+
+def _content_range_total(header: str | None) -> int | None:
+    """Total size from a ``Content-Range: bytes a-b/N`` or ``bytes */N`` header, if the server gave it."""
+    match = re.fullmatch(r"\s*bytes\s+(?:\d+-\d+|\*)/(\d+)\s*", header or "")
+    return int(match.group(1)) if match else None
+
+
+def _content_range_start(header: str | None) -> int | None:
+    """First byte position of a ``Content-Range: bytes a-b/N`` header."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(?:\d+|\*)\s*", header or "")
+    return int(match.group(1)) if match else None
+
+
+def _attempt(url: str, part: _PartFile, report: ThrottledProgress, timeout: float) -> None:
+    """One request: resume ``part`` from its current size and stream the rest of the body into it.
+
+    Returns when the file is complete; raises `_RetryableError` for a failure worth retrying and
+    `DownloadError` for one that is not (a 4xx status, a missing local file).
+    """
+    offset = part.size
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urlopen(Request(url, headers=headers), timeout=timeout)
+    except InvalidURL as exc:
+        raise DownloadError(f"cannot download {url!r}: {exc}") from None
+    except HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and offset:  # nothing left to send: the part is complete, or stale
+            total = _content_range_total(exc.headers.get("Content-Range"))
+            if total is None or total == offset:
+                return
+            part.reset()
+            raise _RetryableError(f"partial file has {offset} bytes but the server has {total}") from None
+        if exc.code == 429 or exc.code >= 500:
+            raise _RetryableError(f"HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+    except (OSError, HTTPException) as exc:
+        if urlsplit(url).scheme == "file":
+            raise DownloadError(f"cannot read {url}: {getattr(exc, 'reason', exc)}") from None
+        raise _RetryableError(str(getattr(exc, "reason", exc)) or type(exc).__name__) from None
+
+    with response:
+        status = getattr(response, "status", None)  # None for file: URLs
+        if status == 206:
+            content_range = response.headers.get("Content-Range")
+            if _content_range_start(content_range) != offset:
+                part.reset()
+                raise _RetryableError(f"server sent range {content_range!r} instead of bytes {offset}-")
+            total = _content_range_total(content_range)
+        else:  # a full body: the server ignored the Range header (or none was sent)
+            if offset:
+                part.reset()
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        with open(part.path, "ab") as out:
+            while True:
+                try:
+                    chunk = response.read(_NET_CHUNK)
+                except (OSError, HTTPException) as exc:
+                    raise _RetryableError(f"connection lost after {part.size} bytes ({exc!r})") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                for hasher in part.hashers.values():
+                    hasher.update(chunk)
+                part.size += len(chunk)
+                report(part.size, total)
+            out.flush()
+            os.fsync(out.fileno())
+    if total is not None and part.size < total:
+        raise _RetryableError(f"connection closed after {part.size} of {total} bytes")
+    if total is not None and part.size > total:
+        part.reset()
+        raise _RetryableError(f"received more than the announced {total} bytes")
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    expected: Mapping[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    verify: bool = True,
+) -> dict[str, str]:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming and retrying; return its hashes.
+
+    An existing ``.part`` file is resumed with an HTTP Range request (a server that answers 200 makes
+    the download restart from the first byte). Transient failures (network errors, timeouts, HTTP
+    5xx and 429, a body shorter than its Content-Length) are retried after ``backoff * 2**k`` seconds,
+    keeping the bytes already received; ``retries`` is how many attempts in a row may fail without
+    receiving new bytes before `DownloadError` is raised. Other HTTP errors fail at once. With
+    ``verify`` and ``expected`` (``{algo: hex}``) the complete file is checked before it is renamed
+    to ``dest``: on a mismatch the ``.part`` file is deleted and `ChecksumError` raised. ``timeout``
+    is per connection attempt and per read. Returns ``{algo: hex}`` for every algorithm in `HASH_ALGOS`.
+    """
+    dest = Path(dest)
+    if urlsplit(url).scheme not in _URL_SCHEMES:
+        raise DownloadError(
+            f"cannot download {url!r}: the URL must start with http://, https://, ftp:// or file://"
+        )
+    checks = _normalise_checksums(expected) if verify and expected else {}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part_path = dest.with_name(dest.name + ".part")
+    report = ThrottledProgress(progress, f"downloading {dest.name}")
+    try:
+        part = _PartFile(part_path, progress)
+        best, failures = part.size, 0
+        while True:
+            try:
+                _attempt(url, part, report, timeout)
+                break
+            except _RetryableError as exc:
+                if part.size > best:  # this attempt made progress: start counting failures afresh
+                    best, failures = part.size, 0
+                failures += 1
+                if failures > retries:
+                    raise DownloadError(
+                        f"cannot download {url}: {exc} ({failures} attempts in a row failed); "
+                        f"run the command again to resume from {part_path}"
+                    ) from None
+                time.sleep(min(backoff * 2 ** (failures - 1), _MAX_BACKOFF))
+    except OSError as exc:  # network errors became _RetryableError above: this one is local
+        raise DownloadError(f"cannot write {part_path}: {exc.strerror or exc}") from None
+    report(part.size, part.size, final=True)
+    hashes = part.hexdigests()
+    mismatch = _first_mismatch(hashes, checks)
+    if mismatch:
+        algo, want, got = mismatch
+        part_path.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"the file downloaded from {url} has {algo} {got} but {want} was expected, so it was deleted: "
+            f"try again or another mirror (--url), or pass --checksum {dest.name}={algo}:{got} if you trust it"
+        )
+    os.replace(part_path, dest)
+    return hashes
+
+
+def _warn_unverified(
+    path: Path,
+    hashes: Mapping[str, str],
+    expected: Mapping[str, str],
+    verify: bool,
+    warn: Callable[[str], None],
+) -> None:
+    """Tell the user when a file was not checked against any checksum."""
+    if not verify:
+        warn(f"checksum verification skipped for {path}")
+    elif not expected:
+        sha256 = hashes["sha256"]
+        warn(
+            f"no checksum is known for {path.name}; its sha256 is {sha256} "
+            f"(pin it with --checksum {path.name}=sha256:{sha256})"
+        )
+
+
+def fetch(
+    remote: RemoteFile,
+    root: Path,
+    *,
+    url_override: str | None = None,
+    archive: Path | None = None,
+    checksum_override: Mapping[str, str] | None = None,
+    allow_download: bool = True,
+    verify: bool = True,
+    progress: ProgressCallback | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, str]]:
+    """Return ``(path, hashes)`` of a verified local copy of ``remote``, downloading it if needed.
+
+    Sources, first match wins: ``archive`` (a local file given by the user), ``root / remote.name``
+    (the cache), then a download from ``url_override`` or ``remote.url`` into the cache. The expected
+    checksums are ``checksum_override`` if given, else every checksum ``remote`` publishes. A file
+    that does not match is never returned. ``warn`` (default: this module's logger) hears about
+    skipped verification and about files without a known checksum, with their sha256 to pin.
+    """
+    warn = warn or _log.warning
+    root = Path(root)
+    expected = _normalise_checksums(
+        checksum_override if checksum_override is not None else remote.checksums()
+    )
+    checks = expected if verify else {}
+
+    if archive is not None:
+        path = Path(archive)
+        if not path.is_file():
+            raise DataError(f"archive {path} does not exist: check the --archive path")
+        hashes = verify_file(path, checks, what="archive", progress=progress)
+    else:
+        path = root / remote.name
+        if path.is_file():
+            hashes = verify_file(path, checks, what="cached file", progress=progress)
+        elif not allow_download:
+            raise DownloadError(
+                f"{remote.name} not found in {root} and --no-download was given; download it from "
+                f"{url_override or remote.url} into {root}, or pass --archive PATH"
+            )
+        else:
+            hashes = download(url_override or remote.url, path, expected=checks, progress=progress)
+    _warn_unverified(path, hashes, expected, verify, warn)
+    return path, hashes
+
+
+def default_cache_dir() -> Path:
+    """Where archives are kept: ``$ENCNET_CACHE``, else ``$XDG_CACHE_HOME/encnet``, else ``~/.cache/encnet``."""
+    if os.environ.get("ENCNET_CACHE"):
+        return Path(os.environ["ENCNET_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "encnet"
+    return Path.home() / ".cache" / "encnet"
+
+
+def parse_checksum_option(text: str) -> tuple[str, str, str]:
+    """Parse a ``--checksum FILE=ALGO:HEX`` value into ``(file, algo, hex)`` (lower-case algo and hex)."""
+    name, sep, check = text.rpartition("=")
+    algo, colon, digest = check.partition(":")
+    if not (sep and colon and name.strip() and digest.strip()):
+        raise ConfigError(
+            f"bad --checksum value {text!r}: expected FILE=ALGO:HEX, "
+            "e.g. VOCtrainval_11-May-2012.tar=md5:6cd6e144f989b92b3379bac3b3de84fd"
+        )
+    ((algo, digest),) = _normalise_checksums({algo: digest}).items()
+    return name.strip(), algo, digest
+
+
+def parse_url_option(text: str) -> tuple[str, str]:
+    """Parse a ``--url NAME=URL`` value into ``(name, url)``; the URL may itself contain ``=``."""
+    name, sep, url = text.partition("=")
+    name, url = name.strip(), url.strip()
+    if not (sep and name and url):
+        raise ConfigError(
+            f"bad --url value {text!r}: expected NAME=URL, e.g. benchmark.tgz=https://mirror/benchmark.tgz"
+        )
+    if urlsplit(url).scheme not in _URL_SCHEMES:
+        raise ConfigError(
+            f"bad --url value {text!r}: the URL must start with http://, https://, ftp:// or file://"
+        )
+    return name, url

@@ -1,0 +1,573 @@
+"""A procedural, seeded VOC-style dataset in which global context matters.
+
+It is the embedded default dataset: the demo and the tests train on it without network. Each image
+is one of three scene types, each with its own background layout and its own allowed objects:
+
+    street   sky / road / sidewalk   objects: car, person, plant
+    kitchen  wall / counter / floor  objects: oven, lamp, person, plant
+    beach    sky / sea / sand        objects: umbrella, person
+
+Background regions are textured (value noise, stripes, tiles, gradients). Objects are built from
+ellipses, rectangles, rounded rectangles, polygons and rounded blobs, with varied scales and
+positions; nearer objects (lower base) paint over farther ones and the mask follows. As in VOC, a
+1-2 px band around every object outline is labelled 255 (ignore).
+
+Context pairs (``CONTEXT_PAIRS``): two classes drawn by the same function with the same colour,
+texture, shape and size distributions, that differ only by the scene they occur in:
+
+    car (street)      vs  oven (kitchen)   a rounded box with a dark window and two round parts
+    umbrella (beach)  vs  lamp (kitchen)   a striped dome on a thin pole
+
+The object's own pixels do not say which of the two it is; the model must recognise the scene from
+the rest of the image, which is what EncNet's Context Encoding module is for.
+
+Generation is deterministic: image ``i`` of an archive is drawn from
+``np.random.default_rng([seed, i])`` (see ``generate_indexed_scene``), so images are independent of
+each other and of the split sizes, and the same arguments give a byte-identical archive.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from encnet_core.errors import ConfigError
+from encnet_core.palette import IGNORE_INDEX, pil_palette, voc_palette
+
+__all__ = [
+    "CLASSES",
+    "CONTEXT_PAIRS",
+    "PALETTE",
+    "SCENES",
+    "generate_indexed_scene",
+    "generate_scene",
+    "write_voc_archive",
+]
+
+CLASSES = (
+    "sky",
+    "road",
+    "sidewalk",
+    "wall",
+    "counter",
+    "floor",
+    "sea",
+    "sand",
+    "car",
+    "oven",
+    "umbrella",
+    "lamp",
+    "person",
+    "plant",
+)
+"""Class names; the index of a name is its label."""
+
+PALETTE = voc_palette(len(CLASSES))
+"""Colour of each class, shape (len(CLASSES), 3), uint8."""
+
+SCENES: dict[str, tuple[str, ...]] = {
+    "street": ("car", "person", "plant"),
+    "kitchen": ("oven", "lamp", "person", "plant"),
+    "beach": ("umbrella", "person"),
+}
+"""Scene type -> object classes that may occur in it."""
+
+CONTEXT_PAIRS: tuple[tuple[str, str], ...] = (("car", "oven"), ("umbrella", "lamp"))
+"""Pairs of classes drawn identically that only the scene tells apart."""
+
+ProgressFn = Callable[[str, int, int], None]
+"""Progress callback: (description, done, total)."""
+
+_ROOT = "VOCdevkit/VOC2012"
+_JPEG_QUALITY = 90
+_MIN_SIZE = 32
+_LABEL = {name: index for index, name in enumerate(CLASSES)}
+
+_GRAIN_STD = {
+    "sky": 2.0, "road": 6.0, "sidewalk": 5.0, "wall": 3.0, "counter": 4.0, "floor": 4.0, "sea": 4.0, "sand": 8.0,
+    "car": 3.0, "oven": 3.0, "umbrella": 3.0, "lamp": 3.0, "person": 3.0, "plant": 3.0,
+}  # fmt: skip
+_GRAIN = np.array([_GRAIN_STD[name] for name in CLASSES], dtype=np.float32)  # (C,)
+"""Standard deviation of the grey per-pixel grain of each class."""
+
+Box = tuple[float, float, float, float]
+"""A drawing box (x0, y0, x1, y1) in pixels."""
+
+_BOX_COLOURS = ((200, 40, 40), (40, 70, 180), (190, 190, 195), (235, 235, 228), (45, 45, 50), (225, 180, 40))
+_CANOPY_COLOURS = (
+    ((220, 50, 50), (240, 240, 240)),
+    ((40, 120, 200), (250, 220, 60)),
+    ((30, 150, 90), (240, 240, 240)),
+    ((240, 140, 30), (60, 60, 160)),
+)
+_SKIN_COLOURS = ((240, 200, 170), (205, 155, 115), (140, 95, 65), (90, 60, 40))
+_PANTS_COLOURS = ((40, 50, 90), (50, 50, 55), (110, 90, 60), (70, 80, 70))
+_WALL_COLOURS = ((232, 226, 205), (210, 225, 232), (236, 214, 198), (218, 230, 208))
+
+
+class _Canvas:
+    """One scene being painted back to front: image, labels, instance ids and drawing helpers."""
+
+    def __init__(self, rng: np.random.Generator, size: int):
+        self.rng = rng
+        self.size = size
+        self.unit = size / 128.0  # pixels per unit of the 128x128 reference frame
+        self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (H, W) each
+        self.image = np.zeros((size, size, 3), dtype=np.float32)  # (H, W, 3), RGB 0..255
+        self.labels = np.zeros((size, size), dtype=np.uint8)  # (H, W)
+        self.instances = np.zeros((size, size), dtype=np.int32)  # (H, W), 0 = background region
+        self.num_instances = 0
+
+    def new_instance(self) -> int:
+        """A fresh object id for ``paint``."""
+        self.num_instances += 1
+        return self.num_instances
+
+    def paint(self, mask: np.ndarray, colour: np.ndarray, label: str, instance: int = 0) -> None:
+        """Paint ``colour`` (broadcast to (H, W, 3)) and ``label`` where ``mask`` ((H, W) bool) is set."""
+        np.copyto(self.image, colour, where=mask[..., None])
+        self.labels[mask] = _LABEL[label]
+        self.instances[mask] = instance
+
+    def _blank(self) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+        """An empty 1-bit image of the canvas size and a drawer on it."""
+        image = Image.new("1", (self.size, self.size), 0)
+        return image, ImageDraw.Draw(image)
+
+    def rectangle(self, box: Box) -> np.ndarray:
+        """(H, W) bool mask of the rectangle ``box`` = (x0, y0, x1, y1)."""
+        image, draw = self._blank()
+        draw.rectangle(box, fill=1)
+        return np.asarray(image)
+
+    def rounded_rectangle(self, box: Box, radius: float) -> np.ndarray:
+        """(H, W) bool mask of ``box`` with corners rounded by ``radius``."""
+        image, draw = self._blank()
+        draw.rounded_rectangle(box, radius=radius, fill=1)
+        return np.asarray(image)
+
+    def ellipse(self, box: Box) -> np.ndarray:
+        """(H, W) bool mask of the ellipse inscribed in ``box``."""
+        image, draw = self._blank()
+        draw.ellipse(box, fill=1)
+        return np.asarray(image)
+
+    def upper_half_ellipse(self, box: Box) -> np.ndarray:
+        """(H, W) bool mask of the upper half of the ellipse inscribed in ``box``."""
+        image, draw = self._blank()
+        draw.pieslice(box, 180, 360, fill=1)
+        return np.asarray(image)
+
+    def polygon(self, points: list[tuple[float, float]]) -> np.ndarray:
+        """(H, W) bool mask of the polygon with vertices ``points`` (x, y)."""
+        image, draw = self._blank()
+        draw.polygon(points, fill=1)
+        return np.asarray(image)
+
+    def noise(self, cells: int) -> np.ndarray:
+        """Smooth value noise in [0, 1], shape (H, W), with ``cells`` random cells per side."""
+        grid = self.rng.random((cells + 1, cells + 1))  # (cells+1, cells+1)
+        position = np.linspace(0.0, cells, self.size, endpoint=False)  # (W,)
+        index = position.astype(np.int64)
+        frac = position - index
+        frac = frac * frac * (3.0 - 2.0 * frac)  # smoothstep between lattice points
+        rows = grid[index] * (1.0 - frac)[:, None] + grid[index + 1] * frac[:, None]  # (H, cells+1)
+        field = rows[:, index] * (1.0 - frac)[None, :] + rows[:, index + 1] * frac[None, :]  # (H, W)
+        return field.astype(np.float32)
+
+    def jitter(self, colour: tuple[int, int, int], amount: float) -> np.ndarray:
+        """``colour`` with each channel moved by up to ``amount``, shape (3,) float."""
+        return np.asarray(colour, dtype=np.float32) + self.rng.uniform(-amount, amount, 3).astype(np.float32)
+
+
+def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Blend colours ``a`` and ``b`` ((3,) each) by weights ``t`` (H, W) -> (H, W, 3)."""
+    return a * (1.0 - t[..., None]) + b * t[..., None]
+
+
+# --- background regions --------------------------------------------------------------------------
+
+
+def _paint_sky(canvas: _Canvas, horizon: float) -> None:
+    """A vertical blue gradient with soft clouds above ``horizon``."""
+    top = canvas.jitter((60, 120, 200), 15)
+    low = canvas.jitter((175, 210, 238), 10)
+    sky = _mix(top, low, np.clip(canvas.yy / horizon, 0.0, 1.0))
+    cloud = np.clip((canvas.noise(4) * 0.6 + canvas.noise(9) * 0.4 - 0.55) * 4.0, 0.0, 1.0)
+    sky = sky * (1.0 - cloud[..., None]) + 245.0 * cloud[..., None]
+    canvas.paint(canvas.yy < horizon, sky, "sky")
+
+
+def _paint_street(canvas: _Canvas) -> float:
+    """Sky, a road converging to a vanishing point and sidewalks; returns the top of the ground."""
+    size, yy, xx = canvas.size, canvas.yy, canvas.xx
+    horizon = canvas.rng.uniform(0.3, 0.45) * size
+    vanish_x = canvas.rng.uniform(0.3, 0.7) * size
+    spread = canvas.rng.uniform(0.9, 1.8)
+    _paint_sky(canvas, horizon)
+    depth = yy - horizon  # (H, W), > 0 below the horizon
+    ground = depth >= 0
+    road = ground & (np.abs(xx - vanish_x) <= depth * spread + 1.0)
+
+    tile = canvas.rng.uniform(8.0, 14.0) * canvas.unit
+    sidewalk = canvas.jitter((175, 165, 150), 12) + (canvas.noise(12)[..., None] - 0.5) * 25.0
+    joints = (xx % tile < 1.2 * canvas.unit) | (yy % tile < 1.2 * canvas.unit)
+    sidewalk = sidewalk - 35.0 * joints[..., None]
+    canvas.paint(ground & ~road, sidewalk, "sidewalk")
+
+    asphalt = canvas.jitter((95, 95, 100), 15) + (canvas.noise(16)[..., None] - 0.5) * 20.0
+    dashes = (np.abs(xx - vanish_x) < 0.03 * depth + 0.5) & (
+        np.sqrt(np.maximum(depth, 0.0)) * 1.6 % 2.0 < 1.0
+    )
+    asphalt = np.where(dashes[..., None], canvas.jitter((235, 230, 200), 10), asphalt)
+    canvas.paint(road, asphalt, "road")
+    return horizon + 0.1 * size
+
+
+def _paint_kitchen(canvas: _Canvas) -> float:
+    """Tiled wall, a wooden counter on one side and a checkered floor; returns the top of the ground."""
+    size, yy, xx = canvas.size, canvas.yy, canvas.xx
+    counter_top = canvas.rng.uniform(0.4, 0.55) * size
+    floor_top = counter_top + canvas.rng.uniform(0.12, 0.22) * size
+    split = canvas.rng.uniform(0.4, 1.0) * size
+    counter_side = (xx < split) if canvas.rng.random() < 0.5 else (xx > size - split)
+
+    tile = canvas.rng.uniform(10.0, 18.0) * canvas.unit
+    wall = canvas.jitter(_WALL_COLOURS[canvas.rng.integers(len(_WALL_COLOURS))], 8)
+    grout = (xx % tile < 1.2 * canvas.unit) | (yy % tile < 1.2 * canvas.unit)
+    wall = wall + (canvas.noise(6)[..., None] - 0.5) * 18.0 - 30.0 * grout[..., None]
+    canvas.paint(yy < floor_top, wall, "wall")
+
+    wood = canvas.jitter((150, 100, 60), 15)
+    rings = np.sin(yy * 0.9 / canvas.unit + 6.0 * canvas.noise(5))  # (H, W) wavy grain
+    wood = wood + 22.0 * rings[..., None]
+    canvas.paint((yy >= counter_top) & (yy < floor_top) & counter_side, wood, "counter")
+
+    cell = canvas.rng.uniform(10.0, 20.0) * canvas.unit
+    checker = ((xx // cell + yy // cell) % 2).astype(np.float32)  # (H, W) in {0, 1}
+    floor = _mix(canvas.jitter((205, 203, 195), 10), canvas.jitter((75, 72, 85), 10), checker)
+    canvas.paint(yy >= floor_top, floor, "floor")
+    return counter_top + 0.05 * size
+
+
+def _paint_beach(canvas: _Canvas) -> float:
+    """Sky, a striped sea with foam along a wavy shoreline and sand; returns the top of the ground."""
+    size, yy, xx = canvas.size, canvas.yy, canvas.xx
+    horizon = canvas.rng.uniform(0.3, 0.45) * size
+    amplitude = canvas.rng.uniform(1.0, 5.0) * canvas.unit
+    wavelength = canvas.rng.uniform(30.0, 80.0) * canvas.unit
+    shore = horizon + canvas.rng.uniform(0.15, 0.3) * size
+    shore = shore + amplitude * np.sin(2.0 * np.pi * xx / wavelength + canvas.rng.uniform(0, 2 * np.pi))
+    _paint_sky(canvas, horizon)
+
+    near = np.clip((yy - horizon) / np.maximum(shore - horizon, 1.0), 0.0, 1.0)  # 0 far .. 1 at shore
+    sea = _mix(canvas.jitter((20, 75, 135), 12), canvas.jitter((45, 145, 180), 12), near)
+    waves = np.sin(yy * 1.3 / canvas.unit + 4.0 * canvas.noise(6)) > 0.8
+    foam = (shore - yy) < 3.0 * canvas.unit
+    sea = sea + 40.0 * waves[..., None]
+    sea = np.where(foam[..., None], canvas.jitter((235, 240, 240), 8), sea)
+    canvas.paint((yy >= horizon) & (yy < shore), sea, "sea")
+
+    sand = canvas.jitter((220, 200, 150), 12) + (canvas.noise(10)[..., None] - 0.5) * 25.0
+    canvas.paint(yy >= shore, sand, "sand")
+    return horizon + 0.15 * size
+
+
+# --- objects -------------------------------------------------------------------------------------
+# Each takes the canvas, the label, the horizontal centre and the base (bottom) of the object and
+# draws at a size drawn from its own distribution, independent of the scene.
+
+
+def _paint_box(canvas: _Canvas, label: str, cx: float, base: float) -> None:
+    """Car / oven: a shaded rounded body, a dark glass window with a highlight, two round parts."""
+    rng, yy, xx = canvas.rng, canvas.yy, canvas.xx
+    h = rng.uniform(0.15, 0.4) * canvas.size
+    w = h * rng.uniform(1.2, 1.8)
+    instance = canvas.new_instance()
+    top, bottom = base - h, base - 0.15 * h
+
+    body_colour = canvas.jitter(_BOX_COLOURS[rng.integers(len(_BOX_COLOURS))], 12)
+    shade = np.clip((yy - top) / h, 0.0, 1.0)  # (H, W), 0 top .. 1 bottom
+    body = body_colour * (1.15 - 0.4 * shade[..., None])
+    body_box = (cx - w / 2, top, cx + w / 2, bottom)
+    canvas.paint(canvas.rounded_rectangle(body_box, 0.18 * h), body, label, instance)
+
+    window_box = (cx - 0.36 * w, top + 0.12 * h, cx + 0.36 * w, top + 0.45 * h)
+    highlight = np.abs((xx - cx) + (yy - top) - 0.1 * w) < 0.06 * w  # (H, W) diagonal glint
+    glass = np.where(
+        highlight[..., None], canvas.jitter((150, 175, 195), 10), canvas.jitter((40, 55, 75), 10)
+    )
+    canvas.paint(canvas.rectangle(window_box), glass, label, instance)
+
+    radius = 0.16 * h
+    for side in (-1.0, 1.0):
+        x = cx + side * 0.3 * w
+        y = base - radius
+        outer = canvas.ellipse((x - radius, y - radius, x + radius, y + radius))
+        hub = (xx - x) ** 2 + (yy - y) ** 2 < (0.45 * radius) ** 2
+        canvas.paint(outer, np.where(hub[..., None], 150.0, 30.0), label, instance)
+
+
+def _paint_canopy(canvas: _Canvas, label: str, cx: float, base: float) -> None:
+    """Umbrella / lamp: a dome with alternating radial stripes on a thin metal pole."""
+    rng, yy, xx = canvas.rng, canvas.yy, canvas.xx
+    h = rng.uniform(0.3, 0.6) * canvas.size
+    width = h * rng.uniform(0.7, 1.1)
+    dome = h * rng.uniform(0.25, 0.35)
+    instance = canvas.new_instance()
+    top = base - h
+
+    pole_half = max(2.0 * canvas.unit, 0.035 * h)
+    pole_box = (cx - pole_half, top + 0.5 * dome, cx + pole_half, base)
+    metal = canvas.jitter((150, 150, 155), 10) + (np.abs(xx - cx) < pole_half * 0.4)[..., None] * 40.0
+    canvas.paint(canvas.rectangle(pole_box), metal, label, instance)
+
+    dome_box = (cx - width / 2, top, cx + width / 2, top + 2.0 * dome)
+    mask = canvas.upper_half_ellipse(dome_box)
+    stripes = int(rng.integers(3, 7))
+    angle = np.arctan2(top + dome - yy, xx - cx)  # (H, W), 0 .. pi over the dome
+    stripe = (np.floor(angle / np.pi * 2 * stripes) % 2).astype(np.float32)
+    first, second = _CANOPY_COLOURS[rng.integers(len(_CANOPY_COLOURS))]
+    cloth = _mix(canvas.jitter(first, 10), canvas.jitter(second, 10), stripe)
+    cloth = cloth * (0.8 + 0.3 * canvas.noise(4)[..., None])
+    canvas.paint(mask, cloth, label, instance)
+
+
+def _paint_person(canvas: _Canvas, label: str, cx: float, base: float) -> None:
+    """A standing figure: polygon legs, a rounded torso with arms, an elliptical head."""
+    rng = canvas.rng
+    h = rng.uniform(0.25, 0.6) * canvas.size
+    w = h * rng.uniform(0.28, 0.36)
+    instance = canvas.new_instance()
+    hip, shoulder, chin = base - 0.45 * h, base - 0.78 * h, base - 0.8 * h
+
+    pants = canvas.jitter(_PANTS_COLOURS[rng.integers(len(_PANTS_COLOURS))], 10)
+    for side in (-1.0, 1.0):
+        leg = [
+            (cx + side * 0.05 * w, hip),
+            (cx + side * 0.5 * w, hip),
+            (cx + side * 0.45 * w, base),
+            (cx + side * 0.12 * w, base),
+        ]
+        canvas.paint(canvas.polygon(leg), pants, label, instance)
+
+    shirt = canvas.rng.uniform(30, 230, 3).astype(np.float32)
+    torso = (cx - w / 2, shoulder, cx + w / 2, hip + 0.05 * h)
+    arms = (cx - 0.68 * w, shoulder + 0.02 * h, cx + 0.68 * w, hip - 0.05 * h)
+    mask = canvas.rounded_rectangle(arms, 0.12 * w) | canvas.rounded_rectangle(torso, 0.25 * w)
+    canvas.paint(mask, shirt, label, instance)
+
+    head = (cx - 0.3 * w, chin - 0.2 * h, cx + 0.3 * w, chin + 0.02 * h)
+    skin = canvas.jitter(_SKIN_COLOURS[rng.integers(len(_SKIN_COLOURS))], 8)
+    canvas.paint(canvas.ellipse(head), skin, label, instance)
+
+
+def _paint_plant(canvas: _Canvas, label: str, cx: float, base: float) -> None:
+    """A potted plant: a trapezoid pot under a rounded blob of overlapping leafy circles."""
+    rng = canvas.rng
+    h = rng.uniform(0.15, 0.35) * canvas.size
+    instance = canvas.new_instance()
+    pot_top = base - 0.35 * h
+
+    pot = [(cx - 0.25 * h, pot_top), (cx + 0.25 * h, pot_top), (cx + 0.18 * h, base), (cx - 0.18 * h, base)]
+    clay = canvas.jitter((180, 90, 50), 12)
+    canvas.paint(canvas.polygon(pot), clay, label, instance)
+
+    count = int(rng.integers(4, 8))
+    xs = cx + rng.uniform(-0.3, 0.3, count) * h  # (count,) leaf circle centres and radii
+    ys = pot_top - rng.uniform(0.15, 0.45, count) * h
+    radii = rng.uniform(0.15, 0.28, count) * h
+    inside = (canvas.xx[..., None] - xs) ** 2 + (canvas.yy[..., None] - ys) ** 2 < radii**2  # (H, W, count)
+    mask = inside.any(axis=-1)  # (H, W)
+    leaves = _mix(canvas.jitter((35, 90, 30), 10), canvas.jitter((95, 170, 60), 10), canvas.noise(16))
+    canvas.paint(mask, leaves, label, instance)
+
+
+_BACKGROUNDS: dict[str, Callable[[_Canvas], float]] = {
+    "street": _paint_street,
+    "kitchen": _paint_kitchen,
+    "beach": _paint_beach,
+}
+_OBJECTS: dict[str, Callable[[_Canvas, str, float, float], None]] = {
+    "car": _paint_box,
+    "oven": _paint_box,
+    "umbrella": _paint_canopy,
+    "lamp": _paint_canopy,
+    "person": _paint_person,
+    "plant": _paint_plant,
+}
+
+
+def _check_size(size: int) -> None:
+    """Raise ConfigError for an image size too small to draw the scenes."""
+    if size < _MIN_SIZE:
+        raise ConfigError(f"synthetic images must be at least {_MIN_SIZE} pixels wide, got {size}")
+
+
+def _object_boundaries(instances: np.ndarray) -> np.ndarray:
+    """Pixels (H, W) bool with a 4-neighbour of another instance: a 2 px band around each object."""
+    band = np.zeros(instances.shape, dtype=bool)
+    vertical = instances[1:, :] != instances[:-1, :]  # (H-1, W)
+    horizontal = instances[:, 1:] != instances[:, :-1]  # (H, W-1)
+    band[1:, :] |= vertical
+    band[:-1, :] |= vertical
+    band[:, 1:] |= horizontal
+    band[:, :-1] |= horizontal
+    return band
+
+
+def generate_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Draw one scene: (image (H, W, 3) uint8 RGB, labels (H, W) uint8, scene type).
+
+    Labels index ``CLASSES``; a 1-2 px band around every object is ``IGNORE_INDEX``. The result
+    depends only on the state of ``rng`` and on ``size`` (at least 32).
+    """
+    _check_size(size)
+    scene = tuple(SCENES)[rng.integers(len(SCENES))]
+    canvas = _Canvas(rng, size)
+    ground_top = _BACKGROUNDS[scene](canvas)
+
+    count = int(rng.integers(2, 6))
+    names = rng.choice(SCENES[scene], size=count)
+    bases = np.sort(rng.uniform(ground_top, 1.02 * size, count))  # far (high) objects first
+    centres = rng.uniform(0.05, 0.95, count) * size
+    for name, cx, base in zip(names, centres, bases, strict=True):
+        _OBJECTS[str(name)](canvas, str(name), float(cx), float(base))
+
+    noise = rng.standard_normal((size, size, 1), dtype=np.float32)  # (H, W, 1) grey grain
+    image = canvas.image + noise * _GRAIN[canvas.labels][..., None]  # (H, W, 3)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    labels = canvas.labels.copy()  # (H, W)
+    labels[_object_boundaries(canvas.instances)] = IGNORE_INDEX
+    return image, labels, scene
+
+
+def generate_indexed_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """Scene number ``index`` of the dataset generated with ``seed``: see ``generate_scene``."""
+    return generate_scene(np.random.default_rng([seed, index]), size)
+
+
+# --- the VOC archive -----------------------------------------------------------------------------
+
+
+def _encode_jpeg(image: np.ndarray) -> bytes:
+    """JPEG bytes (quality 90) of an (H, W, 3) uint8 RGB image."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=_JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _encode_mask(labels: np.ndarray) -> bytes:
+    """Palette ("P" mode) PNG bytes whose indices are the (H, W) uint8 labels."""
+    mask = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    mask.putpalette(pil_palette(PALETTE))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tar_info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
+    """A tar header with fixed owner and timestamp, so the archive depends only on its content."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size = kind, mode, size
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info
+
+
+def _add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add a regular file ``name`` with content ``data``."""
+    tar.addfile(_tar_info(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
+
+
+def _check_arguments(num_train: int, num_val: int, size: int, seed: int) -> None:
+    """Raise ConfigError for split sizes, image size or seed that cannot make a dataset."""
+    if num_train < 1 or num_val < 1:
+        raise ConfigError(
+            f"the synthetic dataset needs at least 1 train and 1 val image, got {num_train} and {num_val}"
+        )
+    _check_size(size)
+    if seed < 0:
+        raise ConfigError(f"the synthetic dataset seed must be 0 or more, got {seed}")
+
+
+def write_voc_archive(
+    out_path: Path,
+    *,
+    num_train: int = 300,
+    num_val: int = 100,
+    size: int = 128,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Write the synthetic dataset as an uncompressed tar with the VOC 2012 layout.
+
+    Members, under ``VOCdevkit/VOC2012/``: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``
+    (palette PNG, labels as indices, 255 = ignore), ``ImageSets/Segmentation/{train,val,trainval}.txt``,
+    ``classes.txt`` (one name per line) and ``scenes.json`` (id -> scene type). Ids are ``syn_000000``
+    onwards, train first. The archive is written to a temporary file next to ``out_path`` and renamed
+    into place; the same arguments give a byte-identical file.
+
+    Returns a summary: ``path``, ``splits`` (image count per split), ``classes``, ``scenes`` (image
+    count per scene type), ``size`` and ``seed``.
+    """
+    _check_arguments(num_train, num_val, size, seed)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    total = num_train + num_val
+    ids = [f"syn_{index:06d}" for index in range(total)]
+    splits = {"train": ids[:num_train], "val": ids[num_train:], "trainval": ids}
+    scenes: dict[str, str] = {}
+
+    handle, temp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent)
+    temp_path = Path(temp_name)
+    try:
+        with (
+            os.fdopen(handle, "wb") as stream,
+            tarfile.open(fileobj=stream, mode="w", format=tarfile.GNU_FORMAT) as tar,
+        ):
+            for folder in (
+                "VOCdevkit",
+                _ROOT,
+                f"{_ROOT}/JPEGImages",
+                f"{_ROOT}/SegmentationClass",
+                f"{_ROOT}/ImageSets",
+                f"{_ROOT}/ImageSets/Segmentation",
+            ):
+                tar.addfile(_tar_info(folder, tarfile.DIRTYPE, 0o755))
+            for index, image_id in enumerate(ids):
+                image, labels, scenes[image_id] = generate_indexed_scene(seed, index, size)
+                _add_file(tar, f"{_ROOT}/JPEGImages/{image_id}.jpg", _encode_jpeg(image))
+                _add_file(tar, f"{_ROOT}/SegmentationClass/{image_id}.png", _encode_mask(labels))
+                if progress is not None:
+                    progress("Generating synthetic scenes", index + 1, total)
+            for split, members in splits.items():
+                _add_file(
+                    tar,
+                    f"{_ROOT}/ImageSets/Segmentation/{split}.txt",
+                    "".join(f"{i}\n" for i in members).encode(),
+                )
+            _add_file(tar, f"{_ROOT}/classes.txt", "".join(f"{name}\n" for name in CLASSES).encode())
+            _add_file(tar, f"{_ROOT}/scenes.json", (json.dumps(scenes, indent=2) + "\n").encode())
+        os.chmod(temp_path, 0o644)
+        os.replace(temp_path, out_path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+
+    return {
+        "path": str(out_path),
+        "splits": {split: len(members) for split, members in splits.items()},
+        "classes": list(CLASSES),
+        "scenes": dict(sorted(Counter(scenes.values()).items())),
+        "size": size,
+        "seed": seed,
+    }

@@ -1,0 +1,184 @@
+"""The synthetic VOC-style dataset: determinism, archive layout, masks, class coverage, context pairs."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encnet_core.data.synthetic import (
+    CLASSES,
+    CONTEXT_PAIRS,
+    PALETTE,
+    SCENES,
+    generate_indexed_scene,
+    generate_scene,
+    write_voc_archive,
+)
+from encnet_core.errors import ConfigError
+from encnet_core.palette import IGNORE_INDEX, pil_palette, voc_palette
+
+ROOT = "VOCdevkit/VOC2012"
+SMALL = {"num_train": 5, "num_val": 3, "size": 48, "seed": 7}
+SMALL_IDS = [f"syn_{index:06d}" for index in range(8)]
+
+Scene = tuple[np.ndarray, np.ndarray, str]
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[tuple[str, int, int]]]:
+    """A small archive, its summary and the progress calls made while writing it."""
+    path = tmp_path_factory.mktemp("synthetic") / "voc.tar"
+    calls: list[tuple[str, int, int]] = []
+    summary = write_voc_archive(path, progress=lambda *call: calls.append(call), **SMALL)
+    return path, summary, calls
+
+
+@pytest.fixture(scope="module")
+def default_scenes() -> list[Scene]:
+    """The 400 scenes (train + val) of the default dataset: seed 0, 128 px."""
+    return [generate_indexed_scene(0, index, 128) for index in range(400)]
+
+
+def read_member(path: Path, name: str) -> bytes:
+    """The bytes of one archive member."""
+    with tarfile.open(path) as tar:
+        member = tar.extractfile(name)
+        assert member is not None, name
+        return member.read()
+
+
+def test_same_arguments_give_a_byte_identical_archive(tmp_path: Path, small_archive) -> None:
+    path, _, _ = small_archive
+    again = write_voc_archive(tmp_path / "again.tar", **SMALL)
+    other = write_voc_archive(tmp_path / "other.tar", **{**SMALL, "seed": 8})
+    assert Path(again["path"]).read_bytes() == path.read_bytes()
+    assert Path(other["path"]).read_bytes() != path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.tar", "other.tar"]  # no temp files left
+
+
+def test_archive_has_the_voc_layout(small_archive) -> None:
+    path, summary, _ = small_archive
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    folders = ["VOCdevkit", ROOT, f"{ROOT}/JPEGImages", f"{ROOT}/SegmentationClass", f"{ROOT}/ImageSets"]
+    expected = [*folders, f"{ROOT}/ImageSets/Segmentation"]
+    for image_id in SMALL_IDS:
+        expected += [f"{ROOT}/JPEGImages/{image_id}.jpg", f"{ROOT}/SegmentationClass/{image_id}.png"]
+    expected += [f"{ROOT}/ImageSets/Segmentation/{s}.txt" for s in ("train", "val", "trainval")]
+    expected += [f"{ROOT}/classes.txt", f"{ROOT}/scenes.json"]
+    assert [m.name for m in members] == expected
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
+
+    split = f"{ROOT}/ImageSets/Segmentation"
+    assert read_member(path, f"{split}/train.txt").decode() == "".join(f"{i}\n" for i in SMALL_IDS[:5])
+    assert read_member(path, f"{split}/val.txt").decode() == "".join(f"{i}\n" for i in SMALL_IDS[5:])
+    assert read_member(path, f"{split}/trainval.txt").decode() == "".join(f"{i}\n" for i in SMALL_IDS)
+    assert read_member(path, f"{ROOT}/classes.txt").decode().splitlines() == list(CLASSES)
+    scenes = json.loads(read_member(path, f"{ROOT}/scenes.json"))
+    assert scenes == {i: generate_indexed_scene(7, n, 48)[2] for n, i in enumerate(SMALL_IDS)}
+
+    assert summary["path"] == str(path)
+    assert summary["splits"] == {"train": 5, "val": 3, "trainval": 8}
+    assert summary["classes"] == list(CLASSES)
+    assert sum(summary["scenes"].values()) == 8 and set(summary["scenes"]) <= set(SCENES)
+
+
+def test_masks_and_images_decode_to_the_generated_scenes(small_archive) -> None:
+    path, _, _ = small_archive
+    for index, image_id in enumerate(SMALL_IDS):
+        image, labels, _ = generate_indexed_scene(7, index, 48)
+        mask = Image.open(io.BytesIO(read_member(path, f"{ROOT}/SegmentationClass/{image_id}.png")))
+        assert mask.mode == "P" and mask.size == (48, 48)
+        assert mask.getpalette() == pil_palette(PALETTE)
+        decoded = np.asarray(mask)
+        np.testing.assert_array_equal(decoded, labels)
+        assert set(np.unique(decoded)) <= set(range(len(CLASSES))) | {IGNORE_INDEX}
+
+        jpeg = Image.open(io.BytesIO(read_member(path, f"{ROOT}/JPEGImages/{image_id}.jpg")))
+        assert jpeg.format == "JPEG" and jpeg.mode == "RGB" and jpeg.size == (48, 48)
+        assert (
+            np.abs(np.asarray(jpeg, dtype=np.int16) - image).mean() < 12
+        )  # lossy (grain, 4:2:0 chroma) but the same picture
+
+
+def test_progress_reports_every_image(small_archive) -> None:
+    _, _, calls = small_archive
+    assert [(done, total) for _, done, total in calls] == [(n, 8) for n in range(1, 9)]
+
+
+def test_generate_scene_is_deterministic() -> None:
+    first = generate_scene(np.random.default_rng(3), 64)
+    second = generate_scene(np.random.default_rng(3), 64)
+    image, labels, scene = first
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert labels.shape == (64, 64) and labels.dtype == np.uint8
+    assert scene in SCENES
+    np.testing.assert_array_equal(image, second[0])
+    np.testing.assert_array_equal(labels, second[1])
+    assert scene == second[2]
+
+
+def test_palette_is_the_voc_palette() -> None:
+    np.testing.assert_array_equal(PALETTE, voc_palette(len(CLASSES)))
+
+
+def test_every_class_appears_in_the_default_dataset(default_scenes: list[Scene]) -> None:
+    present = set().union(*(np.unique(labels).tolist() for _, labels, _ in default_scenes))
+    assert present == set(range(len(CLASSES))) | {IGNORE_INDEX}
+    for _, labels, scene in default_scenes:
+        objects = {CLASSES[v] for v in np.unique(labels) if v != IGNORE_INDEX} & set().union(*SCENES.values())
+        assert objects <= set(SCENES[scene])
+        ignored = (labels == IGNORE_INDEX).mean()
+        assert 0 < ignored < 0.2  # every scene has objects, outlined by a thin band
+
+
+def pixel_stats(scenes: list[Scene], name: str) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """Mean and std colour (3,) of the pixels labelled ``name``, and the scene types it occurs in."""
+    label = CLASSES.index(name)
+    pixels = np.concatenate([image[labels == label] for image, labels, _ in scenes])  # (N, 3)
+    pixels = pixels.astype(np.float64)
+    seen = {scene for _, labels, scene in scenes if (labels == label).any()}
+    return pixels.mean(0), pixels.std(0), seen
+
+
+def allowed(name: str) -> set[str]:
+    """The scene types in which object class ``name`` may occur."""
+    return {scene for scene, objects in SCENES.items() if name in objects}
+
+
+@pytest.mark.parametrize("pair", CONTEXT_PAIRS, ids="-".join)
+def test_context_pairs_look_alike_but_never_share_a_scene(
+    default_scenes: list[Scene], pair: tuple[str, str]
+) -> None:
+    first, second = pair
+    assert allowed(first) and allowed(second) and not allowed(first) & allowed(second)
+
+    mean_a, std_a, seen_a = pixel_stats(default_scenes, first)
+    mean_b, std_b, seen_b = pixel_stats(default_scenes, second)
+    assert seen_a == allowed(first) and seen_b == allowed(second)
+    assert np.abs(mean_a - mean_b).max() < 12  # instance colours are random: ~60 objects each
+    assert np.abs(std_a - std_b).max() < 8
+
+
+def test_classes_outside_a_pair_look_different(default_scenes: list[Scene]) -> None:
+    """The tolerance above is tight enough to separate classes that are not drawn alike."""
+    (car, _), (umbrella, _) = CONTEXT_PAIRS
+    mean_car, _, _ = pixel_stats(default_scenes, car)
+    mean_umbrella, _, _ = pixel_stats(default_scenes, umbrella)
+    assert np.abs(mean_car - mean_umbrella).max() > 30
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"size": 16}, "at least 32"), ({"num_val": 0}, "at least 1"), ({"seed": -1}, "0 or more")],
+)
+def test_invalid_arguments_raise_a_config_error(tmp_path: Path, override: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        write_voc_archive(tmp_path / "voc.tar", **{**SMALL, **override})
+    assert list(tmp_path.iterdir()) == []
