@@ -62,8 +62,11 @@ def _root(
 
 
 def _register() -> None:
-    from encnet_cli import doctor, models
+    from encnet_cli import doctor, info, models, prepare
 
+    app.command("prepare")(prepare.prepare)
+    app.command("targets")(info.targets)
+    app.command("info")(info.info)
     app.command("models")(models.models)
     app.command("doctor")(doctor.doctor)
 

@@ -1,0 +1,58 @@
+"""``encnet info`` (dataset statistics) and ``encnet targets`` (recompute SE-loss targets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from encnet_cli._output import console, emit_json
+from encnet_cli._progress import ProgressReporter
+from encnet_core.data.prepare import dataset_statistics, recompute_targets
+
+
+def _print_statistics(stats: dict) -> None:
+    console.print(
+        f"[bold]{stats['path']}[/]: dataset {stats['dataset']}, {stats['num_classes']} classes, "
+        f"ignore {stats['ignore_index']}, present when >= {stats['min_pixels']} px, encnet {stats['encnet_version']}"
+    )
+    for split, entry in stats["splits"].items():
+        if "classes" not in entry:
+            console.print(f"{split}: {entry['images']} images (unlabelled)")
+            continue
+        table = Table(title=f"{split}: {entry['images']} images, {entry['labelled_pixel_fraction']:.1%} of pixels labelled")
+        for column in ("#", "class", "pixel share", "images with it"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for row in entry["classes"]:
+            table.add_row(str(row["index"]), row["name"], f"{row['pixel_share']:.2%}", f"{row['image_fraction']:.1%}")
+        console.print(table)
+
+
+def info(
+    path: Path = typer.Argument(..., help="A prepared dataset (.h5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Print a dataset's splits, counts and per-class pixel share and image frequency."""
+    stats = dataset_statistics(path)
+    if as_json:
+        emit_json(stats, None)
+    else:
+        _print_statistics(stats)
+
+
+def targets(
+    path: Path = typer.Argument(..., help="A prepared dataset (.h5), updated in place."),
+    min_pixels: int = typer.Option(1, "--min-pixels", help="Pixels a class needs in an image to count as present."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Recompute the SE-loss class-presence targets and class pixel counts from the stored masks."""
+    with ProgressReporter(enabled=progress and not as_json) as reporter:
+        updated = recompute_targets(path, min_pixels, progress=reporter)
+    stats = dataset_statistics(path)
+    if as_json:
+        emit_json({"updated": updated, **stats}, None)
+        return
+    console.print(f"updated {', '.join(f'{s}: {n}' for s, n in updated.items())} (min pixels {min_pixels})")
+    _print_statistics(stats)

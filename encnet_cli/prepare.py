@@ -1,0 +1,96 @@
+"""``encnet prepare``: download, verify and convert a dataset to one HDF5 file."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from encnet_cli._output import console, emit_json
+from encnet_cli._progress import ProgressReporter
+from encnet_core.data.download import parse_checksum_option, parse_url_option
+from encnet_core.data.prepare import PrepareOptions
+from encnet_core.data.prepare import prepare as run_prepare
+from encnet_core.data.sources import SOURCES
+from encnet_core.errors import ConfigError
+
+SourceName = Enum("SourceName", {name.replace("-", "_"): name for name in SOURCES}, type=str)  # type: ignore[misc]
+
+
+def _archive_option(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    return (name, Path(path)) if sep and not Path(text).exists() else ("", Path(text))
+
+
+def prepare(
+    source: SourceName = typer.Argument(..., help="Dataset: voc, voc-aug, pcontext, ade20k, folder or synthetic."),
+    out: Path = typer.Option(..., "--out", "-o", help="HDF5 file to write (written to a temp file, renamed at the end)."),
+    root: Path = typer.Option(None, "--root", help="Folder for downloaded archives [default: $ENCNET_CACHE or ~/.cache/encnet]."),
+    url: list[str] = typer.Option([], "--url", help="NAME=URL: download file NAME from URL (repeatable)."),
+    mirror: str = typer.Option(None, "--mirror", help="Base URL of a mirror holding the archives under their file names."),
+    archive: list[str] = typer.Option([], "--archive", help="[NAME=]PATH: use an archive you already have (repeatable)."),
+    download: bool = typer.Option(True, "--download/--no-download", help="Download missing archives."),
+    checksum: list[str] = typer.Option([], "--checksum", help="FILE=ALGO:HEX: expected checksum of FILE (md5, sha1, sha256)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify archive checksums (skipping warns)."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Conversion processes [default: one per core]."),
+    strict: bool = typer.Option(False, "--strict", help="Make a split size that differs from the reference an error."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and record) corrupt images and bad masks instead of stopping."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    min_pixels: int = typer.Option(1, "--min-pixels", help="Pixels a class needs in an image to count as present (se_targets)."),
+    images: Path = typer.Option(None, "--images", help="folder: image folder (with train/val[/test] subfolders, or flat)."),
+    masks: Path = typer.Option(None, "--masks", help="folder: mask folder mirroring --images (.png)."),
+    classes: Path = typer.Option(None, "--classes", help="folder: class list file, one 'name [R G B]' per line."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="folder: share of a flat folder used for val."),
+    num_train: int = typer.Option(300, "--num-train", help="synthetic: training images."),
+    num_val: int = typer.Option(100, "--num-val", help="synthetic: validation images."),
+    size: int = typer.Option(128, "--size", help="synthetic: image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="synthetic: scene seed; folder: split seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Download, verify and convert a dataset to one HDF5 file (see docs/dataset-format.md)."""
+    name = source.value
+    folder_opts = {"--images": images, "--masks": masks, "--classes": classes}
+    if name != "folder" and any(v is not None for v in folder_opts.values()):
+        raise ConfigError(f"{', '.join(k for k, v in folder_opts.items() if v is not None)} only apply to `prepare folder`")
+    params: dict = {}
+    if name == "folder":
+        params = {"images": images, "masks": masks, "classes": classes, "val_fraction": val_fraction, "seed": seed}
+    elif name == "synthetic":
+        params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    checksums: dict[str, dict[str, str]] = {}
+    for text in checksum:
+        file, algo, digest = parse_checksum_option(text)
+        checksums.setdefault(file, {})[algo] = digest
+    options = PrepareOptions(
+        out=out,
+        root=root,
+        overwrite=overwrite,
+        urls=dict(parse_url_option(text) for text in url),
+        mirror=mirror,
+        archives=dict(_archive_option(text) for text in archive),
+        checksums=checksums,
+        download=download,
+        verify=verify,
+        workers=workers,
+        strict=strict,
+        skip_bad=skip_bad,
+        min_pixels=min_pixels,
+        params=params,
+    )
+    with ProgressReporter(enabled=progress and not as_json) as reporter:
+        result = run_prepare(name, options, progress=reporter)
+    summary = dataclasses.asdict(result)
+    if as_json:
+        emit_json(summary, None)
+        return
+    table = Table(title=f"{result.dataset} -> {result.out}")
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    for split, count in result.counts.items():
+        table.add_row(split, str(count))
+    console.print(table)
+    console.print(f"{len(result.classes)} classes, {len(result.skipped)} skipped, {result.seconds:.1f}s")

@@ -1,0 +1,343 @@
+"""``encnet prepare``, ``encnet targets`` and ``encnet info``: fetch, verify, convert, summarise.
+
+Conversion runs in a process pool (one worker per core by default). Each worker reads its items
+straight from the archives (or extracted files), checks them (decodable image, mask of the same size
+with labels 0..C-1 or 255) and hands back a ``Sample``; the main process writes them in order with
+``HDF5Writer``, which renames the file into place only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from encnet_core.data.archives import Archive, open_archive
+from encnet_core.data.download import ProgressCallback, default_cache_dir, fetch
+from encnet_core.data.hdf5 import (
+    HDF5Writer,
+    Sample,
+    class_pixel_counts,
+    decode_mask,
+    encode_mask,
+    open_h5,
+    read_info,
+)
+from encnet_core.data.sources import Item, Ref, get_source
+from encnet_core.errors import ConfigError, DataError, EncNetError
+from encnet_core.palette import IGNORE_INDEX
+
+log = logging.getLogger("encnet")
+
+__all__ = ["PrepareOptions", "PrepareResult", "prepare", "recompute_targets", "dataset_statistics", "convert_item"]
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Options of ``encnet prepare`` (see its --help)."""
+
+    out: Path  # the HDF5 file to write
+    root: Path | None = None  # archive cache folder (default: default_cache_dir())
+    overwrite: bool = False  # replace an existing --out
+    urls: dict[str, str] = field(default_factory=dict)  # remote file name -> URL override
+    mirror: str | None = None  # base URL replacing every remote's folder
+    archives: dict[str, Path] = field(default_factory=dict)  # remote file name -> local file
+    checksums: dict[str, dict[str, str]] = field(default_factory=dict)  # file -> {algo: hex} overrides
+    download: bool = True  # allow downloading missing archives
+    verify: bool = True  # verify checksums
+    workers: int = 0  # conversion processes (0 = one per core)
+    strict: bool = False  # split size mismatch is an error instead of a warning
+    skip_bad: bool = False  # skip and record unusable images instead of stopping
+    min_pixels: int = 1  # pixels for a class to count as present in se_targets
+    params: dict[str, Any] = field(default_factory=dict)  # source-specific parameters
+
+
+@dataclass
+class PrepareResult:
+    """What ``prepare`` wrote."""
+
+    out: Path
+    dataset: str
+    classes: list[str]
+    counts: dict[str, int]
+    skipped: list[dict[str, str]]
+    warnings: list[str]
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- conversion (workers)
+
+_OPEN_ARCHIVES: dict[str, Archive] = {}
+
+
+def _read(ref: Ref) -> bytes:
+    container, member = ref
+    if not container:
+        return Path(member).read_bytes()
+    archive = _OPEN_ARCHIVES.get(container)
+    if archive is None:
+        archive = _OPEN_ARCHIVES[container] = open_archive(Path(container))
+    return archive.read(member)
+
+
+def _where(ref: Ref) -> str:
+    return f"{ref[0]}:{ref[1]}" if ref[0] else ref[1]
+
+
+def convert_item(item: Item, num_classes: int) -> Sample | dict[str, str]:
+    """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}``."""
+    where = _where(item.image)
+    try:
+        raw = _read(item.image)
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            width, height = img.size
+            if img.format not in ("JPEG", "PNG"):  # stored bytes must decode with torchvision.io
+                buffer = io.BytesIO()
+                img.convert("RGB").save(buffer, format="PNG")
+                raw = buffer.getvalue()
+        sample = Sample(item.name, raw, height, width)
+        if item.mask is not None and item.decode_mask is not None:
+            where = _where(item.mask)
+            labels = item.decode_mask(_read(item.mask))
+            if labels.shape != (height, width):
+                raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but the image is {width}x{height}")
+            bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
+            if bad.any():
+                raise DataError(f"label {int(labels[bad].max())} outside 0..{num_classes - 1} (and 255 ignore)")
+            sample.mask = encode_mask(labels)
+            sample.class_pixels = class_pixel_counts(labels, num_classes)
+        return sample
+    except (OSError, ValueError, EncNetError, SyntaxError) as exc:  # PIL raises OSError/SyntaxError on corrupt data
+        return {"name": item.name, "file": where, "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+
+
+def _convert_chunk(chunk: list[Item], num_classes: int) -> list[Sample | dict[str, str]]:
+    return [convert_item(item, num_classes) for item in chunk]
+
+
+def _convert_all(items: list[Item], num_classes: int, workers: int) -> Iterator[Sample | dict[str, str]]:
+    """Results in item order; chunks of consecutive items keep archive reads sequential per worker."""
+    if workers <= 1 or len(items) < 16:
+        for item in items:
+            yield convert_item(item, num_classes)
+        return
+    chunk = max(4, min(64, len(items) // (workers * 8) or 1))
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    try:
+        pending = [pool.submit(_convert_chunk, c, num_classes) for c in chunks[: workers * 4]]
+        next_chunk = len(pending)
+        while pending:
+            results = pending.pop(0).result()
+            if next_chunk < len(chunks):
+                pending.append(pool.submit(_convert_chunk, chunks[next_chunk], num_classes))
+                next_chunk += 1
+            yield from results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def _resolve_remote_options(remotes: tuple, options: PrepareOptions) -> dict[str, dict[str, Any]]:
+    """Per remote file: its URL override, local archive and checksum override."""
+    names = {r.name for r in remotes}
+    for kind, mapping in (("--url", options.urls), ("--checksum", options.checksums)):
+        unknown = set(mapping) - names
+        if unknown:
+            raise ConfigError(f"{kind} names {sorted(unknown)[0]!r}, which is not a file of this dataset ({', '.join(sorted(names)) or 'none'})")
+    archives: dict[str, Path] = {}
+    for key, path in options.archives.items():
+        if key in names:
+            archives[key] = path
+        elif key == "" and len(remotes) == 1:
+            archives[remotes[0].name] = path
+        elif key == "" and Path(path).name in names:
+            archives[Path(path).name] = path
+        else:
+            raise ConfigError(
+                f"cannot tell which file --archive {path} is; use NAME=PATH with NAME one of {', '.join(sorted(names)) or 'none'}"
+            )
+    resolved = {}
+    for remote in remotes:
+        url = options.urls.get(remote.name)
+        if url is None and options.mirror:
+            url = options.mirror.rstrip("/") + "/" + remote.name
+        resolved[remote.name] = {
+            "url": url,
+            "archive": archives.get(remote.name),
+            "checksum": options.checksums.get(remote.name),
+        }
+    return resolved
+
+
+def prepare(
+    source_name: str,
+    options: PrepareOptions,
+    progress: ProgressCallback | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """Fetch and verify a dataset's files, convert it, and write ``options.out`` atomically."""
+    start = time.perf_counter()
+    warnings: list[str] = []
+
+    def _warn(message: str) -> None:
+        warnings.append(message)
+        (warn or log.warning)(message)
+
+    source = get_source(source_name)
+    out = Path(options.out)
+    if out.exists() and not options.overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise ConfigError(f"--out should end in .h5 or .hdf5, got {out.name}")
+    root = Path(options.root) if options.root else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    if options.min_pixels < 1:
+        raise ConfigError("--min-pixels must be at least 1")
+
+    files: dict[str, Path] = {}
+    provenance: list[dict[str, Any]] = []
+    hashes_by_file: dict[str, dict[str, str]] = {}
+    remote_options = _resolve_remote_options(source.remotes, options)
+    for remote in source.remotes:
+        opts = remote_options[remote.name]
+        path, hashes = fetch(
+            remote,
+            root,
+            url_override=opts["url"],
+            archive=opts["archive"],
+            checksum_override=opts["checksum"],
+            allow_download=options.download,
+            verify=options.verify,
+            progress=progress,
+            warn=_warn,
+        )
+        files[remote.name] = path
+        hashes_by_file[remote.name] = hashes
+        provenance.append({"file": remote.name, "url": opts["url"] or remote.url, "path": str(path), **hashes,
+                           "verified": options.verify})  # fmt: skip
+
+    params = dict(options.params)
+    params["_hashes"] = hashes_by_file
+    params["_progress"] = progress
+    plan = source.plan(files, root, params)
+    num_classes = len(plan.classes)
+
+    for split, expected in plan.expected.items():
+        found = len(plan.splits.get(split, []))
+        if found != expected:
+            message = f"split {split!r} has {found} images, the reference has {expected}"
+            if options.strict:
+                raise DataError(message + " (--strict)")
+            _warn(message)
+
+    workers = options.workers or (os.cpu_count() or 1)
+    skipped: list[dict[str, str]] = []
+    counts: dict[str, int] = {}
+    sources_attr = {"source": source_name, "files": provenance, **plan.files}
+    with HDF5Writer(out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels) as writer:
+        for split, items in plan.splits.items():
+            labelled = any(item.mask is not None for item in items)
+            writer.begin_split(split, len(items), labelled)
+            done = 0
+            for result in _convert_all(items, num_classes, workers):
+                done += 1
+                if isinstance(result, dict):
+                    if not options.skip_bad:
+                        raise DataError(f"{result['file']}: {result['reason']} (pass --skip-bad to skip such files)")
+                    skipped.append({"split": split, **result})
+                    _warn(f"skipped {result['file']}: {result['reason']}")
+                else:
+                    writer.add(result)
+                if progress:
+                    progress(f"converting {split}", done, len(items))
+            counts[split] = done - sum(1 for s in skipped if s["split"] == split)
+        writer.handle.attrs["sources"] = json.dumps({**sources_attr, "skipped": skipped})
+    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- targets and info
+
+
+def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallback | None = None) -> dict[str, int]:
+    """Recompute ``class_pixels`` and ``se_targets`` of every labelled split from the stored masks.
+
+    Every mask is decoded before anything is written, so an error leaves the file untouched.
+    Returns the number of images per split that were updated.
+    """
+    if min_pixels < 1:
+        raise ConfigError("--min-pixels must be at least 1")
+    info = read_info(path)
+    new: dict[str, np.ndarray] = {}
+    with open_h5(path) as handle:
+        for split, count in info.splits.items():
+            if not info.labelled[split]:
+                continue
+            masks = handle[split]["masks"]
+            pixels = np.zeros((count, info.num_classes), dtype=np.int64)
+            for i in range(count):
+                labels = decode_mask(masks[i])
+                bad = (labels >= info.num_classes) & (labels != IGNORE_INDEX)
+                if bad.any():
+                    name = handle[split]["names"][i].decode()
+                    raise DataError(f"{path}: mask of {split}/{name} has label {int(labels[bad].max())} >= {info.num_classes}")
+                pixels[i] = class_pixel_counts(labels, info.num_classes)
+                if progress:
+                    progress(f"targets {split}", i + 1, count)
+            new[split] = pixels
+    with open_h5(path, "r+") as handle:
+        for split, pixels in new.items():
+            handle[split]["class_pixels"][...] = pixels
+            handle[split]["se_targets"][...] = (pixels >= min_pixels).astype(np.uint8)
+        handle.attrs["min_pixels"] = min_pixels
+    return {split: len(pixels) for split, pixels in new.items()}
+
+
+def dataset_statistics(path: Path) -> dict[str, Any]:
+    """Splits, counts, and per class its pixel share and the fraction of images containing it."""
+    info = read_info(path)
+    result: dict[str, Any] = {
+        "path": str(path),
+        "dataset": info.dataset,
+        "format_version": 1,
+        "encnet_version": info.encnet_version,
+        "num_classes": info.num_classes,
+        "ignore_index": info.ignore_index,
+        "min_pixels": info.min_pixels,
+        "splits": {},
+    }
+    with open_h5(path) as handle:
+        for split, count in info.splits.items():
+            entry: dict[str, Any] = {"images": count, "labelled": info.labelled[split]}
+            if info.labelled[split] and count:
+                pixels = handle[split]["class_pixels"][...]
+                present = handle[split]["se_targets"][...]
+                total = max(int(pixels.sum()), 1)
+                sizes = handle[split]["sizes"][...].astype(np.int64)
+                entry["labelled_pixel_fraction"] = total / max(int((sizes[:, 0] * sizes[:, 1]).sum()), 1)
+                entry["classes"] = [
+                    {
+                        "index": c,
+                        "name": name,
+                        "pixel_share": float(pixels[:, c].sum()) / total,
+                        "image_fraction": float(present[:, c].mean()),
+                    }
+                    for c, name in enumerate(info.classes)
+                ]
+            result["splits"][split] = entry
+    return result

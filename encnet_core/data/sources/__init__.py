@@ -1,0 +1,99 @@
+"""Dataset sources for ``encnet prepare``: what to fetch and how to turn it into (image, labels) items.
+
+A source is data plus one ``plan`` function: given the verified local files of its remotes, a work
+folder and its parameters, it lists the items of every split (picklable references to an image and a
+mask in an archive or on disk, with the function that turns the raw mask file into labels), the
+class names and the palette. ``encnet_core.data.prepare`` does the rest, the same way for every source.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from encnet_core.data.download import RemoteFile
+from encnet_core.errors import DataError
+
+__all__ = ["Ref", "Item", "SourcePlan", "Source", "SOURCES", "get_source", "decode_index_png"]
+
+Ref = tuple[str, str]
+"""(archive path, member name), or ("", file path) for a plain file."""
+
+MaskDecoder = Callable[[bytes], np.ndarray]
+"""Raw mask file bytes -> (H, W) uint8 labels (0..C-1, 255 ignore)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to convert (picklable: sent to the conversion workers)."""
+
+    name: str  # image id stored in `names`
+    image: Ref
+    mask: Ref | None  # None for unlabelled splits
+    decode_mask: MaskDecoder | None = None
+
+
+@dataclass
+class SourcePlan:
+    """Everything the converter needs to know about one dataset."""
+
+    classes: list[str]
+    palette: np.ndarray  # (C, 3) uint8
+    splits: dict[str, list[Item]]
+    expected: dict[str, int] = field(default_factory=dict)  # known split sizes, checked before converting
+    files: dict[str, Any] = field(default_factory=dict)  # extra provenance recorded in the `sources` attribute
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset ``encnet prepare`` knows: its downloadable files and its plan function."""
+
+    name: str
+    description: str
+    remotes: tuple[RemoteFile, ...]
+    plan: Callable[[dict[str, Path], Path, dict[str, Any]], SourcePlan]
+
+
+def decode_index_png(raw: bytes) -> np.ndarray:
+    """A palette ("P") or grayscale ("L") PNG whose pixel values are the labels."""
+    with Image.open(io.BytesIO(raw)) as img:
+        if img.mode not in ("P", "L"):
+            raise DataError(f"mask has mode {img.mode}; expected a palette (P) or index (L) PNG")
+        return np.asarray(img, dtype=np.uint8)
+
+
+def find_prefix(names: list[str], suffix: str, what: str) -> str:
+    """The folder prefix under which ``suffix`` lies in an archive listing (layouts differ in their top folder)."""
+    for name in names:
+        if name == suffix or name.endswith("/" + suffix):
+            return name[: len(name) - len(suffix)]
+    raise DataError(f"{what}: no {suffix} found; is this the right archive?")
+
+
+def _registry() -> dict[str, Source]:
+    from encnet_core.data.sources import ade20k, folder, pcontext, voc
+
+    return {
+        "voc": voc.VOC,
+        "voc-aug": voc.VOC_AUG,
+        "pcontext": pcontext.PCONTEXT,
+        "ade20k": ade20k.ADE20K,
+        "folder": folder.FOLDER,
+        "synthetic": voc.SYNTHETIC,
+    }
+
+
+SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic")
+
+
+def get_source(name: str) -> Source:
+    registry = _registry()
+    if name not in registry:
+        raise DataError(f"unknown dataset source {name!r}; choose one of {', '.join(SOURCES)}")
+    return registry[name]

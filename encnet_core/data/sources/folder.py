@@ -1,0 +1,154 @@
+"""A user's own folders: images, masks (index/palette PNGs, or colour PNGs mapped by the class colours)
+and a class list file.
+
+Layout: ``IMAGES/<split>/**/*.jpg`` with ``MASKS/<split>/**/*.png`` when IMAGES has split folders
+(``train``, ``val``, ``test``: a split without a mask folder is stored unlabelled); otherwise every
+image under IMAGES is split randomly (``val_fraction``, seeded). A mask has the image's relative path
+with the extension ``.png``.
+
+Class file: one class per line, in label order, ``name`` or ``name R G B`` or ``name #RRGGBB``
+(colours for palette output and for colour masks; default the VOC palette). Blank lines and lines
+starting with ``#`` are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from encnet_core.data.sources import Item, Source, SourcePlan
+from encnet_core.errors import ConfigError, DataError
+from encnet_core.palette import IGNORE_INDEX, voc_palette
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def parse_class_file(path: Path) -> tuple[list[str], np.ndarray]:
+    """Class names and (C, 3) uint8 palette from a class list file."""
+    if not path.is_file():
+        raise ConfigError(f"class list file not found: {path}")
+    names: list[str] = []
+    colours: list[tuple[int, int, int] | None] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        colour: tuple[int, int, int] | None = None
+        try:
+            if len(parts) >= 4 and all(p.isdigit() for p in parts[-3:]):
+                colour = tuple(int(p) for p in parts[-3:])  # type: ignore[assignment]
+                parts = parts[:-3]
+            elif len(parts) >= 2 and parts[-1].startswith("#") and len(parts[-1]) == 7:
+                colour = tuple(int(parts[-1][i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[assignment]
+                parts = parts[:-1]
+        except ValueError:
+            raise ConfigError(f"{path}:{number}: bad colour in {line!r}") from None
+        if colour is not None and max(colour) > 255:
+            raise ConfigError(f"{path}:{number}: colour values must be 0..255")
+        names.append(" ".join(parts))
+        colours.append(colour)
+    if not names:
+        raise ConfigError(f"{path} lists no classes")
+    if len(names) > 255:
+        raise ConfigError(f"{path} lists {len(names)} classes; at most 255 are supported (255 is ignore)")
+    palette = voc_palette(len(names))
+    for index, colour in enumerate(colours):
+        if colour is not None:
+            palette[index] = colour
+    return names, palette
+
+
+def decode_folder_mask(raw: bytes, palette: np.ndarray) -> np.ndarray:
+    """Index/palette PNG -> its values; RGB PNG -> class by exact colour (white = ignore)."""
+    with Image.open(io.BytesIO(raw)) as img:
+        if img.mode in ("P", "L"):
+            return np.asarray(img, dtype=np.uint8)
+        if img.mode == "I;16" or img.mode == "I":
+            values = np.asarray(img)
+            if values.max() > 255:
+                raise DataError(f"mask value {int(values.max())} does not fit 0..255")
+            return values.astype(np.uint8)
+        rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (H, W)
+    keys = (palette[:, 0].astype(np.int64) << 16) | (palette[:, 1].astype(np.int64) << 8) | palette[:, 2]
+    labels = np.full(codes.shape, IGNORE_INDEX, dtype=np.uint8)
+    known = np.zeros(codes.shape, dtype=bool)
+    for index, key in enumerate(keys):
+        hit = codes == key
+        labels[hit] = index
+        known |= hit
+    unknown = ~known & (codes != 0xFFFFFF)
+    if unknown.any():
+        y, x = np.argwhere(unknown)[0]
+        raise DataError(f"colour {tuple(int(v) for v in rgb[y, x])} at ({y}, {x}) is not in the class list")
+    return labels
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
+    images_dir = params.get("images")
+    masks_dir = params.get("masks")
+    classes_file = params.get("classes")
+    if images_dir is None or classes_file is None:
+        raise ConfigError("`encnet prepare folder` needs --images DIR and --classes FILE (and --masks DIR)")
+    images_dir, classes_file = Path(images_dir), Path(classes_file)
+    masks_dir = Path(masks_dir) if masks_dir else None
+    if not images_dir.is_dir():
+        raise ConfigError(f"image folder not found: {images_dir}")
+    if masks_dir is not None and not masks_dir.is_dir():
+        raise ConfigError(f"mask folder not found: {masks_dir}")
+    classes, palette = parse_class_file(classes_file)
+    decoder = functools.partial(decode_folder_mask, palette=palette)
+
+    def items_for(image_root: Path, mask_root: Path | None) -> list[Item]:
+        items = []
+        for image in _images_under(image_root):
+            relative = image.relative_to(image_root)
+            mask = None
+            if mask_root is not None:
+                mask_path = (mask_root / relative).with_suffix(".png")
+                if not mask_path.is_file():
+                    raise DataError(f"no mask for {image}: expected {mask_path}")
+                mask = ("", str(mask_path))
+            items.append(Item(relative.with_suffix("").as_posix(), ("", str(image)), mask, decoder if mask else None))
+        return items
+
+    split_dirs = [s for s in SPLIT_NAMES if (images_dir / s).is_dir()]
+    splits: dict[str, list[Item]] = {}
+    if split_dirs:
+        for split in split_dirs:
+            mask_root = masks_dir / split if masks_dir is not None and (masks_dir / split).is_dir() else None
+            if mask_root is None and split != "test":
+                raise DataError(f"split {split!r} has images but no mask folder {masks_dir}/{split}")
+            splits[split] = items_for(images_dir / split, mask_root)
+    else:
+        if masks_dir is None:
+            raise ConfigError("--masks DIR is required when the image folder has no train/val/test subfolders")
+        items = items_for(images_dir, masks_dir)
+        fraction = float(params.get("val_fraction", 0.1))
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {fraction}")
+        order = list(range(len(items)))
+        random.Random(int(params.get("seed", 0))).shuffle(order)
+        num_val = round(len(items) * fraction)
+        val = set(order[:num_val])
+        splits["train"] = [item for i, item in enumerate(items) if i not in val]
+        if num_val:
+            splits["val"] = [item for i, item in enumerate(items) if i in val]
+    if not any(splits.values()):
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_dir}")
+    return SourcePlan(classes, palette, splits, files={"images": str(images_dir), "masks": str(masks_dir)})
+
+
+FOLDER = Source("folder", "your own images + masks + class list", (), plan_folder)
