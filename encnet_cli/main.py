@@ -62,10 +62,11 @@ def _root(
 
 
 def _register() -> None:
-    from encnet_cli import doctor, info, models, prepare
+    from encnet_cli import doctor, info, models, prepare, train
 
     app.command("prepare")(prepare.prepare)
     app.command("targets")(info.targets)
+    app.command("train")(train.train)
     app.command("info")(info.info)
     app.command("models")(models.models)
     app.command("doctor")(doctor.doctor)

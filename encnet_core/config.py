@@ -1,0 +1,134 @@
+"""Training configuration: one frozen dataclass, filled from defaults < recipe/config TOML < CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from encnet_core.errors import ConfigError
+from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["TrainConfig", "load_toml", "recipe_path", "list_recipes", "RECIPES_DIR"]
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved as config.toml in the run folder and in checkpoints)."""
+
+    data: str = ""  # prepared HDF5 dataset
+    output_dir: str = "runs/encnet"  # run folder: config, metrics.jsonl, last.pt, best.pt
+    model: str = "encnet_resnet50s"  # registered model name (see `encnet models`)
+    train_split: str = "train"  # split to train on
+    val_split: str = "val"  # split to validate on ("" to skip validation)
+    epochs: int | None = None  # run length in epochs (total, also when resuming)
+    iters: int | None = None  # run length in iterations (overrides epochs)
+    batch_size: int = 8  # images per process and step
+    lr: float = 0.01  # base learning rate per 16 images; the run uses lr * global_batch / 16
+    head_lr_mult: float = 10.0  # heads (EncHead, aux) learn at this multiple of the lr
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay
+    poly_power: float = 0.9  # lr * (1 - it / total) ** power
+    warmup_iters: int = 0  # linear warm-up iterations (0 = none, as the reference)
+    crop_size: int = 480  # training crop (square)
+    base_size: int = 520  # long side before random scaling
+    scale_min: float = 0.5  # random long side from scale_min * base_size ...
+    scale_max: float = 2.0  # ... to scale_max * base_size
+    workers: int = 4  # DataLoader worker processes per training process
+    num_codes: int | None = None  # codewords K (None: the model's default, 32 for the ResNet models)
+    se_loss: bool = True  # Semantic Encoding loss
+    se_weight: float = 0.2  # weight of the SE loss
+    aux: bool = True  # auxiliary FCN head
+    aux_weight: float = 0.2  # weight of the aux loss
+    lateral: bool = False  # EncHead lateral branch
+    output_stride: int = 8  # backbone output stride
+    amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seeds model init, data order and augmentation
+    val_every: int = 1  # validate every N epochs (0 = only at the end)
+    log_every: int = 10  # iterations per metrics.jsonl record and progress refresh
+    init_from: str | None = None  # encnet or PyTorch-Encoding checkpoint to start from
+    freeze_backbone: bool = False  # train only the heads (backbone weights and BN statistics fixed)
+    freeze_bn: bool = False  # keep every BatchNorm in eval mode (fixed statistics), e.g. for tiny batches
+    backbone_weights: str | None = None  # local ImageNet state_dict file or "imagenet"
+    compile: bool = False  # torch.compile the model
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation mean (RGB, 0..1)
+    std: tuple[float, float, float] = IMAGENET_STD  # normalisation std
+    recipe: str | None = field(default=None)  # recipe the run started from (informational)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.crop_size >= 16, "--crop-size must be at least 16"),
+            (self.base_size >= 16, "--base-size must be at least 16"),
+            (0 < self.scale_min <= self.scale_max, "scale_min must be positive and <= scale_max"),
+            (self.workers >= 0, "--workers must be >= 0"),
+            (self.amp in ("off", "bf16", "fp16"), "--amp must be off, bf16 or fp16"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (self.iters is None or self.iters >= 1, "--iters must be at least 1"),
+            (self.val_every >= 0, "--val-every must be >= 0"),
+            (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.num_codes is None or self.num_codes >= 1, "--num-codes must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def to_toml(self) -> str:
+        """TOML text of the resolved configuration (None values are left out)."""
+        lines = ["# resolved encnet training configuration"]
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "configuration") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        values = {k: tuple(v) if k in ("mean", "std") else v for k, v in values.items()}
+        return cls(**values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in recipes/."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(list_recipes()) or 'none'}")
+    return path
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Settings of a TOML recipe/config file (a [train] table or top-level keys)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    return data.get("train", data)

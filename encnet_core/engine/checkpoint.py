@@ -1,0 +1,123 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, able to rebuild their model alone.
+
+A training checkpoint is a dict::
+
+    {"format": "encnet-checkpoint", "version": 1, "encnet_version": ...,
+     "model_config": {...create_model kwargs...}, "model": state_dict,
+     "classes": [...], "palette": [[r, g, b], ...], "mean": [...], "std": [...],
+     "base_size": int, "crop_size": int, "train_config": {...},
+     "optimizer": ..., "scheduler": ..., "scaler": ..., "epoch": int, "iteration": int,
+     "rng": {...}, "metrics": {...}, "best_score": float}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from encnet_core import __version__
+from encnet_core.errors import CheckpointError
+from encnet_core.models import EncNet, convert_pytorch_encoding_state_dict, create_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = "encnet-checkpoint"
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Write ``payload`` to ``path`` through a temp file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "encnet_version": __version__, **payload}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely (no code execution). A bare state_dict comes back as ``{"model": sd}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} needs arbitrary code to load (it is not a plain weights file) and was refused: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dict")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        return obj
+    state = obj.get("state_dict", obj.get("model", obj))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is neither an encnet checkpoint nor a state_dict")
+    return {"model": state}
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> EncNet:
+    """Rebuild the model a checkpoint describes and load its weights (strict)."""
+    config = ckpt.get("model_config")
+    if not config:
+        raise CheckpointError(f"{path} has no model description; it is a bare state_dict (use --init-from with --model)")
+    model = create_model(**config)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {config.get('name')}: {str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") from None
+    return model
+
+
+def adapt_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept encnet and PyTorch-Encoding state_dicts (and DataParallel/DDP prefixes)."""
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    if any(k.startswith(("pretrained.", "auxlayer.")) for k in state):
+        state = convert_pytorch_encoding_state_dict(state)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from (torch CPU/CUDA, numpy, random), as tensors and plain values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},  # fmt: skip
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    import ast
+
+    random.setstate(_to_tuple(ast.literal_eval(state["python"])))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
