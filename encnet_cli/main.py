@@ -62,11 +62,13 @@ def _root(
 
 
 def _register() -> None:
-    from encnet_cli import doctor, info, models, prepare, train
+    from encnet_cli import doctor, evaluate, info, models, predict, prepare, train
 
     app.command("prepare")(prepare.prepare)
     app.command("targets")(info.targets)
     app.command("train")(train.train)
+    app.command("evaluate")(evaluate.evaluate)
+    app.command("predict")(predict.predict)
     app.command("info")(info.info)
     app.command("models")(models.models)
     app.command("doctor")(doctor.doctor)

@@ -91,6 +91,17 @@ def _read(ref: Ref) -> bytes:
     return archive.read(member)
 
 
+def _close_archives() -> None:
+    """Close the archives ``_read`` opened: a later run may find another file at the same path."""
+    while _OPEN_ARCHIVES:
+        _OPEN_ARCHIVES.popitem()[1].close()
+
+
+def _forget_inherited_archives() -> None:
+    """Pool initializer: archives inherited through fork share the parent's file offset; open fresh ones."""
+    _OPEN_ARCHIVES.clear()
+
+
 def _where(ref: Ref) -> str:
     return f"{ref[0]}:{ref[1]}" if ref[0] else ref[1]
 
@@ -136,7 +147,9 @@ def _convert_all(items: list[Item], num_classes: int, workers: int) -> Iterator[
     chunk = max(4, min(64, len(items) // (workers * 8) or 1))
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    pool = cf.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method), initializer=_forget_inherited_archives
+    )
     try:
         pending = [pool.submit(_convert_chunk, c, num_classes) for c in chunks[: workers * 4]]
         next_chunk = len(pending)
@@ -250,24 +263,27 @@ def prepare(
     skipped: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
-    with HDF5Writer(out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels) as writer:
-        for split, items in plan.splits.items():
-            labelled = any(item.mask is not None for item in items)
-            writer.begin_split(split, len(items), labelled)
-            done = 0
-            for result in _convert_all(items, num_classes, workers):
-                done += 1
-                if isinstance(result, dict):
-                    if not options.skip_bad:
-                        raise DataError(f"{result['file']}: {result['reason']} (pass --skip-bad to skip such files)")
-                    skipped.append({"split": split, **result})
-                    _warn(f"skipped {result['file']}: {result['reason']}")
-                else:
-                    writer.add(result)
-                if progress:
-                    progress(f"converting {split}", done, len(items))
-            counts[split] = done - sum(1 for s in skipped if s["split"] == split)
-        writer.handle.attrs["sources"] = json.dumps({**sources_attr, "skipped": skipped})
+    try:
+        with HDF5Writer(out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels) as writer:
+            for split, items in plan.splits.items():
+                labelled = any(item.mask is not None for item in items)
+                writer.begin_split(split, len(items), labelled)
+                done = 0
+                for result in _convert_all(items, num_classes, workers):
+                    done += 1
+                    if isinstance(result, dict):
+                        if not options.skip_bad:
+                            raise DataError(f"{result['file']}: {result['reason']} (pass --skip-bad to skip such files)")
+                        skipped.append({"split": split, **result})
+                        _warn(f"skipped {result['file']}: {result['reason']}")
+                    else:
+                        writer.add(result)
+                    if progress:
+                        progress(f"converting {split}", done, len(items))
+                counts[split] = done - sum(1 for s in skipped if s["split"] == split)
+            writer.handle.attrs["sources"] = json.dumps({**sources_attr, "skipped": skipped})
+    finally:
+        _close_archives()
     return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start)
 
 

@@ -61,8 +61,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} needs arbitrary code to load (it is not a plain weights file) and was refused: "
             f"{str(exc).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # empty/truncated pickles raise IndexError, struct.error, KeyError, ...
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({detail})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict")
     if obj.get("format") == CHECKPOINT_FORMAT:

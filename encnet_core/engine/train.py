@@ -37,6 +37,7 @@ from encnet_core.engine.checkpoint import (
 from encnet_core.engine.device import autocast_context
 from encnet_core.engine.distributed import (
     DistInfo,
+    ShardSampler,
     all_reduce_sum,
     broadcast_flag,
     init_distributed,
@@ -123,19 +124,6 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout) untouched
             torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63))
             return self.dataset[index]
-
-
-class ShardSampler(Sampler):
-    """Indices rank, rank + W, ... without padding: every sample evaluated exactly once over all ranks."""
-
-    def __init__(self, size: int, info: DistInfo) -> None:
-        self.indices = list(range(info.rank, size, info.world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 class PolySchedule:

@@ -1,0 +1,74 @@
+"""``encnet evaluate``: pixAcc / mIoU and per-class IoU of a model on a prepared split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from encnet_cli import _options as opt
+from encnet_cli._output import console, emit_json
+from encnet_cli._progress import ProgressReporter
+from encnet_core.engine.evaluate import EvaluateOptions
+from encnet_core.engine.evaluate import evaluate as run_evaluate
+from encnet_core.engine.runtime import peek_metadata
+
+
+def evaluate(
+    model: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or exported model."),
+    data: Path = typer.Argument(..., help="Prepared dataset (.h5)."),
+    split: str = typer.Option("val", "--split", help="Split to evaluate."),
+    scales: str = opt.ScalesOption,
+    slide: bool = opt.SlideOption,
+    flip: bool = opt.FlipOption,
+    crop_size: int = opt.CropOption,
+    base_size: int = opt.BaseOption,
+    stride_rate: float = opt.StrideOption,
+    merge: str = opt.MergeOption,
+    batch_size: int = typer.Option(8, "--batch-size", help="Views per forward pass."),
+    device: str = opt.DeviceOption,
+    amp: str = opt.AmpOption,
+    workers: int = typer.Option(2, "--workers", "-j", help="Image decoding workers."),
+    save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images."),
+    confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG."),
+    json_file: Path = typer.Option(None, "--json", help="Write all metrics to this JSON file ('-' for stdout)."),
+    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Evaluate a model: pixAcc, mIoU (two conventions), mean accuracy, fwIoU and per-class IoU.
+
+    Single-scale whole image by default; --slide, --scales and --flip select the reference's
+    sliding-window and multi-scale procedures. Under torchrun each rank evaluates a disjoint share.
+    """
+    meta = peek_metadata(model)
+    inference = opt.inference_config(
+        scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, meta["crop_size"], meta["base_size"]
+    )
+    options = EvaluateOptions(
+        split=split, inference=inference, device=device, amp=amp, workers=workers,
+        save_predictions=save_predictions, confusion=confusion, limit=limit,
+    )  # fmt: skip
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with ProgressReporter(enabled=progress and is_main and str(json_file) != "-") as reporter:
+        result = run_evaluate(model, data, options, progress=reporter)
+    if not is_main:
+        return
+    if json_file is not None:
+        emit_json(result, json_file)
+        if str(json_file) == "-":
+            return
+    mode = "multi-scale " + ",".join(str(s) for s in inference.scales) if inference.scales else ("sliding window" if slide else "whole image")
+    table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, {mode}{', flip' if flip else ''})")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, iou, acc in zip(result["classes"], result["iou"], result["acc"], strict=True):
+        table.add_row(name, "-" if iou is None else f"{iou:.4f}", "-" if acc is None else f"{acc:.4f}")
+    console.print(table)
+    console.print(
+        f"pixAcc [bold]{result['pixAcc']:.4f}[/]  mIoU [bold]{result['mIoU']:.4f}[/] (headline: classes present)  "
+        f"mIoU_all {result['mIoU_all']:.4f} (reference: all classes)  mean acc {result['mean_acc']:.4f}  "
+        f"fwIoU {result['fwIoU']:.4f}  ({result['seconds']:.1f}s)"
+    )

@@ -1,0 +1,163 @@
+"""``encnet evaluate``: metrics of a model on a prepared split, at the labels' full resolution."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+
+from encnet_core.data.dataset import HDF5SegmentationDataset
+from encnet_core.data.download import ProgressCallback
+from encnet_core.data.hdf5 import read_info
+from encnet_core.engine.distributed import (
+    DistInfo,
+    ShardSampler,
+    all_reduce_sum,
+    init_distributed,
+    shutdown_distributed,
+)
+from encnet_core.engine.inference import InferenceConfig, infer
+from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
+from encnet_core.engine.runtime import LoadedModel, load_model
+from encnet_core.errors import ConfigError, DataError
+from encnet_core.palette import pil_palette
+
+__all__ = ["EvaluateOptions", "evaluate", "evaluate_loaded", "confusion_image"]
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Options of ``encnet evaluate``."""
+
+    split: str = "val"  # split of the dataset to evaluate
+    inference: InferenceConfig = InferenceConfig()  # whole / sliding / multi-scale, flip, merge
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "off"  # autocast for the forward passes
+    workers: int = 2  # DataLoader workers decoding images
+    save_predictions: Path | None = None  # folder for palette PNGs named after the images
+    confusion: Path | None = None  # PNG of the row-normalised confusion matrix
+    limit: int | None = None  # evaluate only the first N images (quick checks)
+
+
+def _image_and_mask(sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    image, mask = sample
+    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def evaluate_loaded(
+    model: LoadedModel,
+    data: Path,
+    options: EvaluateOptions,
+    info: DistInfo,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Evaluate an already loaded model; this rank's share, confusion matrices summed over ranks."""
+    dataset_info = read_info(data)
+    if options.split not in dataset_info.splits:
+        raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")
+    if not dataset_info.labelled[options.split]:
+        raise DataError(f"split {options.split!r} of {data} has no labels to evaluate against")
+    if dataset_info.num_classes != model.num_classes:
+        raise ConfigError(
+            f"the model predicts {model.num_classes} classes but {data} has {dataset_info.num_classes}; "
+            "evaluate on the dataset the model was trained for"
+        )
+    if list(dataset_info.classes) != list(model.classes):
+        import logging
+
+        logging.getLogger("encnet").warning("class names of the model and the dataset differ; comparing by index")
+    dataset = HDF5SegmentationDataset(data, options.split)
+    count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
+    sampler = ShardSampler(count, info)
+    loader = DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=options.workers, collate_fn=_image_and_mask,
+        pin_memory=info.device.type == "cuda",
+    )  # fmt: skip
+    inference = options.inference
+    if inference.pad_value == (0.0, 0.0, 0.0):
+        from dataclasses import replace
+
+        inference = replace(inference, pad_value=model.pad_value)
+    confusion = ConfusionMatrix(model.num_classes, info.device)
+    if options.save_predictions is not None:
+        options.save_predictions.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for done, (index, (image, mask)) in enumerate(zip(sampler, loader, strict=True), start=1):
+        scores = infer(model.forward, model.normalize(image), model.num_classes, inference)
+        prediction = scores.argmax(0)  # (H, W)
+        confusion.update(prediction, mask)
+        if options.save_predictions is not None:
+            _save_palette_png(prediction, model.palette, options.save_predictions / f"{dataset.names[index]}.png")
+        if progress is not None and info.is_main:
+            progress(f"evaluating {options.split}", done * info.world_size, count)
+    all_reduce_sum(confusion.matrix, info)
+    metrics = metrics_from_confusion(confusion.matrix)
+    seconds = time.perf_counter() - start
+    result = {
+        "dataset": str(data),
+        "split": options.split,
+        "images": count,
+        "classes": model.classes,
+        "headline": "mIoU over classes present in labels or predictions; mIoU_all counts absent classes as 0",
+        "inference": {
+            "scales": list(inference.scales) if inference.scales else None,
+            "slide": inference.slide,
+            "flip": inference.flip,
+            "merge": inference.merge,
+            "crop_size": inference.crop_size,
+            "base_size": inference.base_size,
+            "stride_rate": inference.stride_rate,
+        },
+        **metrics,
+        "seconds": seconds,
+        "confusion_matrix": confusion.matrix.cpu().tolist(),
+    }
+    if options.confusion is not None and info.is_main:
+        confusion_image(confusion.matrix.cpu().numpy(), model.classes).save(options.confusion)
+    return result
+
+
+def evaluate(model_path: Path, data: Path, options: EvaluateOptions, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Load ``model_path`` (checkpoint or export) and evaluate it on ``data``; torchrun-aware."""
+    info = init_distributed(options.device)
+    try:
+        model = load_model(model_path, info.device, options.amp)
+        result = evaluate_loaded(model, data, options, info, progress)
+        result["model"] = str(model_path)
+        return result
+    finally:
+        shutdown_distributed(info)
+
+
+def _save_palette_png(prediction: torch.Tensor, palette: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(prediction.to(torch.uint8).cpu().numpy(), mode="L").convert("P")
+    img.putpalette(pil_palette(palette))
+    img.save(path)
+
+
+def confusion_image(matrix: np.ndarray, classes: list[str], cell: int = 0) -> Image.Image:
+    """A row-normalised confusion matrix (rows: label, columns: prediction) as a heat map with class names."""
+    C = len(classes)
+    cell = cell or max(6, min(40, 1200 // max(C, 1)))
+    rows = matrix.sum(1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=np.float64), where=rows > 0)
+    margin = 8 + min(160, 7 * max(len(c) for c in classes)) if cell >= 10 else 8
+    size = margin + C * cell + 8
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    for r in range(C):
+        for c in range(C):
+            v = norm[r, c]
+            colour = (int(255 * (1 - v)), int(255 * (1 - 0.6 * v)), 255) if r != c else (int(255 * (1 - v)), 255, int(255 * (1 - v)))
+            x, y = margin + c * cell, margin + r * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(230, 230, 230))
+        if cell >= 10:
+            draw.text((4, margin + r * cell + cell // 2 - 5), classes[r][:22], fill="black")
+    return img

@@ -1,0 +1,193 @@
+"""``encnet predict``: segment a folder of images; palette masks, overlays and predictions.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from encnet_core.data.download import ProgressCallback
+from encnet_core.engine.inference import InferenceConfig, infer
+from encnet_core.engine.runtime import LoadedModel
+from encnet_core.errors import ConfigError
+from encnet_core.palette import pil_palette
+
+__all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Options of ``encnet predict``."""
+
+    output: Path  # output folder
+    inference: InferenceConfig = InferenceConfig()  # whole / sliding / multi-scale, flip, merge
+    mask_format: str = "color"  # "color": palette PNG; "index": grayscale PNG of label values
+    overlay: bool = False  # also write <name>_overlay.jpg blending the colours over the image
+    alpha: float = 0.5  # overlay opacity of the class colours
+    se_threshold: float = 0.5  # SE-head probability for a class to be reported present
+    min_share: float = 0.001  # pixel share for a class to be listed in predictions.json
+    overwrite: bool = False  # replace existing outputs
+    batch_size: int = 4  # images per forward pass (same-size images, whole-image mode)
+
+
+@dataclass
+class PredictResult:
+    """What ``predict`` wrote."""
+
+    written: int
+    failed: list[dict[str, str]] = field(default_factory=list)
+    predictions: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def collect_inputs(inputs: list[Path]) -> list[tuple[Path, str]]:
+    """(file, relative output stem) for every image file given or found (recursively) in a folder."""
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    found: list[tuple[Path, str]] = []
+    for item in inputs:
+        if item.is_dir():
+            for path in sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in extensions):
+                found.append((path, path.relative_to(item).with_suffix("").as_posix()))
+        elif item.is_file():
+            found.append((item, item.stem))
+        else:
+            raise ConfigError(f"input not found: {item}")
+    stems = defaultdict(list)
+    for path, stem in found:
+        stems[stem].append(path)
+    clashes = [paths for paths in stems.values() if len(paths) > 1]
+    if clashes:
+        raise ConfigError(f"{clashes[0][0]} and {clashes[0][1]} would write the same output; give them separately")
+    if not found:
+        raise ConfigError("no image files found in the inputs")
+    return found
+
+
+def _outputs(options: PredictOptions, stem: str) -> list[Path]:
+    paths = [options.output / f"{stem}.png"]
+    if options.overlay:
+        paths.append(options.output / f"{stem}_overlay.jpg")
+    return paths
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        return np.asarray(img.convert("RGB"))  # grayscale, palette, RGBA, CMYK -> RGB
+
+
+def _write_atomic(image: Image.Image, path: Path, **kwargs: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    image.save(tmp, **kwargs)
+    os.replace(tmp, path)
+
+
+def predict(
+    model: LoadedModel, inputs: list[Path], options: PredictOptions, progress: ProgressCallback | None = None
+) -> PredictResult:
+    """Segment every image; an unreadable file is recorded in ``failed`` and the rest go on."""
+    if options.mask_format not in ("color", "index"):
+        raise ConfigError(f"--format must be color or index, got {options.mask_format!r}")
+    if not 0.0 <= options.alpha <= 1.0:
+        raise ConfigError("--alpha must be between 0 and 1")
+    files = collect_inputs(inputs)
+    if not options.overwrite:
+        existing = [p for _, stem in files for p in _outputs(options, stem) if p.exists()]
+        if existing:
+            raise ConfigError(f"{len(existing)} outputs exist already (e.g. {existing[0]}); pass --overwrite to replace them")
+    options.output.mkdir(parents=True, exist_ok=True)
+    inference = options.inference
+    if inference.pad_value == (0.0, 0.0, 0.0):
+        from dataclasses import replace
+
+        inference = replace(inference, pad_value=model.pad_value)
+    whole = inference.scales is None and not inference.slide
+    start = time.perf_counter()
+    result = PredictResult(written=0)
+    # group by size (read from the header only) so whole-image passes can batch images
+    groups: dict[tuple[int, int] | None, list[tuple[Path, str]]] = defaultdict(list)
+    for path, stem in files:
+        try:
+            with Image.open(path) as img:
+                key = ImageOps.exif_transpose(img).size if whole else None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            result.failed.append({"file": str(path), "reason": str(exc).splitlines()[0]})
+            continue
+        groups[key].append((path, stem))
+    done = len(result.failed)
+    for group in groups.values():
+        step = options.batch_size if whole else 1
+        for begin in range(0, len(group), step):
+            batch: list[tuple[Path, str, np.ndarray]] = []
+            chunk = group[begin : begin + step]
+            for path, stem in chunk:
+                try:
+                    batch.append((path, stem, _load_rgb(path)))
+                except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+                    result.failed.append({"file": str(path), "reason": str(exc).splitlines()[0] or type(exc).__name__})
+            if batch:
+                _predict_batch(model, batch, inference, options, result)
+            done += len(chunk)
+            if progress:
+                progress("predicting", done, len(files))
+    (options.output / "predictions.json").write_text(json.dumps({
+        "classes": model.classes, "se_threshold": options.se_threshold, "images": result.predictions,
+        "failed": result.failed}, indent=2) + "\n")  # fmt: skip
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _predict_batch(
+    model: LoadedModel,
+    batch: list[tuple[Path, str, np.ndarray]],
+    inference: InferenceConfig,
+    options: PredictOptions,
+    result: PredictResult,
+) -> None:
+    images = model.normalize(torch.from_numpy(np.stack([a for _, _, a in batch])).permute(0, 3, 1, 2))  # (N, 3, H, W)
+    if inference.scales is None and not inference.slide and not inference.flip:
+        predictions = model.forward(images).float().argmax(1)  # one batched pass
+    else:
+        predictions = torch.stack([infer(model.forward, img, model.num_classes, inference).argmax(0) for img in images])
+    se_probs = torch.sigmoid(model.se_forward(images).float()) if model.se_forward is not None else None
+    for i, (path, stem, rgb) in enumerate(batch):
+        labels = predictions[i].to(torch.uint8).cpu().numpy()  # (H, W)
+        if options.mask_format == "color":
+            mask = Image.fromarray(labels, mode="L").convert("P")
+            mask.putpalette(pil_palette(model.palette))
+        else:
+            mask = Image.fromarray(labels, mode="L")
+        _write_atomic(mask, options.output / f"{stem}.png")
+        if options.overlay:
+            colours = model.palette[labels]  # (H, W, 3)
+            blended = (rgb.astype(np.float32) * (1 - options.alpha) + colours.astype(np.float32) * options.alpha).round()
+            _write_atomic(Image.fromarray(blended.astype(np.uint8)), options.output / f"{stem}_overlay.jpg", quality=92)
+        counts = np.bincount(labels.reshape(-1), minlength=model.num_classes)[: model.num_classes]
+        share = counts / max(labels.size, 1)
+        entry: dict[str, Any] = {
+            "file": str(path),
+            "size": [int(labels.shape[0]), int(labels.shape[1])],
+            "classes_by_pixels": [
+                {"class": model.classes[c], "index": int(c), "share": round(float(share[c]), 5)}
+                for c in np.argsort(-share)
+                if share[c] >= options.min_share
+            ],
+        }
+        if se_probs is not None:
+            probs = se_probs[i].cpu()
+            entry["classes_by_se"] = [
+                {"class": model.classes[c], "index": int(c), "probability": round(float(probs[c]), 4)}
+                for c in torch.argsort(probs, descending=True).tolist()
+                if probs[c] >= options.se_threshold
+            ]
+        result.predictions[stem] = entry
+        result.written += 1
