@@ -130,7 +130,7 @@ def convert_item(item: Item, num_classes: int) -> Sample | dict[str, str]:
             sample.mask = encode_mask(labels)
             sample.class_pixels = class_pixel_counts(labels, num_classes)
         return sample
-    except (OSError, ValueError, EncNetError, SyntaxError) as exc:  # PIL raises OSError/SyntaxError on corrupt data
+    except (OSError, ValueError, EncNetError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL: corrupt data
         return {"name": item.name, "file": where, "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
 
 
