@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from encnet_core.errors import ConfigError
 from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD
@@ -46,6 +45,7 @@ class TrainConfig:
     aux: bool = True  # auxiliary FCN head
     aux_weight: float = 0.2  # weight of the aux loss
     lateral: bool = False  # EncHead lateral branch
+    dropout: float | None = None  # dropout before the classifiers (None: the model's default, 0.1)
     output_stride: int = 8  # backbone output stride
     amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -74,6 +74,7 @@ class TrainConfig:
             (self.iters is None or self.iters >= 1, "--iters must be at least 1"),
             (self.val_every >= 0, "--val-every must be >= 0"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.dropout is None or 0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.num_codes is None or self.num_codes >= 1, "--num-codes must be at least 1"),
         ]
         for ok, message in checks:

@@ -57,10 +57,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} needs arbitrary code to load (it is not a plain weights file) and was refused: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+        text = str(exc)
+        reason = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        if reason:
+            raise CheckpointError(
+                f"{path} was refused: loading it would need to import or run code, not only read tensors ({reason})"
+            ) from None
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({text.splitlines()[0] if text else 'unpickling failed'})") from None
     except Exception as exc:  # empty/truncated pickles raise IndexError, struct.error, KeyError, ...
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({detail})") from None

@@ -145,7 +145,7 @@ class PolySchedule:
 def build_model(config: TrainConfig, num_classes: int) -> EncNet:
     if config.model not in MODELS:
         create_model(config.model, num_classes)  # raises the "unknown model" error
-    overrides: dict[str, Any] = {"aux": config.aux, "output_stride": config.output_stride}
+    overrides: dict[str, Any] = {"aux": config.aux, "output_stride": config.output_stride, "dropout": config.dropout}
     if MODELS[config.model].get("head") != "fcn":
         overrides.update(se_loss=config.se_loss, lateral=config.lateral or None, num_codes=config.num_codes)
     elif config.lateral:
@@ -290,9 +290,6 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
     device = info.device
     if config.amp == "fp16" and device.type != "cuda":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.toml").write_text(config.to_toml())
 
     # data
     train_set = HDF5SegmentationDataset(
@@ -328,6 +325,9 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
     else:
         raise ConfigError("give the run's length with --epochs or --iters")
     total_epochs = math.ceil(total_iters / iters_per_epoch)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(config.to_toml())
 
     # model
     torch.manual_seed(config.seed)
@@ -367,10 +367,10 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         best_score = float(ckpt.get("best_score", -1.0))
         best_metrics = ckpt.get("best_metrics")
         set_rng_state(ckpt["rng"])
-        if info.is_main:
-            emit("message", {"text": f"resumed from {resume_path} at iteration {iteration}/{total_iters}"})
         if iteration >= total_iters:
             raise ConfigError(f"{resume_path} already reached iteration {iteration}; raise --iters/--epochs to train longer")
+        if info.is_main:
+            emit("message", {"text": f"resumed from {resume_path} at iteration {iteration}/{total_iters}"})
 
     if info.distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -451,6 +451,10 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
                             "lower --lr, use --amp bf16/off, or check the data"
                         )
                     elapsed = time.perf_counter() - window_start
+                    if info.distributed:  # log the mean over all ranks, not rank 0's alone
+                        keys = sorted(sums)
+                        stacked = all_reduce_sum(torch.stack([torch.as_tensor(sums[k], device=device).float() for k in keys]), info)
+                        sums = {k: v / info.world_size for k, v in zip(keys, stacked, strict=True)}
                     entry = {
                         "type": "train",
                         "iteration": iteration,
