@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import typer
 from rich.table import Table
 
 from encnet_cli._output import console, emit_json
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.prepare import dataset_statistics, recompute_targets
+from encnet_core.engine.runtime import peek_metadata
 
 
 def _print_statistics(stats: dict) -> None:
@@ -29,11 +31,37 @@ def _print_statistics(stats: dict) -> None:
         console.print(table)
 
 
+def _print_model(meta: dict) -> None:
+    table = Table(title="model metadata", show_header=False)
+    config = meta.get("model_config") or {}
+    rows = {
+        "format": meta.get("export_format") or meta.get("format", "checkpoint"),
+        "model": ", ".join(f"{k}={v}" for k, v in config.items()),
+        "classes": f"{len(meta['classes'])}: {', '.join(meta['classes'][:12])}{' ...' if len(meta['classes']) > 12 else ''}",
+        "mean / std": f"{meta['mean']} / {meta['std']}",
+        "base / crop size": f"{meta['base_size']} / {meta['crop_size']}",
+        "encnet version": meta.get("encnet_version"),
+        "half": meta.get("half"),
+        "training": meta.get("training"),
+    }
+    for key, value in rows.items():
+        if value not in (None, "", {}):
+            table.add_row(key, str(value))
+    console.print(table)
+
+
 def info(
-    path: Path = typer.Argument(..., help="A prepared dataset (.h5)."),
+    path: Path = typer.Argument(..., help="A prepared dataset (.h5), a checkpoint or an exported model."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """Print a dataset's splits, counts and per-class pixel share and image frequency."""
+    """Print a dataset's splits and per-class statistics, or a model's metadata."""
+    if path.is_file() and not h5py.is_hdf5(path):
+        meta = peek_metadata(path)
+        if as_json:
+            emit_json(meta, None)
+        else:
+            _print_model(meta)
+        return
     stats = dataset_statistics(path)
     if as_json:
         emit_json(stats, None)

@@ -62,13 +62,14 @@ def _root(
 
 
 def _register() -> None:
-    from encnet_cli import doctor, evaluate, info, models, predict, prepare, train
+    from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train
 
     app.command("prepare")(prepare.prepare)
     app.command("targets")(info.targets)
     app.command("train")(train.train)
     app.command("evaluate")(evaluate.evaluate)
     app.command("predict")(predict.predict)
+    app.command("export")(export.export)
     app.command("info")(info.info)
     app.command("models")(models.models)
     app.command("doctor")(doctor.doctor)

@@ -58,7 +58,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        reason = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        reason = next((line.strip() for line in text.splitlines() if "global" in line.lower()), "")
         if reason:
             raise CheckpointError(
                 f"{path} was refused: loading it would need to import or run code, not only read tensors ({reason})"

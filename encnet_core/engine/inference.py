@@ -99,11 +99,14 @@ class _Accumulator:
         if self.config.flip:
             self.queue.append((view.flip(-1), canvas, count, y0, y1, x0, x1, True))
         if len(self.queue) >= self.config.batch_size:
-            self.flush()
+            self.flush(full_only=True)
 
-    def flush(self) -> None:
-        for start in range(0, len(self.queue), self.config.batch_size):
-            chunk = self.queue[start : start + self.config.batch_size]
+    def flush(self, full_only: bool = False) -> None:
+        """Run the queued views; with ``full_only`` only whole batches (the rest waits for more views)."""
+        size = self.config.batch_size
+        end = len(self.queue) - len(self.queue) % size if full_only else len(self.queue)
+        for start in range(0, end, size):
+            chunk = self.queue[start : start + size]
             logits = self.model(torch.stack([v[0] for v in chunk])).float()  # (n, C, crop, crop)
             scores = logits.softmax(1) if self.config.merge == "prob" else logits
             for score, (_, canvas, count, y0, y1, x0, x1, flipped) in zip(scores, chunk, strict=True):
@@ -111,7 +114,7 @@ class _Accumulator:
                     score = score.flip(-1)
                 canvas[:, y0:y1, x0:x1] += score[:, : y1 - y0, : x1 - x0]
                 count[y0:y1, x0:x1] += 1
-        self.queue.clear()
+        del self.queue[:end]
 
 
 def _tile(acc: _Accumulator, image: Tensor, canvas: Tensor, count: Tensor, config: InferenceConfig) -> None:

@@ -23,6 +23,10 @@ def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 class Encoding(nn.Module):
     """Residual encoding layer (Zhang et al. 2018, eq. 1-2).
 
@@ -70,6 +74,8 @@ class Encoding(nn.Module):
             # sum_i a_ik x_i - (sum_i a_ik) d_k
             encoded = torch.bmm(assign.transpose(1, 2), feats)  # (B, K, C)
             encoded = encoded - assign.sum(dim=1).unsqueeze(-1) * codes  # (B, K, C)
+        if not _autocast_enabled(x.device.type):
+            encoded = encoded.to(x.dtype)  # e.g. a float16 model; under autocast the float32 result flows on
         return encoded
 
     def extra_repr(self) -> str:

@@ -1,0 +1,48 @@
+"""``encnet export``: slim, self-describing models (weights, TorchScript, pt2, ONNX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from encnet_cli._output import console, emit_json
+from encnet_core.engine.export import FORMATS, export_model
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or a weights export."),
+    out: Path = typer.Argument(..., help="File to write."),
+    fmt: str = typer.Option("weights", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
+    half: bool = typer.Option(False, "--half", help="Store float16 weights (half the size; fp16 inference on GPUs)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload the export and compare it with the PyTorch model."),
+    hash_name: bool = typer.Option(False, "--hash-name", help="Append the first 8 hex digits of the file's sha256 to its name."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a trained model with its metadata (classes, palette, normalisation, sizes, training summary).
+
+    evaluate and predict accept every format; ONNX needs `pip install 'encnet[onnx]'`.
+    """
+    result = export_model(checkpoint, out, fmt, half=half, verify=verify, hash_name=hash_name, overwrite=overwrite)
+    summary = {
+        "path": str(result.path),
+        "format": result.format,
+        "bytes": result.bytes,
+        "sha256": result.sha256,
+        "max_abs_diff": result.max_abs_diff,
+        "model": (result.metadata.get("model_config") or {}).get("name"),
+        "classes": len(result.metadata["classes"]),
+    }
+    if as_json:
+        emit_json(summary, None)
+        return
+    table = Table(title=f"encnet export -> {result.path}", show_header=False)
+    for key, value in summary.items():
+        if key == "max_abs_diff":
+            value = "not verified (--no-verify)" if value is None else f"{value:.3g} (verified against PyTorch)"
+        elif key == "bytes":
+            value = f"{value / 1e6:.2f} MB"
+        table.add_row(key, str(value))
+    console.print(table)

@@ -1,0 +1,191 @@
+"""``encnet export``: slim, self-describing models.
+
+Formats (the metadata travels inside each as ``encnet.json``):
+
+* ``weights``: ``torch.save`` of {kind: "weights", model state_dict, metadata}; no optimizer (read with
+  ``weights_only=True``);
+* ``torchscript``: ``torch.jit.trace`` with the metadata as an extra file;
+* ``pt2``: ``torch.export`` program with dynamic height and width, metadata as an extra file;
+* ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``).
+
+Every export maps a normalised (N, 3, H, W) float image to (N, C, H, W) logits ("out") and, for
+models with the SE head, (N, C) SE logits ("se").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from encnet_core.engine.runtime import METADATA_NAME, model_metadata
+from encnet_core.errors import CheckpointError, ConfigError, EncNetError
+
+log = logging.getLogger("encnet")
+
+__all__ = ["FORMATS", "ExportResult", "export_model", "ExportWrapper", "METADATA_NAME"]
+
+FORMATS = ("weights", "torchscript", "pt2", "onnx")
+ONNX_OPSET = 18
+
+
+class ExportWrapper(nn.Module):
+    """Tensor-in, tensors-out view of an EncNet for tracing/exporting: (out logits, SE logits)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.has_se = getattr(getattr(model.head, "encmodule", None), "selayer", None) is not None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+        outputs = self.model(x, with_se=self.has_se)
+        return (outputs["out"], outputs["se"]) if self.has_se else outputs["out"]
+
+
+@dataclass
+class ExportResult:
+    """What ``export_model`` wrote."""
+
+    path: Path
+    format: str
+    bytes: int
+    sha256: str
+    max_abs_diff: float | None  # largest |export - PyTorch| on the sample input, None without --verify
+    metadata: dict[str, Any]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sample(size: int, dtype: torch.dtype) -> Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, 3, size, size + size // 4, generator=generator).to(dtype)  # batch 2: keeps the batch dim dynamic
+
+
+def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, sample: Tensor, metadata: dict) -> None:
+    if fmt == "weights":
+        state = {k: v for k, v in wrapper.model.state_dict().items()}
+        save_checkpoint({"kind": "weights", "model": state, **metadata}, tmp)
+    elif fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarning on the input check; TorchScript's deprecation notice
+            traced = torch.jit.trace(wrapper, sample, check_trace=False, strict=False)
+            torch.jit.save(traced, str(tmp), _extra_files={METADATA_NAME: meta_json})
+    elif fmt == "pt2":
+        dims = {"x": {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
+        with torch.no_grad():
+            program = torch.export.export(wrapper, (sample,), dynamic_shapes=dims)
+        torch.export.save(program, tmp, extra_files={METADATA_NAME: meta_json})
+    elif fmt == "onnx":
+        try:
+            import onnx
+        except ImportError:
+            raise ConfigError("ONNX export needs the onnx extra: pip install 'encnet[onnx]'") from None
+        outputs = ["out", "se"] if wrapper.has_se else ["out"]
+        axes = {"image": {0: "batch", 2: "height", 3: "width"}, "out": {0: "batch", 2: "height", 3: "width"}}
+        if wrapper.has_se:
+            axes["se"] = {0: "batch"}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, (sample,), str(tmp), input_names=["image"], output_names=outputs,
+                dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_NAME, meta_json
+        onnx.save(proto, str(tmp))
+
+
+def export_model(
+    checkpoint: Path,
+    out: Path,
+    fmt: str = "weights",
+    *,
+    half: bool = False,
+    verify: bool = True,
+    hash_name: bool = False,
+    overwrite: bool = False,
+    sample_size: int = 0,
+    tolerance: float = 1e-3,
+) -> ExportResult:
+    """Export a training checkpoint (or a weights export) to ``fmt``; verified exports only land at ``out``."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    ckpt = load_checkpoint(checkpoint)
+    if "model_config" not in ckpt:
+        raise CheckpointError(f"{checkpoint} has no model description (a bare state_dict); export a checkpoint written by encnet")
+    try:
+        model = model_from_checkpoint(ckpt, checkpoint).eval()
+    except EncNetError as exc:
+        raise CheckpointError(f"{checkpoint}: {exc}") from None
+    metadata = model_metadata(ckpt)
+    metadata["export_format"] = fmt
+    metadata["half"] = half
+    dtype = torch.float16 if half else torch.float32
+    if half:
+        if fmt != "weights":
+            log.warning("--half %s export: the model expects float16 input (CUDA); CPU float16 kernels are slow", fmt)
+        model = model.half()
+    wrapper = ExportWrapper(model).eval()
+    sample = _sample(sample_size or min(int(metadata["crop_size"]), 128), dtype)
+    out = Path(out)
+    if hash_name is False and out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # keep the suffix: pt2 needs ".pt2"
+    meta_json = json.dumps(metadata)
+    try:
+        try:
+            _write_export(wrapper, fmt, tmp, meta_json, sample, metadata)
+        except EncNetError:
+            raise
+        except Exception as exc:  # tracer/exporter failures: one line, details with ENCNET_DEBUG=1
+            raise EncNetError(f"{fmt} export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        diff = None
+        if verify:
+            diff = _verify(wrapper, tmp, sample, half, tolerance)
+        if hash_name:
+            digest = _sha256(tmp)[:8]
+            out = out.with_name(f"{out.stem}-{digest}{out.suffix}")
+            if out.exists() and not overwrite:
+                raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(out, fmt, out.stat().st_size, _sha256(out), diff, metadata)
+
+
+def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tolerance: float) -> float:
+    """Reload the export the way evaluate/predict do and compare with the PyTorch model on two input sizes."""
+    from encnet_core.engine.runtime import load_model
+
+    loaded = load_model(path, torch.device("cpu"))
+    worst = 0.0
+    other = sample[..., : sample.shape[-2] - 8, : sample.shape[-1] - 16].contiguous()  # a second size: dynamic shapes
+    for x in (sample, other):
+        with torch.no_grad():
+            reference = wrapper(x)
+            reference = reference[0] if isinstance(reference, tuple) else reference
+            got = loaded.forward(x)
+        if got.shape != reference.shape:
+            raise EncNetError(f"verification failed: export gives shape {tuple(got.shape)}, PyTorch {tuple(reference.shape)}")
+        worst = max(worst, (got.float() - reference.float()).abs().max().item())
+    limit = tolerance * (20 if half else 1) * max(1.0, reference.float().abs().max().item())
+    if not worst <= limit:
+        raise EncNetError(f"verification failed: export differs from PyTorch by {worst:.3g} (limit {limit:.3g})")
+    return worst
