@@ -58,6 +58,8 @@ def evaluate_loaded(
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluate an already loaded model; this rank's share, confusion matrices summed over ranks."""
+    if options.limit is not None and options.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {options.limit}")
     dataset_info = read_info(data)
     if options.split not in dataset_info.splits:
         raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")

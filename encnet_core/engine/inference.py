@@ -53,6 +53,8 @@ class InferenceConfig:
             raise ConfigError(f"--stride-rate must be in (0, 1], got {self.stride_rate}")
         if self.crop_size < 8:
             raise ConfigError("--crop-size must be at least 8")
+        if self.base_size < 1:
+            raise ConfigError("--base-size must be at least 1")
         if self.scales is not None and (not self.scales or min(self.scales) <= 0):
             raise ConfigError("--scales must be positive numbers")
         if self.batch_size < 1:
