@@ -55,7 +55,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Print a dataset's splits and per-class statistics, or a model's metadata."""
-    if path.is_file() and not h5py.is_hdf5(path):
+    if path.is_file() and path.suffix.lower() not in (".h5", ".hdf5") and not h5py.is_hdf5(path):
         meta = peek_metadata(path)
         if as_json:
             emit_json(meta, None)

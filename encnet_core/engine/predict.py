@@ -78,9 +78,21 @@ def _outputs(options: PredictOptions, stem: str) -> list[Path]:
     return paths
 
 
+_TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only (no decoding)."""
+    orientation = img.getexif().get(0x0112, 1)
+    return (img.height, img.width) if orientation in _TRANSPOSING else img.size
+
+
 def _load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: 0..65535 -> 0..255 (PIL would clip)
+            gray = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
         return np.asarray(img.convert("RGB"))  # grayscale, palette, RGBA, CMYK -> RGB
 
 
@@ -118,7 +130,7 @@ def predict(
     for path, stem in files:
         try:
             with Image.open(path) as img:
-                key = ImageOps.exif_transpose(img).size if whole else None
+                key = _oriented_size(img) if whole else None
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
             result.failed.append({"file": str(path), "reason": str(exc).splitlines()[0]})
             continue
@@ -155,10 +167,12 @@ def _predict_batch(
 ) -> None:
     images = model.normalize(torch.from_numpy(np.stack([a for _, _, a in batch])).permute(0, 3, 1, 2))  # (N, 3, H, W)
     if inference.scales is None and not inference.slide and not inference.flip:
-        predictions = model.forward(images).float().argmax(1)  # one batched pass
+        logits, se_logits = model.run(images)  # one batched pass gives the masks and the SE head
+        predictions = logits.float().argmax(1)
     else:
         predictions = torch.stack([infer(model.forward, img, model.num_classes, inference).argmax(0) for img in images])
-    se_probs = torch.sigmoid(model.se_forward(images).float()) if model.se_forward is not None else None
+        se_logits = model.se_forward(images) if model.has_se else None
+    se_probs = torch.sigmoid(se_logits.float()) if se_logits is not None else None
     for i, (path, stem, rgb) in enumerate(batch):
         labels = predictions[i].to(torch.uint8).cpu().numpy()  # (H, W)
         if options.mask_format == "color":

@@ -33,7 +33,7 @@ METADATA_NAME = "encnet.json"
 class LoadedModel:
     """A callable segmentation model plus its metadata."""
 
-    forward: Callable[[Tensor], Tensor]  # (N, 3, h, w) normalised -> (N, C, h, w) logits
+    run: Callable[[Tensor], tuple[Tensor, Tensor | None]]  # (N, 3, h, w) normalised -> (logits (N, C, h, w), SE logits (N, C) or None)
     classes: list[str]
     palette: np.ndarray  # (C, 3) uint8
     mean: tuple[float, float, float]
@@ -42,8 +42,16 @@ class LoadedModel:
     crop_size: int
     device: torch.device
     source: str  # "checkpoint", "weights", ...
-    se_forward: Callable[[Tensor], Tensor] | None = None  # (N, 3, h, w) -> (N, C) SE logits, if the model has them
+    has_se: bool = False  # whether run() returns SE logits
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 3, h, w) normalised -> (N, C, h, w) logits."""
+        return self.run(x)[0]
+
+    def se_forward(self, x: Tensor) -> Tensor | None:
+        """(N, 3, h, w) normalised -> (N, C) SE logits, or None for models without the SE head."""
+        return self.run(x)[1]
 
     @property
     def num_classes(self) -> int:
@@ -125,9 +133,9 @@ def _metadata_from_json(text: str | bytes, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _from_metadata(forward, se_forward, meta: dict[str, Any], device: torch.device, source: str) -> LoadedModel:
+def _from_metadata(run, has_se: bool, meta: dict[str, Any], device: torch.device, source: str) -> LoadedModel:
     return LoadedModel(
-        forward=forward,
+        run=run,
         classes=list(meta["classes"]),
         palette=np.asarray(meta["palette"], dtype=np.uint8),
         mean=tuple(meta["mean"]),
@@ -136,7 +144,7 @@ def _from_metadata(forward, se_forward, meta: dict[str, Any], device: torch.devi
         crop_size=int(meta["crop_size"]),
         device=device,
         source=source,
-        se_forward=se_forward,
+        has_se=has_se,
         metadata=meta,
     )
 
@@ -151,17 +159,13 @@ def _graph_model(module: Any, meta: dict[str, Any], device: torch.device, source
     """TorchScript/pt2 modules return (out, se) or out."""
     dtype = torch.float16 if meta.get("half") else torch.float32
 
-    def forward(x: Tensor) -> Tensor:
+    def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode():
-            return _split_outputs(module(x.to(device, dtype)))[0]
-
-    def se_forward(x: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return _split_outputs(module(x.to(device, dtype)))[1]
+            return _split_outputs(module(x.to(device, dtype)))
 
     has_se = meta.get("model_config", {}).get("se_loss", True) and not str(
         meta.get("model_config", {}).get("name", "")).startswith("fcn")  # fmt: skip
-    return _from_metadata(forward, se_forward if has_se else None, meta, device, source)
+    return _from_metadata(run, bool(has_se), meta, device, source)
 
 
 def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
@@ -178,16 +182,12 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
     names = [o.name for o in session.get_outputs()]
     dtype = np.float16 if meta.get("half") else np.float32
 
-    def run(x: Tensor) -> list[np.ndarray]:
-        return session.run(None, {"image": x.detach().cpu().numpy().astype(dtype)})
+    def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
+        outputs = session.run(None, {"image": x.detach().cpu().numpy().astype(dtype)})
+        se = torch.from_numpy(outputs[names.index("se")]).to(device) if "se" in names else None
+        return torch.from_numpy(outputs[names.index("out")]).to(device), se
 
-    def forward(x: Tensor) -> Tensor:
-        return torch.from_numpy(run(x)[0]).to(device)
-
-    def se_forward(x: Tensor) -> Tensor:
-        return torch.from_numpy(run(x)[names.index("se")]).to(device)
-
-    return _from_metadata(forward, se_forward if "se" in names else None, meta, device, "onnx")
+    return _from_metadata(run, "se" in names, meta, device, "onnx")
 
 
 def load_model(path: Path, device: torch.device, amp: str = "off") -> LoadedModel:
@@ -223,17 +223,15 @@ def load_model(path: Path, device: torch.device, amp: str = "off") -> LoadedMode
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
-    def forward(x: Tensor) -> Tensor:
-        with torch.inference_mode(), autocast_context(device, amp):
-            return model(x.to(device, torch.float32))["out"]
-
-    def se_forward(x: Tensor) -> Tensor:
-        with torch.inference_mode(), autocast_context(device, amp):
-            return model(x.to(device, torch.float32), with_se=True)["se"]
-
     has_se = getattr(model.head, "encmodule", None) is not None and model.head.encmodule.selayer is not None
+
+    def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
+        with torch.inference_mode(), autocast_context(device, amp):
+            outputs = model(x.to(device, torch.float32), with_se=has_se)
+        return outputs["out"], outputs.get("se")
+
     source = "weights" if ckpt.get("kind") == "weights" else "checkpoint"
-    return _from_metadata(forward, se_forward if has_se else None, meta, device, source)
+    return _from_metadata(run, has_se, meta, device, source)
 
 
 def peek_metadata(path: Path) -> dict[str, Any]:
