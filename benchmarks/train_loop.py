@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per model; the best is kept")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is stable on a shared 2-core machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     logging.getLogger("encnet").setLevel(logging.ERROR)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
