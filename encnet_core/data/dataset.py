@@ -44,11 +44,11 @@ def _decode_mask(data: np.ndarray) -> torch.Tensor:
     return decode_png(torch.from_numpy(data), mode=ImageReadMode.UNCHANGED)[0].to(torch.int64)
 
 
-def _read(group: h5py.Group, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded image (3, H, W) uint8 and mask (H, W) int64; all IGNORE_INDEX for an unlabelled split."""
-    image = _decode_image(group["images"][index])
-    if "masks" in group:
-        mask = _decode_mask(group["masks"][index])
+def _read(images: h5py.Dataset, masks: h5py.Dataset | None, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded image (3, H, W) uint8 and mask (H, W) int64; all IGNORE_INDEX without masks (unlabelled)."""
+    image = _decode_image(images[index])
+    if masks is not None:
+        mask = _decode_mask(masks[index])
     else:
         mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
     return image, mask
@@ -80,6 +80,7 @@ class HDF5SegmentationDataset(Dataset):
         with open_h5(self.path) as handle:
             self.names: list[str] = list(handle[split]["names"].asstr()[:])
         self._handle: h5py.File | None = None
+        self._arrays: tuple[h5py.Dataset, h5py.Dataset | None] | None = None  # images, masks in _handle
         self._pid: int | None = None
 
     @property
@@ -92,23 +93,30 @@ class HDF5SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} images")
-        image, mask = _read(self._group(), int(index) % self._length)
+        image, mask = _read(*self._split_arrays(), int(index) % self._length)
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         if self.transform is not None:
             return self.transform(image, mask)
         return image, mask
 
-    def _group(self) -> h5py.Group:
-        """The split's group in this process's own handle, opened on first use."""
-        if self._handle is None or self._pid != os.getpid():
+    def _split_arrays(self) -> tuple[h5py.Dataset, h5py.Dataset | None]:
+        """The split's ``images`` and ``masks`` (None if unlabelled) in this process's own handle.
+
+        Opened on first use; the h5py objects are kept, since looking them up again for every sample
+        costs more than reading the sample's bytes.
+        """
+        if self._arrays is None or self._pid != os.getpid():
             # A handle inherited through fork belongs to the parent: leave it alone, open our own.
             self._handle = open_h5(self.path)
             self._pid = os.getpid()
-        return self._handle[self.split]
+            group = self._handle[self.split]
+            self._arrays = (group["images"], group.get("masks"))
+        return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handle"] = None
+        state["_arrays"] = None
         state["_pid"] = None
         return state
 
@@ -140,5 +148,6 @@ def read_image_and_mask(path: Path, split: str, index: int) -> tuple[np.ndarray,
     with open_h5(path) as handle:
         if split not in handle:
             raise _missing_split(Path(path), split, list(handle))
-        image, mask = _read(handle[split], index)
+        group = handle[split]
+        image, mask = _read(group["images"], group.get("masks"), index)
     return image.permute(1, 2, 0).numpy(), mask.to(torch.uint8).numpy()

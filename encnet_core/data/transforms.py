@@ -90,9 +90,28 @@ class PlainMask(v2.Transform):
         return mask.to(torch.int64)
 
 
+class _ContiguousImage(v2.Transform):
+    """Lay the image out as (C, H, W) in memory; values are unchanged.
+
+    torchvision.io decodes into an (H, W, C) buffer and the resize keeps that layout (its uint8 kernel is
+    fastest on it), but ``Normalize``'s per-channel broadcast runs about 4x slower on it than on a
+    contiguous image; copying the uint8 crop first is cheaper than normalising the strided one.
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(inpt.contiguous(), like=inpt)
+
+
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     """uint8 image -> float32 in [0, 1] -> (x - mean) / std; the mask becomes a plain int64 tensor."""
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)), PlainMask()]
+    return [
+        _ContiguousImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+        PlainMask(),
+    ]
 
 
 def train_transform(
