@@ -38,9 +38,10 @@ class Encoding(nn.Module):
 
     Both terms are computed with matrix products, never materialising the (B, N, K, C) residuals:
     ``||x - d||^2 = ||x||^2 - 2 x.d + ||d||^2`` and ``E = A^T X - (sum_i a_ik) d_k``. Descriptors
-    and codewords are first shifted by the per-image mean descriptor (distances and residual sums
-    are invariant to a common shift), which keeps the expansion accurate for features with large
-    norms. Everything runs in float32 (or float64 for float64 input), also under autocast.
+    and codewords are first shifted by the batch's mean descriptor (distances and residual sums are
+    invariant to a common shift), which keeps the expansion accurate for features with large norms;
+    one shared shift keeps the codewords common to all images, so distances are a single 2-D GEMM.
+    Everything runs in float32 (or float64 for float64 input), also under autocast.
     """
 
     def __init__(self, channels: int, num_codes: int) -> None:
@@ -61,15 +62,18 @@ class Encoding(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"Encoding expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
         dtype = torch.promote_types(x.dtype, torch.float32)
+        B, C = x.shape[0], x.shape[1]
         with _no_autocast(x.device.type):
-            feats = x.flatten(2).transpose(1, 2).to(dtype)  # (B, N, C)
-            center = feats.mean(dim=1, keepdim=True).detach()  # (B, 1, C)
-            feats = feats - center  # (B, N, C)
-            codes = self.codewords.to(dtype).unsqueeze(0) - center  # (B, K, C)
-            feat_sq = feats.pow(2).sum(-1, keepdim=True)  # (B, N, 1)
-            code_sq = codes.pow(2).sum(-1).unsqueeze(1)  # (B, 1, K)
-            # ||x||^2 + ||d||^2 - 2 x.d in one fused batched GEMM
-            dist = torch.baddbmm(feat_sq + code_sq, feats, codes.transpose(1, 2), alpha=-2.0)  # (B, N, K)
+            feats = x.flatten(2).transpose(1, 2).to(dtype)  # (B, N, C) view
+            # one shift for the whole batch: distances and residual sums are shift-invariant, and a
+            # shared shift keeps the codewords (K, C) common to all images, so distances are one 2-D GEMM
+            center = feats.detach().mean(dim=(0, 1))  # (C,)
+            feats = (feats - center).contiguous()  # (B, N, C)
+            codes = self.codewords.to(dtype) - center  # (K, C)
+            flat = feats.view(-1, C)  # (B*N, C)
+            # ||x||^2 + ||d||^2 - 2 x.d in one fused GEMM
+            dist = torch.addmm(flat.pow(2).sum(-1, keepdim=True) + codes.pow(2).sum(-1), flat, codes.t(), alpha=-2.0)
+            dist = dist.view(B, -1, self.num_codes)  # (B, N, K)
             assign = torch.softmax(dist.clamp_min(0.0) * self.scale.to(dtype), dim=-1)  # (B, N, K)
             # sum_i a_ik x_i - (sum_i a_ik) d_k
             encoded = torch.bmm(assign.transpose(1, 2), feats)  # (B, K, C)
