@@ -27,6 +27,52 @@ def _autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
+def _encode(feats: Tensor, codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """E (B, K, C), distances (B*N, K) and assignments (B, N, K) from centred descriptors (B, N, C)."""
+    B, N, C = feats.shape
+    flat = feats.view(-1, C)  # (B*N, C)
+    # ||x||^2 + ||d||^2 - 2 x.d in one fused GEMM
+    dist = torch.addmm(flat.pow(2).sum(-1, keepdim=True) + codes.pow(2).sum(-1), flat, codes.t(), alpha=-2.0)
+    dist = dist.clamp_min(0.0)  # (B*N, K)
+    assign = torch.softmax(dist * scale, dim=-1).view(B, N, -1)  # (B, N, K)
+    # sum_i a_ik x_i - (sum_i a_ik) d_k
+    encoded = torch.bmm(assign.transpose(1, 2), feats) - assign.sum(dim=1).unsqueeze(-1) * codes  # (B, K, C)
+    return encoded, dist, assign
+
+
+class _EncodingFunction(torch.autograd.Function):
+    """``_encode`` with a hand-written backward: four GEMMs and a few fused passes over (B, N, C),
+    instead of autograd's chain of elementwise gradients (the layer's cost on CPU is memory traffic)."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, codes: Tensor, scale: Tensor) -> Tensor:
+        encoded, dist, assign = _encode(feats, codes, scale)
+        ctx.save_for_backward(feats, codes, scale, dist, assign)
+        return encoded
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feats, codes, scale, dist, assign = ctx.saved_tensors
+        B, N, C = feats.shape
+        K = codes.shape[0]
+        grad = grad.contiguous()  # (B, K, C)
+        # E_k = sum_i a_ik x_i - (sum_i a_ik) d_k  =>  dL/da_ik = G_k.x_i - G_k.d_k
+        d_assign = torch.bmm(feats, grad.transpose(1, 2)) - (grad * codes).sum(-1).unsqueeze(1)  # (B, N, K)
+        # softmax over k of z = s_k * dist_ik
+        d_z = (assign * (d_assign - (assign * d_assign).sum(-1, keepdim=True))).view(-1, K)  # (B*N, K)
+        d_scale = (d_z * dist).sum(0)  # (K,)
+        d_dist = d_z * scale  # (B*N, K); the clamp at 0 only bites at exact zeros
+        flat = feats.view(-1, C)
+        # dist = ||x||^2 + ||d||^2 - 2 x.d
+        d_feats = torch.bmm(assign, grad).view(-1, C)  # (B*N, C), from the A^T X term
+        d_feats.addmm_(d_dist, codes, alpha=-2.0)
+        d_feats.addcmul_(flat, d_dist.sum(-1, keepdim=True), value=2.0)
+        d_codes = -(assign.sum(1).unsqueeze(-1) * grad).sum(0)  # (K, C), from the -(sum a) d term
+        d_codes.addmm_(d_dist.t(), flat, alpha=-2.0)
+        d_codes.addcmul_(codes, d_dist.sum(0).unsqueeze(-1), value=2.0)
+        return d_feats.view(B, N, C), d_codes, d_scale
+
+
 class Encoding(nn.Module):
     """Residual encoding layer (Zhang et al. 2018, eq. 1-2).
 
@@ -62,7 +108,6 @@ class Encoding(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"Encoding expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
         dtype = torch.promote_types(x.dtype, torch.float32)
-        B, C = x.shape[0], x.shape[1]
         with _no_autocast(x.device.type):
             feats = x.flatten(2).transpose(1, 2).to(dtype)  # (B, N, C) view
             # one shift for the whole batch: distances and residual sums are shift-invariant, and a
@@ -70,14 +115,11 @@ class Encoding(nn.Module):
             center = feats.detach().mean(dim=(0, 1))  # (C,)
             feats = (feats - center).contiguous()  # (B, N, C)
             codes = self.codewords.to(dtype) - center  # (K, C)
-            flat = feats.view(-1, C)  # (B*N, C)
-            # ||x||^2 + ||d||^2 - 2 x.d in one fused GEMM
-            dist = torch.addmm(flat.pow(2).sum(-1, keepdim=True) + codes.pow(2).sum(-1), flat, codes.t(), alpha=-2.0)
-            dist = dist.view(B, -1, self.num_codes)  # (B, N, K)
-            assign = torch.softmax(dist.clamp_min(0.0) * self.scale.to(dtype), dim=-1)  # (B, N, K)
-            # sum_i a_ik x_i - (sum_i a_ik) d_k
-            encoded = torch.bmm(assign.transpose(1, 2), feats)  # (B, K, C)
-            encoded = encoded - assign.sum(dim=1).unsqueeze(-1) * codes  # (B, K, C)
+            scale = self.scale.to(dtype)  # (K,)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (feats, codes, scale)):
+                encoded = _EncodingFunction.apply(feats, codes, scale)  # hand-written backward
+            else:
+                encoded = _encode(feats, codes, scale)[0]  # inference, tracing and export: plain ops
         if not _autocast_enabled(x.device.type):
             encoded = encoded.to(x.dtype)  # e.g. a float16 model; under autocast the float32 result flows on
         return encoded
