@@ -9,6 +9,7 @@ import sys
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 from typer.core import TyperGroup
 
 from encnet_core import __version__
@@ -26,7 +27,7 @@ class EncNetGroup(TyperGroup):
         except EncNetError as exc:
             if os.environ.get("ENCNET_DEBUG") == "1":
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
             ctx.exit(1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
 from encnet_cli import _options as opt
 from encnet_cli._output import console
@@ -51,7 +52,7 @@ def predict(
     with ProgressReporter(enabled=progress) as reporter:
         result = run_predict(loaded, inputs, options, progress=reporter)
     for failure in result.failed:
-        err_console.print(f"[yellow]skipped[/] {failure['file']}: {failure['reason']}", highlight=False)
+        err_console.print(Text.assemble(("skipped ", "yellow"), f"{failure['file']}: {failure['reason']}"), highlight=False)
     console.print(
         f"{result.written} images segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
         f"(predictions.json)"

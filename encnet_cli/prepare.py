@@ -40,7 +40,7 @@ def prepare(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and record) corrupt images and bad masks instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     min_pixels: int = typer.Option(1, "--min-pixels", help="Pixels a class needs in an image to count as present (se_targets)."),
-    images: Path = typer.Option(None, "--images", help="folder: image folder (with train/val[/test] subfolders, or flat)."),
+    images: Path = typer.Option(None, "--images", help="folder: image folder (with train, val and optional test subfolders, or flat)."),
     masks: Path = typer.Option(None, "--masks", help="folder: mask folder mirroring --images (.png)."),
     classes: Path = typer.Option(None, "--classes", help="folder: class list file, one 'name [R G B]' per line."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="folder: share of a flat folder used for val."),

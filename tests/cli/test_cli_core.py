@@ -57,3 +57,14 @@ def test_cuda_refused_without_gpu_and_fp16_on_cpu() -> None:
 def test_python_dash_m_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "encnet_cli", "--version"], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == f"encnet {__version__}"
+
+
+def test_every_command_help_renders() -> None:
+    for command in ("prepare", "targets", "info", "train", "evaluate", "predict", "export", "models", "doctor"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_error_message_with_brackets_is_printed_verbatim(tmp_path) -> None:
+    result = runner.invoke(app, ["prepare", "voc", "--out", str(tmp_path / "x.h5"), "--checksum", "[bad]"])
+    assert result.exit_code == 1 and "[bad]" in result.output
