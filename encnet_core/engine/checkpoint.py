@@ -63,7 +63,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path} was refused: loading it would need to import or run code, not only read tensors ({reason})"
             ) from None
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({text.splitlines()[0] if text else 'unpickling failed'})") from None
+        detail = next((line.strip() for line in text.splitlines() if line.strip() and "Weights only load failed" not in line
+                       and "weights_only" not in line), "unpickling failed")  # fmt: skip
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint/export ({detail})") from None
     except Exception as exc:  # empty/truncated pickles raise IndexError, struct.error, KeyError, ...
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({detail})") from None

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -284,6 +285,8 @@ def train(config: TrainConfig, resume: str | None = None, callback: Callback | N
 
 def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo) -> TrainResult:
     start_time = time.perf_counter()
+    if config.model not in MODELS:
+        create_model(config.model, 1)  # the "unknown model" error, before anything is written
     out_dir = Path(config.output_dir)
     data_info = read_info(Path(config.data))
     num_classes = data_info.num_classes
@@ -303,10 +306,11 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
             f"the {config.train_split} split has {len(train_set)} images, fewer than one global batch "
             f"({config.batch_size} x {info.world_size}); lower --batch-size"
         )
+    workers = min(config.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
     loader_args = {
-        "num_workers": config.workers,
+        "num_workers": workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": config.workers > 0,
+        "persistent_workers": workers > 0,
         "generator": torch.Generator().manual_seed(config.seed),
     }
     train_loader = DataLoader(SeededSamples(train_set, config.seed), config.batch_size, sampler=sampler, **loader_args)
