@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_synthetic, one_error_line, train_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
-from encnet_core.config import TrainConfig
-from encnet_core.data.prepare import PrepareOptions, prepare
 from encnet_core.engine.evaluate import EvaluateOptions, evaluate
-from encnet_core.engine.train import train
 
 runner = CliRunner()
 
@@ -27,13 +25,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("cli_evaluate_predict")
-    data = folder / "synthetic.h5"
-    params = {"num_train": 8, "num_val": 6, "size": 48}
-    prepare("synthetic", PrepareOptions(out=data, root=folder / "cache", workers=1, params=params))
+    data = make_synthetic(folder, 8, 6)
     torch.manual_seed(0)
-    result = train(TrainConfig(data=str(data), output_dir=str(folder / "run"), model="encnet_tiny", iters=2,
-                               batch_size=4, crop_size=32, base_size=48, workers=0, device="cpu"))  # fmt: skip
-    yield data, result.last_checkpoint
+    yield data, train_tiny(data, folder)
     torch.set_num_threads(threads)
 
 
@@ -41,12 +35,6 @@ def run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def one_error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 EVAL = ("--device", "cpu", "-j", "0")

@@ -13,6 +13,7 @@ from types import ModuleType
 import h5py
 import numpy as np
 import pytest
+from helpers import one_error_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -46,13 +47,6 @@ def invoke(*args: str | Path):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def one_error_line(result) -> str:
-    """The single non-empty output line of a failed command (exit 1)."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def decoded_masks(path: Path, split: str) -> list[np.ndarray]:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_synthetic
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
-from encnet_core.data.prepare import PrepareOptions, prepare
 
 runner = CliRunner()
 
@@ -38,11 +38,7 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic scenes: 24 train / 8 val images of 48 px (6 iterations per epoch at batch 4)."""
-    folder = tmp_path_factory.mktemp("cli_train")
-    out = folder / "synthetic.h5"
-    params = {"num_train": 24, "num_val": 8, "size": 48}
-    prepare("synthetic", PrepareOptions(out=out, root=folder / "cache", workers=1, params=params))
-    return out
+    return make_synthetic(tmp_path_factory.mktemp("cli_train"), 24, 8)
 
 
 @pytest.fixture(scope="module")

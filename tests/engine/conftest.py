@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_synthetic
 from PIL import Image
 
 from encnet_core.config import TrainConfig
@@ -35,11 +36,7 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def synthetic_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in synthetic scenes: 14 classes, 24 train / 8 val images of 48 x 48 (with ignore bands)."""
-    folder = tmp_path_factory.mktemp("synthetic")
-    out = folder / "synthetic.h5"
-    params = {"num_train": 24, "num_val": 8, "size": 48}
-    prepare("synthetic", PrepareOptions(out=out, root=folder / "cache", workers=1, params=params))
-    return out
+    return make_synthetic(tmp_path_factory.mktemp("synthetic"), 24, 8)
 
 
 def _write_folder_split(images: Path, masks: Path, count: int, rng: np.random.Generator) -> None:

@@ -12,18 +12,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import make_synthetic, train_tiny
 from PIL import Image
 
-from encnet_core.config import TrainConfig
 from encnet_core.data.hdf5 import HDF5Writer, Sample, class_pixel_counts, encode_mask
-from encnet_core.data.prepare import PrepareOptions, prepare
 from encnet_core.data.synthetic import CLASSES
 from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from encnet_core.engine.evaluate import EvaluateOptions, evaluate
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.predict import PredictOptions, predict
 from encnet_core.engine.runtime import load_model
-from encnet_core.engine.train import train
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import IGNORE_INDEX, pil_palette
 
@@ -42,13 +40,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tiny]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("evaluate_predict")
-    data = folder / "synthetic.h5"
-    params = {"num_train": 8, "num_val": 6, "size": 48}
-    prepare("synthetic", PrepareOptions(out=data, root=folder / "cache", workers=1, params=params))
+    data = make_synthetic(folder, 8, 6)
     torch.manual_seed(0)
-    result = train(TrainConfig(data=str(data), output_dir=str(folder / "run"), model="encnet_tiny", iters=2,
-                               batch_size=4, crop_size=32, base_size=48, workers=0, device="cpu"))  # fmt: skip
-    yield Tiny(data, result.last_checkpoint, folder)
+    yield Tiny(data, train_tiny(data, folder), folder)
     torch.set_num_threads(threads)
 
 
