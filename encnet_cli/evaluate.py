@@ -14,6 +14,7 @@ from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.evaluate import EvaluateOptions
 from encnet_core.engine.evaluate import evaluate as run_evaluate
 from encnet_core.engine.runtime import peek_metadata
+from encnet_core.paths import check_output_file
 
 
 def evaluate(
@@ -42,6 +43,8 @@ def evaluate(
     Single-scale whole image by default; --slide, --scales and --flip select the reference's
     sliding-window and multi-scale procedures. Under torchrun each rank evaluates a disjoint share.
     """
+    if json_file is not None and str(json_file) != "-":
+        check_output_file(json_file, "--json")
     meta = peek_metadata(model)
     inference = opt.inference_config(
         scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, meta["crop_size"], meta["base_size"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 from encnet_core.errors import ConfigError
 from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TrainConfig", "load_toml", "recipe_path", "list_recipes", "RECIPES_DIR"]
+__all__ = ["TrainConfig", "check_settings", "load_toml", "recipe_path", "list_recipes", "RECIPES_DIR"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -94,12 +97,55 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "configuration") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        check_settings(values, where)
         values = {k: tuple(v) if k in ("mean", "std") else v for k, v in values.items()}
         return cls(**values)
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_value(key: str, kind: Any, value: Any) -> str | None:
+    """Why ``value`` does not fit the field type ``kind``, or None."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        kind = next(a for a in args if a is not type(None))
+        args = typing.get_args(kind)
+    if kind is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        return None if math.isfinite(value) else "must be a finite number"
+    if kind is str:
+        return None if isinstance(value, str) else "must be a string"
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            return f"must be a list of {len(args)} numbers"
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                return f"must be a list of {len(args)} numbers"
+        return None
+    return None
+
+
+def check_settings(values: dict[str, Any], where: str = "configuration") -> None:
+    """Raise ConfigError naming ``where`` for unknown keys or values of the wrong type."""
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    for key, value in values.items():
+        problem = _check_value(key, hints[key], value)
+        if problem:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ConfigError(f"{where}: {key} {problem}, got {shown} ({_type_name(value)})")
 
 
 def _toml_value(value: Any) -> str:
@@ -132,4 +178,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
-    return data.get("train", data)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc})") from None
+    settings = data.get("train", data)
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: [train] must be a table of settings")
+    check_settings(settings, str(path))
+    return settings

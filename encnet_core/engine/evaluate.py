@@ -27,6 +27,7 @@ from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.runtime import LoadedModel, load_model
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import pil_palette
+from encnet_core.paths import check_output_dir, check_output_file
 
 __all__ = ["EvaluateOptions", "evaluate", "evaluate_loaded", "confusion_image"]
 
@@ -43,6 +44,12 @@ class EvaluateOptions:
     save_predictions: Path | None = None  # folder for palette PNGs named after the images
     confusion: Path | None = None  # PNG of the row-normalised confusion matrix
     limit: int | None = None  # evaluate only the first N images (quick checks)
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
 
 
 def _image_and_mask(sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,6 +134,7 @@ def evaluate_loaded(
 
 def evaluate(model_path: Path, data: Path, options: EvaluateOptions, progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Load ``model_path`` (checkpoint or export) and evaluate it on ``data``; torchrun-aware."""
+    check_evaluate_outputs(options)
     info = init_distributed(options.device)
     try:
         model = load_model(model_path, info.device, options.amp)
@@ -135,6 +143,14 @@ def evaluate(model_path: Path, data: Path, options: EvaluateOptions, progress: P
         return result
     finally:
         shutdown_distributed(info)
+
+
+def check_evaluate_outputs(options: EvaluateOptions) -> None:
+    """Fail before any work when --confusion or --save-predictions cannot be written."""
+    if options.confusion is not None:
+        check_output_file(options.confusion, "--confusion")
+    if options.save_predictions is not None:
+        check_output_dir(options.save_predictions, "--save-predictions")
 
 
 def _save_palette_png(prediction: torch.Tensor, palette: np.ndarray, path: Path) -> None:

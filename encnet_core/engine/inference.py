@@ -27,6 +27,9 @@ from encnet_core.errors import ConfigError
 
 __all__ = ["InferenceConfig", "infer", "ModelFn", "window_starts", "parse_scales"]
 
+MAX_SIDE = 16384  # largest crop, base size or scaled side accepted (pixels)
+MAX_SCALE = 8.0  # largest multi-scale factor accepted
+
 ModelFn = Callable[[Tensor], Tensor]
 """(N, 3, h, w) normalised images -> (N, C, h, w) logits."""
 
@@ -51,12 +54,19 @@ class InferenceConfig:
             raise ConfigError(f"--merge must be prob or logits, got {self.merge!r}")
         if not 0 < self.stride_rate <= 1:
             raise ConfigError(f"--stride-rate must be in (0, 1], got {self.stride_rate}")
-        if self.crop_size < 8:
-            raise ConfigError("--crop-size must be at least 8")
-        if self.base_size < 1:
-            raise ConfigError("--base-size must be at least 1")
-        if self.scales is not None and (not self.scales or min(self.scales) <= 0):
-            raise ConfigError("--scales must be positive numbers")
+        if not 8 <= self.crop_size <= MAX_SIDE:
+            raise ConfigError(f"--crop-size must be between 8 and {MAX_SIDE}, got {self.crop_size}")
+        if not 1 <= self.base_size <= MAX_SIDE:
+            raise ConfigError(f"--base-size must be between 1 and {MAX_SIDE}, got {self.base_size}")
+        if self.scales is not None:
+            bad = [s for s in self.scales if not (math.isfinite(s) and 0 < s <= MAX_SCALE)]
+            if not self.scales or bad:
+                raise ConfigError(f"--scales must be positive numbers up to {MAX_SCALE:g}, got {bad[0] if bad else 'none'}")
+            if max(self.scales) * self.base_size > MAX_SIDE:
+                raise ConfigError(
+                    f"--scales {max(self.scales):g} x --base-size {self.base_size} makes a {max(self.scales) * self.base_size:.0f} px "
+                    f"side; the limit is {MAX_SIDE}"
+                )
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
 
@@ -66,9 +76,12 @@ def parse_scales(text: str | None) -> tuple[float, ...] | None:
     if not text:
         return None
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        scales = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ConfigError(f"--scales must be comma-separated numbers, got {text!r}") from None
+    if not scales:
+        raise ConfigError(f"--scales must be comma-separated numbers, got {text!r}")
+    return scales
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:

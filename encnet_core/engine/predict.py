@@ -19,6 +19,7 @@ from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.runtime import LoadedModel
 from encnet_core.errors import ConfigError
 from encnet_core.palette import pil_palette
+from encnet_core.paths import check_output_dir
 
 __all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
 
@@ -36,6 +37,16 @@ class PredictOptions:
     min_share: float = 0.001  # pixel share for a class to be listed in predictions.json
     overwrite: bool = False  # replace existing outputs
     batch_size: int = 4  # images per forward pass (same-size images, whole-image mode)
+
+    def __post_init__(self) -> None:
+        if self.mask_format not in ("color", "index"):
+            raise ConfigError(f"--format must be color or index, got {self.mask_format!r}")
+        if not 0.0 <= self.alpha <= 1.0:  # also false for nan
+            raise ConfigError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if not 0.0 <= self.se_threshold <= 1.0:
+            raise ConfigError(f"--se-threshold must be between 0 and 1, got {self.se_threshold}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -107,10 +118,7 @@ def predict(
     model: LoadedModel, inputs: list[Path], options: PredictOptions, progress: ProgressCallback | None = None
 ) -> PredictResult:
     """Segment every image; an unreadable file is recorded in ``failed`` and the rest go on."""
-    if options.mask_format not in ("color", "index"):
-        raise ConfigError(f"--format must be color or index, got {options.mask_format!r}")
-    if not 0.0 <= options.alpha <= 1.0:
-        raise ConfigError("--alpha must be between 0 and 1")
+    check_output_dir(options.output, "--output")
     files = collect_inputs(inputs)
     if not options.overwrite:
         existing = [p for _, stem in files for p in _outputs(options, stem) if p.exists()]

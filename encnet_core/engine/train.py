@@ -48,6 +48,7 @@ from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 from encnet_core.models import MODELS, EncNet, create_model
+from encnet_core.paths import check_output_dir
 
 log = logging.getLogger("encnet")
 
@@ -262,6 +263,7 @@ def _checkpoint_payload(model, optimizer, scheduler, scaler, config, info_ds, ep
         "base_size": config.base_size,
         "crop_size": config.crop_size,
         "train_config": config.to_dict(),
+        "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -288,6 +290,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
     if config.model not in MODELS:
         create_model(config.model, 1)  # the "unknown model" error, before anything is written
     out_dir = Path(config.output_dir)
+    check_output_dir(out_dir, "--output-dir")
     data_info = read_info(Path(config.data))
     num_classes = data_info.num_classes
     device = info.device
@@ -361,6 +364,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         ckpt = load_checkpoint(resume_path)
         if ckpt.get("model_config", {}).get("name") != config.model or ckpt.get("classes") != data_info.classes:
             raise CheckpointError(f"{resume_path} is a run of another model or dataset; use --init-from to fine-tune from it")
+        _check_resume_settings(ckpt, resume_path, config, model, info.world_size, emit if info.is_main else None)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -520,6 +524,38 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         images_per_second=total_images / total_step_time if total_step_time else 0.0,
         data_share=total_data / total_step_time if total_step_time else 0.0,
     )
+
+
+# Settings that an exact continuation needs unchanged (the run length may change; it is the point of resuming).
+EXACT_RESUME_SETTINGS = (
+    "data", "train_split", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
+    "warmup_iters", "crop_size", "base_size", "scale_min", "scale_max", "se_loss", "se_weight", "aux",
+    "aux_weight", "amp", "seed", "freeze_backbone", "freeze_bn", "mean", "std",
+)  # fmt: skip
+
+
+def _check_resume_settings(
+    ckpt: dict[str, Any], path: Path, config: TrainConfig, model: EncNet, ranks: int, emit: Callback | None
+) -> None:
+    """Refuse a resume whose model differs from the checkpoint's; say which settings break the exact resume."""
+    saved_model = ckpt.get("model_config") or {}
+    changed = sorted(k for k in set(saved_model) | set(model.config) if saved_model.get(k) != model.config.get(k))
+    if changed:
+        detail = ", ".join(f"{k} {saved_model.get(k)!r} -> {model.config.get(k)!r}" for k in changed[:4])
+        raise CheckpointError(
+            f"{path} was trained with other model settings ({detail}); resume with the run's settings, "
+            "or fine-tune from it with --init-from"
+        )
+    if emit is None:
+        return
+    saved = ckpt.get("train_config") or {}
+    now = config.to_dict()
+    differ = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in EXACT_RESUME_SETTINGS if k in saved and saved[k] != now.get(k)]
+    if ckpt.get("world_size") not in (None, ranks):
+        differ.append(f"processes {ckpt['world_size']} -> {ranks}")
+    if differ:
+        emit("message", {"text": f"warning: resuming with changed settings ({'; '.join(differ)}): "
+                                 "the run continues but is no longer an exact continuation of the interrupted one"})  # fmt: skip
 
 
 def _resume_path(resume: str | None, out_dir: Path) -> Path | None:
