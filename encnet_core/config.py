@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import tomllib
 import types
@@ -14,9 +15,8 @@ from typing import Any
 from encnet_core.errors import ConfigError
 from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TrainConfig", "check_settings", "load_toml", "recipe_path", "list_recipes", "RECIPES_DIR"]
+__all__ = ["TrainConfig", "check_settings", "load_toml", "recipe_path", "list_recipes"]
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @dataclass(frozen=True)
@@ -158,14 +158,20 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _recipes() -> Any:
+    """The package's recipes folder, through importlib.resources (works from a wheel or a zip)."""
+    return importlib.resources.files("encnet_core") / "recipes"
+
+
 def list_recipes() -> list[str]:
-    """Names of the recipes shipped in recipes/."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    """Names of the recipes shipped in the package (encnet_core/recipes/)."""
+    return sorted(p.name[: -len(".toml")] for p in _recipes().iterdir() if p.name.endswith(".toml"))
 
 
 def recipe_path(name: str) -> Path:
-    path = RECIPES_DIR / f"{name}.toml"
-    if not path.is_file():
+    """The file of the shipped recipe ``name``."""
+    path = _recipes() / f"{name}.toml"
+    if name not in list_recipes():
         raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(list_recipes()) or 'none'}")
     return path
 
@@ -173,7 +179,7 @@ def recipe_path(name: str) -> Path:
 def load_toml(path: Path) -> dict[str, Any]:
     """Settings of a TOML recipe/config file (a [train] table or top-level keys)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        data = tomllib.loads((path if hasattr(path, "read_text") else Path(path)).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
