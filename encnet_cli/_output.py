@@ -1,4 +1,5 @@
-"""Rendering helpers shared by the commands: stdout console for results, JSON output."""
+"""Rendering helpers shared by the commands: stdout console for results, stderr console for progress and
+errors, JSON output."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-console = Console()
+console = Console()  # results (tables, summaries)
+err_console = Console(stderr=True)  # progress, logs, warnings and errors
 
 
 def emit_json(data: Any, path: Path | None) -> None:

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from encnet_cli.main import err_console
+from encnet_cli._output import err_console
 
 _BYTE_TASKS = ("downloading", "hashing", "checking")
 

@@ -7,15 +7,14 @@ import os
 import sys
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
 from typer.core import TyperGroup
 
+from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train
+from encnet_cli._output import err_console
 from encnet_core import __version__
 from encnet_core.errors import EncNetError
-
-err_console = Console(stderr=True)
 
 
 class EncNetGroup(TyperGroup):
@@ -62,21 +61,15 @@ def _root(
     logger.propagate = False
 
 
-def _register() -> None:
-    from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train
-
-    app.command("prepare")(prepare.prepare)
-    app.command("targets")(info.targets)
-    app.command("train")(train.train)
-    app.command("evaluate")(evaluate.evaluate)
-    app.command("predict")(predict.predict)
-    app.command("export")(export.export)
-    app.command("info")(info.info)
-    app.command("models")(models.models)
-    app.command("doctor")(doctor.doctor)
-
-
-_register()
+app.command("prepare")(prepare.prepare)
+app.command("targets")(info.targets)
+app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("info")(info.info)
+app.command("models")(models.models)
+app.command("doctor")(doctor.doctor)
 
 
 def main(argv: list[str] | None = None) -> None:

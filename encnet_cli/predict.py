@@ -8,9 +8,8 @@ import typer
 from rich.text import Text
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console
+from encnet_cli._output import console, err_console
 from encnet_cli._progress import ProgressReporter
-from encnet_cli.main import err_console
 from encnet_core.engine.device import resolve_device
 from encnet_core.engine.predict import PredictOptions
 from encnet_core.engine.predict import predict as run_predict

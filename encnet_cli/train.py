@@ -18,8 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from encnet_cli._output import console, emit_json
-from encnet_cli.main import err_console
+from encnet_cli._output import console, emit_json, err_console
 from encnet_core.config import TrainConfig, list_recipes, load_toml, recipe_path
 from encnet_core.engine.train import train as run_train
 
