@@ -76,6 +76,46 @@ class EncNet(nn.Module):
             outputs["se"] = se  # (B, classes)
         return outputs
 
+    @property
+    def has_se(self) -> bool:
+        """Whether the model has the SE head: ``forward(x, with_se=True)`` then returns ``"se"``."""
+        return self.head_type == "enc" and self.head.encmodule.selayer is not None
+
+    def classifier_prefixes(self) -> tuple[str, ...]:
+        """State-dict name prefixes of the layers whose shape depends on the class count."""
+        prefixes = ["head.conv6.1." if self.head_type == "enc" else "head.4."]
+        if self.has_se:
+            prefixes.append("head.encmodule.selayer.")
+        if self.aux_head is not None:
+            prefixes.append("aux_head.4.")
+        return tuple(prefixes)
+
+    def reset_classifier(self, num_classes: int) -> list[str]:
+        """Replace every class-specific layer by a freshly initialised one for ``num_classes`` classes.
+
+        Returns the replaced layers' names (as in the state dict, without the parameter suffix).
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        replaced: list[str] = []
+        if self.head_type == "enc":
+            old = self.head.conv6[1]
+            self.head.conv6[1] = nn.Conv2d(old.in_channels, num_classes, 1)
+            replaced.append("head.conv6.1")
+            if self.has_se:
+                self.head.encmodule.selayer = nn.Linear(self.head.encmodule.selayer.in_features, num_classes)
+                replaced.append("head.encmodule.selayer")
+        else:
+            self.head[4] = nn.Conv2d(self.head[4].in_channels, num_classes, 1)
+            replaced.append("head.4")
+        if self.aux_head is not None:
+            self.aux_head[4] = nn.Conv2d(self.aux_head[4].in_channels, num_classes, 1)
+            replaced.append("aux_head.4")
+        self.num_classes = num_classes
+        if hasattr(self, "config"):
+            self.config = {**self.config, "num_classes": num_classes}
+        return replaced
+
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the heads (trained at 10x the backbone learning rate)."""
         params = list(self.head.parameters())

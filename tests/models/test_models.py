@@ -139,3 +139,28 @@ def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, tmp_path) -> Non
         create_model("encnet_resnet18", 5, backbone_weights="imagenet")
     with pytest.raises(ModelError, match="no ImageNet weights"):
         create_model("encnet_resnet50s", 5, backbone_weights="imagenet")
+
+
+@pytest.mark.parametrize(("name", "overrides"), [("encnet_tiny", {}), ("encnet_tiny", {"se_loss": False, "aux": False}),
+                                                 ("fcn_tiny", {})])  # fmt: skip
+def test_model_states_its_classifier(name: str, overrides: dict) -> None:
+    model = create_model(name, 5, **overrides)
+    state = model.state_dict()
+    prefixes = model.classifier_prefixes()
+    # exactly the tensors whose first dimension is the class count belong to the classifier layers
+    by_shape = {k.rsplit(".", 1)[0] for k, v in state.items() if v.ndim and v.shape[0] == 5}
+    assert {k.rsplit(".", 1)[0] for k in state if k.startswith(prefixes)} == by_shape
+    assert model.has_se == (name.startswith("encnet") and overrides.get("se_loss", True))
+    torch.manual_seed(0)
+    kept = {k: v.clone() for k, v in state.items() if not k.startswith(prefixes)}
+    replaced = model.reset_classifier(3)
+    assert sorted(replaced) == sorted(p.rstrip(".") for p in prefixes)
+    assert model.num_classes == 3 and model.config["num_classes"] == 3
+    new_state = model.state_dict()
+    assert all(torch.equal(new_state[k], v) for k, v in kept.items())
+    model.eval()
+    out = model(torch.randn(1, 3, 32, 32), with_se=True)
+    assert out["out"].shape == (1, 3, 32, 32)
+    assert ("se" in out) == model.has_se and (not model.has_se or out["se"].shape == (1, 3))
+    rebuilt = create_model(**model.config)
+    rebuilt.load_state_dict(new_state)  # the checkpoint contract still holds
