@@ -1,4 +1,4 @@
-"""Options shared by several commands (inference modes of evaluate and predict)."""
+"""Options shared by several commands (inference modes of evaluate and predict, --trust-code)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ StrideOption = typer.Option(2 / 3, "--stride-rate", help="Window stride as a fra
 MergeOption = typer.Option("prob", "--merge", help="Merge views by averaging softmax probabilities (prob) or summing logits like the reference (logits).")
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 AmpOption = typer.Option("off", "--amp", help="Autocast for inference: off, bf16 or fp16 (CUDA).")
+TrustCodeOption = typer.Option(
+    False,
+    "--trust-code",
+    help="Open TorchScript and pt2 models: they are programs, and loading them runs code from the file. "
+    "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
+)

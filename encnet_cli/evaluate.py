@@ -37,6 +37,7 @@ def evaluate(
     json_file: Path = typer.Option(None, "--json", help="Write all metrics to this JSON file ('-' for stdout)."),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    trust_code: bool = opt.TrustCodeOption,
 ) -> None:
     """Evaluate a model: pixAcc, mIoU (two conventions), mean accuracy, fwIoU and per-class IoU.
 
@@ -51,7 +52,7 @@ def evaluate(
     )
     options = EvaluateOptions(
         split=split, inference=inference, device=device, amp=amp, workers=workers,
-        save_predictions=save_predictions, confusion=confusion, limit=limit,
+        save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
     )  # fmt: skip
     is_main = int(os.environ.get("RANK", "0")) == 0
     with ProgressReporter(enabled=progress and is_main and str(json_file) != "-") as reporter:

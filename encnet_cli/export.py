@@ -1,4 +1,4 @@
-"""``encnet export``: slim, self-describing models (weights, TorchScript, pt2, ONNX)."""
+"""``encnet export``: slim, self-describing models (weights, safetensors, TorchScript, pt2, ONNX)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json
 from encnet_core.engine.export import FORMATS, export_model
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or a weights export."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or an export (not ONNX)."),
     out: Path = typer.Argument(..., help="File to write."),
     fmt: str = typer.Option("weights", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
     half: bool = typer.Option(False, "--half", help="Store float16 weights (half the size; fp16 inference on GPUs)."),
@@ -20,12 +21,17 @@ def export(
     hash_name: bool = typer.Option(False, "--hash-name", help="Append the first 8 hex digits of the file's sha256 to its name."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    trust_code: bool = opt.TrustCodeOption,
 ) -> None:
     """Export a trained model with its metadata (classes, palette, normalisation, sizes, training summary).
 
-    evaluate and predict accept every format; ONNX needs `pip install 'encnet[onnx]'`.
+    evaluate and predict accept every format; ONNX needs `pip install 'encnet[onnx]'`. safetensors
+    (no pickle, no code) is the format to share weights; TorchScript and pt2 are programs that
+    others open only with --trust-code.
     """
-    result = export_model(checkpoint, out, fmt, half=half, verify=verify, hash_name=hash_name, overwrite=overwrite)
+    result = export_model(
+        checkpoint, out, fmt, half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code
+    )
     summary = {
         "path": str(result.path),
         "format": result.format,

@@ -8,6 +8,7 @@ import h5py
 import typer
 from rich.table import Table
 
+from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.prepare import dataset_statistics, recompute_targets
@@ -34,8 +35,11 @@ def _print_statistics(stats: dict) -> None:
 def _print_model(meta: dict) -> None:
     table = Table(title="model metadata", show_header=False)
     config = meta.get("model_config") or {}
+    fmt = meta.get("format", "checkpoint")
+    if meta.get("runs_code"):
+        fmt = f"{fmt} (a program: needs --trust-code)"
     rows = {
-        "format": meta.get("export_format") or meta.get("format", "checkpoint"),
+        "format": fmt,
         "model": ", ".join(f"{k}={v}" for k, v in config.items()),
         "classes": f"{len(meta['classes'])}: {', '.join(meta['classes'][:12])}{' ...' if len(meta['classes']) > 12 else ''}",
         "mean / std": f"{meta['mean']} / {meta['std']}",
@@ -48,15 +52,27 @@ def _print_model(meta: dict) -> None:
         if value not in (None, "", {}):
             table.add_row(key, str(value))
     console.print(table)
+    if meta.get("runs_code"):
+        how = "it was opened (--trust-code)" if meta.get("loaded") else "this metadata was read from the archive, no code was run"
+        console.print(
+            f"{meta['format']} is a program: opening it runs code from the file, so predict, evaluate, export and "
+            f"train --init-from need --trust-code; {how}",
+            soft_wrap=True, highlight=False, markup=False,
+        )  # fmt: skip
 
 
 def info(
     path: Path = typer.Argument(..., help="A prepared dataset (.h5), a checkpoint or an exported model."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    trust_code: bool = opt.TrustCodeOption,
 ) -> None:
-    """Print a dataset's splits and per-class statistics, or a model's metadata."""
+    """Print a dataset's splits and per-class statistics, or a model's metadata.
+
+    A TorchScript/pt2 model's metadata is read from its archive without running it; with
+    --trust-code the program is also opened (which runs its code), checking that it loads.
+    """
     if path.is_file() and path.suffix.lower() not in (".h5", ".hdf5") and not h5py.is_hdf5(path):
-        meta = peek_metadata(path)
+        meta = peek_metadata(path, trust_code=trust_code)
         if as_json:
             emit_json(meta, None)
         else:

@@ -36,11 +36,12 @@ def predict(
     device: str = opt.DeviceOption,
     amp: str = opt.AmpOption,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    trust_code: bool = opt.TrustCodeOption,
 ) -> None:
     """Segment images: a palette PNG per image, optional overlays, and predictions.json listing the
     classes found by pixel share and by the SE head. Unreadable files are reported and skipped
     (exit code 1 if any)."""
-    loaded = load_model(model, resolve_device(device), amp)
+    loaded = load_model(model, resolve_device(device), amp, trust_code=trust_code)
     inference = opt.inference_config(
         scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json, err_console
 from encnet_core.config import TrainConfig, list_recipes, load_toml, recipe_path
 from encnet_core.engine.train import train as run_train
@@ -69,6 +71,15 @@ class _TrainDisplay:
         self.progress.stop()
 
 
+def _skipped_text(skipped: list[dict[str, Any]]) -> str | None:
+    """The summary's line for the bad samples a --skip-bad run left out (markup escaped: names are data)."""
+    if not skipped:
+        return None
+    shown = ", ".join(f"{s['split']} {s['index']} ({s['name']!r})" for s in skipped[:5])
+    more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+    return escape(f"{len(skipped)} bad sample(s): {shown}{more}; reasons in metrics.jsonl")
+
+
 def train(
     ctx: typer.Context,
     data: Path = typer.Argument(..., help="Prepared dataset (.h5) from `encnet prepare`."),
@@ -98,12 +109,17 @@ def train(
     val_every: int = typer.Option(None, "--val-every", help="Validate every N epochs; 0 = only at the end [default: 1]."),
     log_every: int = typer.Option(None, "--log-every", help="Iterations per metrics.jsonl record [default: 10]."),
     resume: str = typer.Option(None, "--resume", help="'auto' (the run folder's last.pt, if any) or a checkpoint path."),
-    init_from: Path = typer.Option(None, "--init-from", help="Fine-tune from an encnet or PyTorch-Encoding checkpoint."),
+    init_from: Path = typer.Option(None, "--init-from", help="Fine-tune from an encnet or PyTorch-Encoding checkpoint, or an export."),
+    trust_code: bool = opt.TrustCodeOption,
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the heads only."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn", help="Keep BatchNorm statistics fixed (tiny batches)."),
     backbone_weights: str = typer.Option(None, "--backbone-weights", help="ImageNet weights: a local state_dict file or 'imagenet'."),
     compile_model: bool = typer.Option(None, "--compile", help="torch.compile the model."),
     val_split: str = typer.Option(None, "--val-split", help="Split to validate on; '' to skip [default: val]."),
+    skip_bad: bool = typer.Option(
+        None, "--skip-bad",
+        help="Go on past samples that do not decode or break the format: a bad training sample is replaced by the next good one, a bad validation sample is left out; each is listed in metrics.jsonl and the summary.",
+    ),  # fmt: skip
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display."),
 ) -> None:
@@ -121,7 +137,7 @@ def train(
         "aux_weight": aux_weight, "lateral": lateral, "dropout": dropout, "output_stride": output_stride, "amp": amp,
         "device": device, "seed": seed, "val_every": val_every, "log_every": log_every, "init_from": init_from,
         "freeze_backbone": freeze_backbone, "freeze_bn": freeze_bn, "backbone_weights": backbone_weights,
-        "compile": compile_model, "val_split": val_split,
+        "compile": compile_model, "val_split": val_split, "skip_bad": skip_bad,
     }  # fmt: skip
     if iters is not None and "epochs" in settings and epochs is None:
         settings.pop("epochs")
@@ -133,7 +149,7 @@ def train(
     is_main = int(os.environ.get("RANK", "0")) == 0
     display = _TrainDisplay(enabled=progress and is_main and not as_json)
     try:
-        result = run_train(config, resume=resume, callback=display)
+        result = run_train(config, resume=resume, callback=display, trust_code=trust_code)
     finally:
         display.close()
     if not is_main:
@@ -156,6 +172,7 @@ def train(
         "data_loading_share": round(result.data_share, 3),
         "reinitialised": result.reinitialised,
         "stopped_by": result.stopped_by,
+        "skipped": result.skipped if as_json else _skipped_text(result.skipped),
     }
     if as_json:
         emit_json(summary, None)

@@ -44,6 +44,7 @@ class EvaluateOptions:
     save_predictions: Path | None = None  # folder for palette PNGs named after the images
     confusion: Path | None = None  # PNG of the row-normalised confusion matrix
     limit: int | None = None  # evaluate only the first N images (quick checks)
+    trust_code: bool = False  # open TorchScript/pt2 models (programs: loading runs code from the file)
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -137,7 +138,7 @@ def evaluate(model_path: Path, data: Path, options: EvaluateOptions, progress: P
     check_evaluate_outputs(options)
     info = init_distributed(options.device)
     try:
-        model = load_model(model_path, info.device, options.amp)
+        model = load_model(model_path, info.device, options.amp, trust_code=options.trust_code)
         result = evaluate_loaded(model, data, options, info, progress)
         result["model"] = str(model_path)
         return result

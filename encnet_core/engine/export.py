@@ -4,9 +4,15 @@ Formats (the metadata travels inside each as ``encnet.json``):
 
 * ``weights``: ``torch.save`` of {kind: "weights", model state_dict, metadata}; no optimizer (read with
   ``weights_only=True``);
+* ``safetensors``: the state_dict as a safetensors file (no pickle at all), metadata in its header
+  (``__metadata__["encnet.json"]``); the format to share weights with strangers;
 * ``torchscript``: ``torch.jit.trace`` with the metadata as an extra file;
 * ``pt2``: ``torch.export`` program with dynamic height and width, metadata as an extra file;
 * ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``).
+
+TorchScript and pt2 files are programs: reading them back (``--verify``, evaluate, predict, or as the
+input of another export) runs code from the file, so only files from a trusted source are opened
+(``trust_code``). The export's own temp file is verified as trusted: this process just wrote it.
 
 Every export maps a normalised (N, 3, H, W) float image to (N, C, H, W) logits ("out") and, for
 models with the SE head, (N, C) SE logits ("se").
@@ -26,15 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from encnet_core.engine.runtime import METADATA_NAME, model_metadata
+from encnet_core.engine.checkpoint import model_from_checkpoint, save_checkpoint
+from encnet_core.engine.runtime import METADATA_NAME, model_metadata, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 
 log = logging.getLogger("encnet")
 
 __all__ = ["FORMATS", "ExportResult", "export_model", "ExportWrapper", "METADATA_NAME"]
 
-FORMATS = ("weights", "torchscript", "pt2", "onnx")
+FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx")
 ONNX_OPSET = 18
 
 
@@ -80,6 +86,11 @@ def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, s
     if fmt == "weights":
         state = {k: v for k, v in wrapper.model.state_dict().items()}
         save_checkpoint({"kind": "weights", "model": state, **metadata}, tmp)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in wrapper.model.state_dict().items()}
+        save_file(state, str(tmp), metadata={"format": "pt", METADATA_NAME: meta_json})
     elif fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarning on the input check; TorchScript's deprecation notice
@@ -122,11 +133,15 @@ def export_model(
     overwrite: bool = False,
     sample_size: int = 0,
     tolerance: float = 1e-3,
+    trust_code: bool = False,
 ) -> ExportResult:
-    """Export a training checkpoint (or a weights export) to ``fmt``; verified exports only land at ``out``."""
+    """Export a training checkpoint (or another export) to ``fmt``; verified exports only land at ``out``.
+
+    A TorchScript/pt2 input is a program and is opened only with ``trust_code``; ONNX cannot be an input.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = read_model_file(checkpoint, trust_code=trust_code)
     if "model_config" not in ckpt:
         raise CheckpointError(f"{checkpoint} has no model description (a bare state_dict); export a checkpoint written by encnet")
     try:
@@ -138,7 +153,7 @@ def export_model(
     metadata["half"] = half
     dtype = torch.float16 if half else torch.float32
     if half:
-        if fmt != "weights":
+        if fmt not in ("weights", "safetensors"):
             log.warning("--half %s export: the model expects float16 input (CUDA); CPU float16 kernels are slow", fmt)
         model = model.half()
     wrapper = ExportWrapper(model).eval()
@@ -174,7 +189,7 @@ def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tole
     """Reload the export the way evaluate/predict do and compare with the PyTorch model on two input sizes."""
     from encnet_core.engine.runtime import load_model
 
-    loaded = load_model(path, torch.device("cpu"))
+    loaded = load_model(path, torch.device("cpu"), trust_code=True)  # the temp file this process just wrote
     worst = 0.0
     other = sample[..., : sample.shape[-2] - 8, : sample.shape[-1] - 16].contiguous()  # a second size: dynamic shapes
     for x in (sample, other):

@@ -1,13 +1,27 @@
 """A model ready for inference, from any saved form: what ``evaluate`` and ``predict`` run.
 
-``load_model(path, device)`` reads a training checkpoint (``last.pt``/``best.pt``) or a weights export
-(issue: export formats add TorchScript, pt2 and ONNX here) and returns a ``LoadedModel`` carrying the
-forward function and the metadata inference needs (classes, palette, normalisation, sizes).
+``load_model(path, device)`` reads a training checkpoint (``last.pt``/``best.pt``) or an export
+(weights, safetensors, TorchScript, pt2, ONNX; the format is detected from the content, not the
+name) and returns a ``LoadedModel`` carrying the forward function and the metadata inference needs
+(classes, palette, normalisation, sizes). ``read_model_file`` gives the weights and metadata of any
+of them as a checkpoint-shaped dict (what ``export`` and ``train --init-from`` start from).
+
+Which files are opened how:
+
+* checkpoints and ``weights`` exports: ``torch.load(weights_only=True)`` (tensors and plain data only);
+* ``safetensors``: the ``safetensors`` reader (a JSON header and raw tensor bytes, no pickle at all);
+* ``torchscript`` and ``pt2`` are programs: loading them runs code from the file, so they are opened
+  only with ``trust_code=True`` (``--trust-code``). Their metadata can be read without that, from the
+  archive's own ``extra/encnet.json`` member;
+* ``onnx``: an onnxruntime session (a graph interpreted by native code; no Python runs).
+
+Every metadata dict, whatever the format, goes through ``checkpoint.validate_checkpoint``.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -19,14 +33,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint, validate_checkpoint
 from encnet_core.engine.device import autocast_context
 from encnet_core.errors import CheckpointError
 from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD, voc_palette
 
-__all__ = ["LoadedModel", "load_model", "model_metadata", "peek_metadata", "detect_format", "METADATA_NAME"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "model_metadata",
+    "peek_metadata",
+    "detect_format",
+    "read_model_file",
+    "load_training_checkpoint",
+    "CODE_FORMATS",
+    "METADATA_NAME",
+]
 
 METADATA_NAME = "encnet.json"
+MAX_METADATA_BYTES = 4 << 20  # the largest encnet.json member read from an archive (real ones are a few kB)
+
+CODE_FORMATS = {"torchscript": "a TorchScript program", "pt2": "a torch.export (pt2) program"}
+"""Formats whose loaders run code stored in the file; opened only with ``trust_code=True``."""
+
+_FORMAT_NAMES = {"checkpoint": "a checkpoint", "safetensors": "a safetensors export", "onnx": "an ONNX model", **CODE_FORMATS}
 
 
 @dataclass
@@ -41,7 +71,7 @@ class LoadedModel:
     base_size: int
     crop_size: int
     device: torch.device
-    source: str  # "checkpoint", "weights", ...
+    source: str  # "checkpoint", "weights", "safetensors", "torchscript", "pt2", "onnx"
     has_se: bool = False  # whether run() returns SE logits
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -71,8 +101,8 @@ class LoadedModel:
 
 
 def model_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The metadata fields of a checkpoint or weights export (no tensors)."""
-    classes = ckpt.get("classes") or [f"class_{i}" for i in range(ckpt.get("model_config", {}).get("num_classes", 0))]
+    """The metadata fields of a (validated) checkpoint or export, defaults filled in (no tensors)."""
+    classes = ckpt.get("classes") or [f"class_{i}" for i in range((ckpt.get("model_config") or {}).get("num_classes", 0))]
     return {
         "model_config": ckpt.get("model_config"),
         "classes": classes,
@@ -83,6 +113,7 @@ def model_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "crop_size": int(ckpt.get("crop_size") or 480),
         "encnet_version": ckpt.get("encnet_version"),
         "training": ckpt.get("training") or _training_summary(ckpt),
+        **{key: ckpt[key] for key in ("export_format", "half") if key in ckpt},  # exports only
     }
 
 
@@ -94,43 +125,107 @@ def _training_summary(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     return {
         "iteration": ckpt.get("iteration"),
         "epoch": ckpt.get("epoch"),
-        "dataset": config.get("data"),
+        "dataset": config.get("data") if isinstance(config, dict) else None,
         "best_val": {k: round(best[k], 4) for k in ("pixAcc", "mIoU", "mIoU_all") if k in best} or None,
         "best_iteration": best.get("iteration"),
     }
 
 
 def detect_format(path: Path) -> str:
-    """"checkpoint" (torch.save: checkpoints and weights exports), "torchscript", "pt2" or "onnx"."""
+    """"checkpoint" (torch.save: checkpoints and weights exports), "safetensors", "torchscript", "pt2" or "onnx".
+
+    Decided from the content (a renamed file is recognised); reads the first bytes and, for zip
+    archives, the member list only.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     with path.open("rb") as handle:
-        head = handle.read(4)
+        head = handle.read(9)
     if head[:2] == b"PK":
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError, ValueError):
             raise CheckpointError(f"{path} is corrupt (a damaged zip archive)") from None
-        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        # TorchScript: code/ and constants.pkl (torch.load dispatches to torch.jit.load on constants.pkl alone)
+        if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
         if any(n.endswith("archive_format") for n in names):
             return "pt2"
         return "checkpoint"
+    # safetensors: u64 little-endian header length, then the JSON header
+    if head[8:9] == b"{" or path.suffix.lower() == ".safetensors":
+        return "safetensors"
     if head[:1] == b"\x08" or path.suffix.lower() == ".onnx":  # ONNX protobuf: field 1 (ir_version) first
         return "onnx"
     return "checkpoint"
 
 
+def _refuse_untrusted(path: Path, fmt: str, trust_code: bool) -> None:
+    """No torch loader opens a program unless the user said they trust it."""
+    if fmt in CODE_FORMATS and not trust_code:
+        raise CheckpointError(
+            f"{path} is {CODE_FORMATS[fmt]}: opening it runs code from the file; pass --trust-code if you "
+            "trust its source, or ask for a weights/safetensors export"
+        )
+
+
 def _metadata_from_json(text: str | bytes, path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         meta = None
     if not isinstance(meta, dict) or "classes" not in meta:
         raise CheckpointError(f"{path} has no encnet metadata ({METADATA_NAME}); export it with `encnet export`")
-    return meta
+    validate_checkpoint(meta, path)
+    return model_metadata(meta)
+
+
+def _archive_metadata(path: Path) -> dict[str, Any]:
+    """The ``<archive>/extra/encnet.json`` member of a TorchScript/pt2 zip, read without loading anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [i for i in archive.infolist() if i.filename.split("/")[1:] == ["extra", METADATA_NAME]]
+            if not members:
+                raise CheckpointError(f"{path} has no encnet metadata ({METADATA_NAME}); export it with `encnet export`")
+            if members[0].file_size > MAX_METADATA_BYTES:
+                raise CheckpointError(f"{path}: its {METADATA_NAME} is {members[0].file_size} bytes, over the {MAX_METADATA_BYTES} limit")
+            with archive.open(members[0]) as handle:
+                text = handle.read(MAX_METADATA_BYTES + 1)  # the recorded size may lie: never read past the cap
+    except CheckpointError:
+        raise
+    except Exception as exc:  # zipfile/zlib raise several types on damaged members
+        raise CheckpointError(f"{path} is corrupt ({METADATA_NAME} unreadable: {(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    if len(text) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{path}: its {METADATA_NAME} is over the {MAX_METADATA_BYTES}-byte limit")
+    return _metadata_from_json(text, path)
+
+
+def _read_safetensors(path: Path, tensors: bool = True) -> dict[str, Any]:
+    """A safetensors export as a checkpoint-shaped dict (``tensors=False``: metadata only, no tensor read)."""
+    from safetensors import safe_open
+
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    size = path.stat().st_size
+    if len(head) < 8 or struct.unpack("<Q", head)[0] > size - 8:
+        raise CheckpointError(f"{path} is not a readable safetensors file (its header length does not fit the {size}-byte file)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
+    except Exception as exc:  # SafetensorError and friends: bad JSON, offsets, dtypes
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable safetensors file ({detail})") from None
+    meta = _metadata_from_json(header.get(METADATA_NAME, ""), path)
+    return {"kind": "safetensors", "model": state, **meta}
+
+
+def _split_outputs(result: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(result, (tuple, list)):
+        return result[0], result[1] if len(result) > 1 else None
+    return result, None
 
 
 def _from_metadata(run, has_se: bool, meta: dict[str, Any], device: torch.device, source: str) -> LoadedModel:
@@ -149,10 +244,22 @@ def _from_metadata(run, has_se: bool, meta: dict[str, Any], device: torch.device
     )
 
 
-def _split_outputs(result: Any) -> tuple[Tensor, Tensor | None]:
-    if isinstance(result, (tuple, list)):
-        return result[0], result[1] if len(result) > 1 else None
-    return result, None
+def _load_program(path: Path, fmt: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """Open a TorchScript/pt2 program (runs code from the file: callers check trust first)."""
+    extra = {METADATA_NAME: ""}
+    if fmt == "torchscript":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+        except Exception as exc:  # RuntimeError mostly; damaged archives raise others
+            raise CheckpointError(f"{path} is not a readable TorchScript model ({(str(exc).splitlines() or [''])[0]})") from None
+    else:
+        try:
+            module = torch.export.load(path, extra_files=extra).module().to(device)
+        except Exception as exc:  # the pt2 loader raises several types
+            raise CheckpointError(f"{path} is not a readable pt2 program ({(str(exc).splitlines() or [''])[0]})") from None
+    return module, _metadata_from_json(extra[METADATA_NAME], path)
 
 
 def _graph_model(module: Any, meta: dict[str, Any], device: torch.device, source: str) -> LoadedModel:
@@ -163,8 +270,8 @@ def _graph_model(module: Any, meta: dict[str, Any], device: torch.device, source
         with torch.inference_mode():
             return _split_outputs(module(x.to(device, dtype)))
 
-    has_se = meta.get("model_config", {}).get("se_loss", True) and not str(
-        meta.get("model_config", {}).get("name", "")).startswith("fcn")  # fmt: skip
+    config = meta.get("model_config") or {}
+    has_se = config.get("se_loss", True) and not str(config.get("name", "")).startswith("fcn")
     return _from_metadata(run, bool(has_se), meta, device, source)
 
 
@@ -177,7 +284,7 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
     try:
         session = onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise CheckpointError(f"{path} is not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path} is not a readable ONNX model ({(str(exc).splitlines() or [''])[0]})") from None
     meta = _metadata_from_json(session.get_modelmeta().custom_metadata_map.get(METADATA_NAME, ""), path)
     names = [o.name for o in session.get_outputs()]
     dtype = np.float16 if meta.get("half") else np.float32
@@ -190,30 +297,63 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
     return _from_metadata(run, "se" in names, meta, device, "onnx")
 
 
-def load_model(path: Path, device: torch.device, amp: str = "off") -> LoadedModel:
-    """Load a checkpoint, weights, TorchScript, pt2 or ONNX export for inference on ``device``."""
+def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
+    """Weights and metadata of a checkpoint or export as a checkpoint-shaped dict (``model``: state_dict).
+
+    A bare state_dict comes back as ``{"model": sd}``. TorchScript/pt2 programs need ``trust_code``;
+    ONNX files cannot be read back into weights.
+    """
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "torchscript":
-        extra = {METADATA_NAME: ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
-                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not a readable TorchScript model ({str(exc).splitlines()[0]})") from None
-        return _graph_model(module.eval(), _metadata_from_json(extra[METADATA_NAME], path), device, "torchscript")
-    if fmt == "pt2":
-        extra = {METADATA_NAME: ""}
-        try:
-            program = torch.export.load(path, extra_files=extra)
-        except Exception as exc:  # the pt2 loader raises several types
-            raise CheckpointError(f"{path} is not a readable pt2 program ({str(exc).splitlines()[0]})") from None
-        module = program.module().to(device)
-        return _graph_model(module, _metadata_from_json(extra[METADATA_NAME], path), device, "pt2")
+    if fmt == "checkpoint":
+        return load_checkpoint(path)
+    if fmt == "safetensors":
+        return _read_safetensors(path)
+    if fmt == "onnx":
+        raise CheckpointError(f"{path} is an ONNX model: its weights cannot be read back; use the checkpoint or a weights/safetensors export")
+    _refuse_untrusted(path, fmt, trust_code)
+    module, meta = _load_program(path, fmt, torch.device("cpu"))
+    state = {key.removeprefix("model."): value for key, value in module.state_dict().items()}
+    return {"kind": fmt, "model": state, **meta}
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint with its optimizer, scheduler, iteration and RNG state (what --resume needs).
+
+    Only ``torch.save`` checkpoints carry training state, so no program is ever opened here.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt != "checkpoint":
+        raise CheckpointError(
+            f"{path} is {_FORMAT_NAMES[fmt]} without training state; --resume needs a "
+            "run's last.pt (use --init-from to fine-tune from it)"
+        )
+    ckpt = load_checkpoint(path)
+    what = "a weights export" if ckpt.get("kind") == "weights" else ("a bare state_dict" if "model_config" not in ckpt else "")
+    if not what:
+        missing = [key for key, kind in (("optimizer", dict), ("scheduler", dict), ("rng", dict), ("iteration", int)) if not isinstance(ckpt.get(key), kind)]
+        if not missing:
+            return ckpt
+        what = f"a checkpoint without {', '.join(missing)}"
+    raise CheckpointError(f"{path} is {what}: no training state to resume; use --init-from to fine-tune from it")
+
+
+def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code: bool = False) -> LoadedModel:
+    """Load a checkpoint or a weights, safetensors, TorchScript, pt2 or ONNX export for inference on ``device``.
+
+    TorchScript and pt2 files are programs: without ``trust_code`` they are refused before any loader
+    touches them.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt in CODE_FORMATS:
+        _refuse_untrusted(path, fmt, trust_code)
+        module, meta = _load_program(path, fmt, device)
+        return _graph_model(module, meta, device, fmt)
     if fmt == "onnx":
         return _load_onnx(path, device)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if fmt == "checkpoint" else _read_safetensors(path)
     if "model_config" not in ckpt:
         raise CheckpointError(
             f"{path} is a bare state_dict without model metadata; train or export with encnet, or fine-tune from it with --init-from"
@@ -230,21 +370,30 @@ def load_model(path: Path, device: torch.device, amp: str = "off") -> LoadedMode
             outputs = model(x.to(device, torch.float32), with_se=has_se)
         return outputs["out"], outputs.get("se")
 
-    source = "weights" if ckpt.get("kind") == "weights" else "checkpoint"
+    source = fmt if fmt == "safetensors" else ("weights" if ckpt.get("kind") == "weights" else "checkpoint")
     return _from_metadata(run, has_se, meta, device, source)
 
 
-def peek_metadata(path: Path) -> dict[str, Any]:
-    """Metadata of a checkpoint or export (format detected from the file)."""
+def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
+    """Metadata of a checkpoint or export (format detected from the file), without running its code.
+
+    ``runs_code`` says whether opening the file for inference runs code from it. For TorchScript/pt2
+    the metadata comes from the archive's ``extra/encnet.json``; with ``trust_code`` the program is
+    also opened, which checks that it loads.
+    """
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "checkpoint":
         ckpt = load_checkpoint(path)
-        return {"format": ckpt.get("kind", "checkpoint") if "model_config" in ckpt else "state_dict", **model_metadata(ckpt)}
+        kind = ckpt.get("kind", "checkpoint") if "model_config" in ckpt else "state_dict"
+        return {"format": kind, "runs_code": False, **model_metadata(ckpt)}
+    if fmt == "safetensors":
+        meta = _read_safetensors(path, tensors=False)
+        meta.pop("model")
+        return {"format": meta.pop("kind"), "runs_code": False, **meta}
     if fmt == "onnx":
-        return _load_onnx(path, torch.device("cpu")).metadata
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.endswith(f"extra/{METADATA_NAME}") or name.endswith(f"/{METADATA_NAME}"):
-                return _metadata_from_json(archive.read(name), path)
-    raise CheckpointError(f"{path} has no encnet metadata ({METADATA_NAME})")
+        return {"format": "onnx", "runs_code": False, **_load_onnx(path, torch.device("cpu")).metadata}
+    meta = _archive_metadata(path)
+    if trust_code:
+        meta = _load_program(path, fmt, torch.device("cpu"))[1] | {"loaded": True}
+    return {"format": fmt, "runs_code": True, **meta}

@@ -30,7 +30,6 @@ from encnet_core.data.hdf5 import read_info
 from encnet_core.data.transforms import eval_transform, train_transform
 from encnet_core.engine.checkpoint import (
     adapt_state_dict,
-    load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -46,6 +45,7 @@ from encnet_core.engine.distributed import (
 )
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
+from encnet_core.engine.runtime import load_training_checkpoint, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 from encnet_core.models import MODELS, EncNet, create_model
 from encnet_core.paths import check_output_dir
@@ -155,12 +155,13 @@ def build_model(config: TrainConfig, num_classes: int) -> EncNet:
     return create_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
 
 
-def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str]) -> list[str]:
+def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str], trust_code: bool = False) -> list[str]:
     """Load weights for fine-tuning; class-specific layers that do not fit are re-initialised.
 
+    ``path``: a checkpoint, bare state_dict or export (TorchScript/pt2 only with ``trust_code``).
     Returns the re-initialised parameter names. Any other missing or mis-shaped weight is an error.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = read_model_file(path, trust_code=trust_code)
     state = adapt_state_dict(ckpt["model"])
     own = model.state_dict()
     same_classes = ckpt.get("classes") in (None, classes)
@@ -275,17 +276,24 @@ def _checkpoint_payload(model, optimizer, scheduler, scaler, config, info_ds, ep
     }
 
 
-def train(config: TrainConfig, resume: str | None = None, callback: Callback | None = None) -> TrainResult:
-    """Run (or resume) a training run described by ``config``; see ``encnet train --help``."""
+def train(
+    config: TrainConfig, resume: str | None = None, callback: Callback | None = None, *, trust_code: bool = False
+) -> TrainResult:
+    """Run (or resume) a training run described by ``config``; see ``encnet train --help``.
+
+    ``trust_code`` lets ``config.init_from`` be a TorchScript/pt2 program (opening one runs its code);
+    it is a parameter, not a config field, so no recipe or saved config.toml can turn it on.
+    ``resume`` needs a training checkpoint and never opens a program.
+    """
     emit = callback or (lambda event, data: None)
     info = init_distributed(config.device)
     try:
-        return _train(config, resume, emit, info)
+        return _train(config, resume, emit, info, trust_code)
     finally:
         shutdown_distributed(info)
 
 
-def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo) -> TrainResult:
+def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False) -> TrainResult:
     start_time = time.perf_counter()
     if config.model not in MODELS:
         create_model(config.model, 1)  # the "unknown model" error, before anything is written
@@ -341,7 +349,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
     model = build_model(config, num_classes)
     reinitialised: list[str] = []
     if config.init_from:
-        reinitialised = init_from_checkpoint(model, Path(config.init_from), data_info.classes)
+        reinitialised = init_from_checkpoint(model, Path(config.init_from), data_info.classes, trust_code)
         if reinitialised and info.is_main:
             emit("message", {"text": f"re-initialised for {num_classes} classes: {', '.join(reinitialised)}"})
     if config.freeze_backbone:
@@ -361,7 +369,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
     iteration, best_score, best_metrics = 0, -1.0, None
     resume_path = _resume_path(resume, out_dir)
     if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
+        ckpt = load_training_checkpoint(resume_path)
         if ckpt.get("model_config", {}).get("name") != config.model or ckpt.get("classes") != data_info.classes:
             raise CheckpointError(f"{resume_path} is a run of another model or dataset; use --init-from to fine-tune from it")
         _check_resume_settings(ckpt, resume_path, config, model, info.world_size, emit if info.is_main else None)

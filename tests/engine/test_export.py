@@ -23,7 +23,8 @@ from encnet_core.models import create_model
 CLASSES = ["sky", "road", "car", "person"]
 PALETTE = [[10, 20, 30], [40, 50, 60], [70, 80, 90], [100, 110, 120]]
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-SUFFIX = {"weights": "pt", "torchscript": "ts", "pt2": "pt2", "onnx": "onnx"}
+SUFFIX = {"weights": "pt", "safetensors": "safetensors", "torchscript": "ts", "pt2": "pt2", "onnx": "onnx"}
+CODE = {"torchscript", "pt2"}  # programs: opened only with trust_code
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +48,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("fmt", ["weights", "torchscript", "pt2", "onnx"])
+@pytest.mark.parametrize("fmt", ["weights", "safetensors", "torchscript", "pt2", "onnx"])
 def test_round_trip_same_predictions(checkpoint: Path, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"model.{SUFFIX[fmt]}"
     result = export_model(checkpoint, out, fmt)
     assert result.path == out and out.is_file() and result.max_abs_diff is not None and result.max_abs_diff < 1e-3
     assert detect_format(out) == ("checkpoint" if fmt == "weights" else fmt)
     source = load_model(checkpoint, torch.device("cpu"))
-    exported = load_model(out, torch.device("cpu"))
+    if fmt in CODE:
+        with pytest.raises(CheckpointError, match="runs code from the file; pass --trust-code"):
+            load_model(out, torch.device("cpu"))
+    exported = load_model(out, torch.device("cpu"), trust_code=fmt in CODE)
     # another size than the export's sample, and batch 3: dynamic shapes
     x = torch.randn(3, 3, 40, 72)
     expected, got = source.forward(x), exported.forward(x)
@@ -68,6 +72,7 @@ def test_round_trip_same_predictions(checkpoint: Path, tmp_path: Path, fmt: str)
     assert list(exported.mean) == MEAN and list(exported.std) == STD
     assert exported.crop_size == 48 and exported.base_size == 64
     assert peek_metadata(out)["classes"] == CLASSES
+    assert peek_metadata(out)["runs_code"] == (fmt in CODE)
 
 
 def test_weights_export_is_slim_and_half_halves_it(checkpoint: Path, tmp_path: Path) -> None:
@@ -152,6 +157,8 @@ def test_cli_export_info_and_predict_with_export(checkpoint: Path, tmp_path: Pat
 
     Image.fromarray((np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)).save(images / "a.png")
     result = runner.invoke(app, ["predict", str(out), str(images), "-o", str(tmp_path / "pred"), "--no-progress"])
+    assert result.exit_code == 1 and "TorchScript program" in result.output and "--trust-code" in result.output
+    result = runner.invoke(app, ["predict", str(out), str(images), "-o", str(tmp_path / "pred"), "--no-progress", "--trust-code"])
     assert result.exit_code == 0, result.output
     mask = Image.open(tmp_path / "pred" / "a.png")
     assert mask.mode == "P" and mask.size == (40, 30)
