@@ -3,29 +3,78 @@
 Images are decoded with torchvision.io from the bytes stored in the file and masks from their PNG,
 then wrapped as ``tv_tensors.Image`` / ``tv_tensors.Mask`` so that a ``transforms.v2`` pipeline
 (transforms.py) moves both together.
+
+Every sample is checked as it is decoded (the image decodes, the mask is a single-channel 8-bit PNG
+of the image's size with labels 0..C-1 or 255); a sample that fails raises ``BadSampleError`` naming
+the split, index and name. ``CheckedSamples`` + ``collate_checked`` + ``CheckedBatches`` carry such
+a sample out of DataLoader workers as data, so that the main process can stop with that one line or,
+with ``--skip-bad``, skip the sample and list it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, decode_png
 
-from encnet_core.data.hdf5 import open_h5, read_info
+from encnet_core.data.hdf5 import open_h5, read_info, read_names
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import IGNORE_INDEX
 
-__all__ = ["HDF5SegmentationDataset", "read_image_and_mask"]
+__all__ = [
+    "HDF5SegmentationDataset",
+    "read_image_and_mask",
+    "BadSample",
+    "BadSampleError",
+    "CheckedSamples",
+    "CheckedBatches",
+    "collate_checked",
+]
 
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample that cannot be used, and why (plain data: it crosses from DataLoader workers)."""
+
+    split: str
+    index: int
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"split {self.split!r} sample {self.index} ({self.name!r}): {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class BadSampleError(DataError):
+    """A sample whose image or mask does not decode or breaks the format (see ``BadSample``)."""
+
+    def __init__(self, sample: BadSample, path: Path | str = "") -> None:
+        self.sample, self.path = sample, str(path)
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{sample}; fix the file, or pass --skip-bad to skip bad samples")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BadSampleError, (self.sample, self.path))
+
+
+class _Unusable(Exception):
+    """Why the sample being decoded cannot be used (turned into a BadSampleError by the dataset)."""
 
 
 def _missing_split(path: Path, split: str, available: list[str]) -> DataError:
@@ -34,24 +83,47 @@ def _missing_split(path: Path, split: str, available: list[str]) -> DataError:
     )
 
 
-def _decode_image(data: np.ndarray) -> torch.Tensor:
-    """(3, H, W) uint8 RGB image from the encoded file bytes (JPEG, PNG, ...)."""
-    return decode_image(torch.from_numpy(data), mode=ImageReadMode.RGB)
+def _reason(exc: BaseException) -> str:
+    """The first line of a decoder's message, without torchvision's C++ source location."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = re.sub(r"^\w+, \S+:\d+, ", "", text.splitlines()[0])
+    return line.split(". ")[0].removesuffix(".")  # "Unsupported image file. Only jpeg, png, ..." -> the first sentence
 
 
-def _decode_mask(data: np.ndarray) -> torch.Tensor:
-    """(H, W) int64 label map from the PNG written by ``hdf5.encode_mask``."""
-    return decode_png(torch.from_numpy(data), mode=ImageReadMode.UNCHANGED)[0].to(torch.int64)
+def _read(
+    images: h5py.Dataset, masks: h5py.Dataset | None, index: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded image (3, H, W) uint8 and mask (H, W) int64; all IGNORE_INDEX without masks (unlabelled).
 
-
-def _read(images: h5py.Dataset, masks: h5py.Dataset | None, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded image (3, H, W) uint8 and mask (H, W) int64; all IGNORE_INDEX without masks (unlabelled)."""
-    image = _decode_image(images[index])
-    if masks is not None:
-        mask = _decode_mask(masks[index])
-    else:
-        mask = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
-    return image, mask
+    Raises ``_Unusable`` for an image or mask that does not decode, a mask that is not one 8-bit
+    channel of the image's size, or a label that is neither a class (0..C-1) nor IGNORE_INDEX.
+    """
+    try:
+        image = decode_image(torch.from_numpy(images[index]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _Unusable(f"the image does not decode ({_reason(exc)})") from None
+    if masks is None:
+        return image, torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
+    try:
+        raw = decode_png(torch.from_numpy(masks[index]), mode=ImageReadMode.UNCHANGED)  # (1, H, W) uint8
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _Unusable(f"the mask is not a readable PNG ({_reason(exc)})") from None
+    if raw.shape[0] != 1 or raw.dtype != torch.uint8:
+        raise _Unusable(
+            f"the mask has {raw.shape[0]} channel(s) of {str(raw.dtype).removeprefix('torch.')}; "
+            "masks are single-channel 8-bit label maps"
+        )
+    if raw.shape[1:] != image.shape[1:]:
+        raise _Unusable(f"the mask is {raw.shape[1]}x{raw.shape[2]} but the image is {image.shape[1]}x{image.shape[2]}")
+    top = int((raw + 1).max())  # uint8 wraps: IGNORE_INDEX (255) -> 0, label c -> c + 1
+    if top > num_classes:
+        raise _Unusable(
+            f"the mask has label {top - 1}, but the dataset has {num_classes} classes "
+            f"(labels 0..{num_classes - 1}, {IGNORE_INDEX} = ignore)"
+        )
+    return image, raw[0].to(torch.int64)
 
 
 class HDF5SegmentationDataset(Dataset):
@@ -59,26 +131,30 @@ class HDF5SegmentationDataset(Dataset):
 
     Without a transform, ``image`` is a ``tv_tensors.Image`` (3, H, W) uint8 and ``mask`` a
     ``tv_tensors.Mask`` (H, W) int64 holding class indices and IGNORE_INDEX (255); an unlabelled
-    split gives a mask of 255 only.
+    split gives a mask of 255 only. A sample that cannot be used raises ``BadSampleError``.
+
+    ``strict=False`` accepts a split whose ``images``/``masks`` arrays are shorter than its names (a
+    truncated file): reading one of the missing samples then raises ``BadSampleError`` (for
+    ``--skip-bad``) instead of the constructor refusing the file.
 
     The HDF5 file is opened lazily by the first ``__getitem__`` of each process and reopened when
     the process id changes, so the dataset works in DataLoader workers (fork or spawn); the open
     handle is not pickled.
     """
 
-    def __init__(self, path: Path, split: str, transform: Transform | None = None) -> None:
+    def __init__(self, path: Path, split: str, transform: Transform | None = None, strict: bool = True) -> None:
         self.path = Path(path)
         self.split = split
         self.transform = transform
-        info = read_info(self.path)
+        info = read_info(self.path, allow_truncated=not strict)
         if split not in info.splits:
             raise _missing_split(self.path, split, list(info.splits))
         self.classes: list[str] = info.classes
         self.palette: np.ndarray = info.palette  # (C, 3) uint8
         self.labelled: bool = info.labelled[split]
         self._length = info.splits[split]
-        with open_h5(self.path) as handle:
-            self.names: list[str] = list(handle[split]["names"].asstr()[:])
+        self._stored = info.stored[split]  # samples whose image (and mask) the file holds
+        self.names: list[str] = read_names(self.path, split)
         self._handle: h5py.File | None = None
         self._arrays: tuple[h5py.Dataset, h5py.Dataset | None] | None = None  # images, masks in _handle
         self._pid: int | None = None
@@ -93,11 +169,28 @@ class HDF5SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} images")
-        image, mask = _read(*self._split_arrays(), int(index) % self._length)
+        index = int(index) % self._length
+        try:
+            if index >= self._stored:
+                raise _Unusable(f"the file stores no image/mask for it (its arrays end after {self._stored} samples)")
+            image, mask = _read(*self._split_arrays(), index, len(self.classes))
+        except _Unusable as exc:
+            raise BadSampleError(self.bad_sample(index, str(exc)), self.path) from None
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         if self.transform is not None:
             return self.transform(image, mask)
         return image, mask
+
+    def bad_sample(self, index: int, reason: str) -> BadSample:
+        return BadSample(self.split, index, self.names[index], reason)
+
+    def labelled_pixels(self, count: int | None = None) -> int:
+        """Labelled (not IGNORE_INDEX) pixels in the first ``count`` samples, from the stored ``class_pixels``."""
+        if not self.labelled:
+            return 0
+        with open_h5(self.path) as handle:
+            pixels = handle[self.split]["class_pixels"][: self._length if count is None else count]
+        return int(pixels.sum())
 
     def _split_arrays(self) -> tuple[h5py.Dataset, h5py.Dataset | None]:
         """The split's ``images`` and ``masks`` (None if unlabelled) in this process's own handle.
@@ -143,11 +236,88 @@ class HDF5SegmentationDataset(Dataset):
         return weights / weights.sum()
 
 
+# ----------------------------------------------------------------------------- bad samples in DataLoaders
+
+Checked = tuple[Any, Any, tuple[BadSample, ...]]  # (image, mask, ()) or (None, None, (bad, ...))
+
+
+class CheckedSamples(Dataset):
+    """``view[i]`` is ``(image, mask, ())``, or ``(None, None, (BadSample,))`` when sample ``i`` is bad.
+
+    An exception raised in a DataLoader worker reaches the main process re-wrapped in a multi-line
+    message; a bad sample returned as data lets ``CheckedBatches`` stop with its one line or skip it.
+    """
+
+    def __init__(self, dataset: HDF5SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Checked:
+        try:
+            image, mask = self.dataset[index]
+        except BadSampleError as exc:
+            return None, None, (exc.sample,)
+        return image, mask, ()
+
+
+def collate_checked(items: list[Checked]) -> tuple[Any, tuple[BadSample, ...], int]:
+    """``(batch of the good items or None, bad samples, number of items without data)``."""
+    good = [(image, mask) for image, mask, _ in items if image is not None]
+    bad = tuple(sample for _, _, samples in items for sample in samples)
+    return (default_collate(good) if good else None), bad, len(items) - len(good)
+
+
+class CheckedBatches:
+    """Iterates a DataLoader of ``collate_checked`` batches, yielding the good ``(images, masks)``.
+
+    The first bad sample raises ``BadSampleError`` (one line naming split, index and name), or with
+    ``skip_bad`` is recorded once in ``skipped`` and passed to ``on_skip``. ``require_complete``:
+    a batch missing items (every sample of the split is bad) is an error instead of a short batch.
+    """
+
+    def __init__(
+        self,
+        loader: Iterable[tuple[Any, tuple[BadSample, ...], int]],
+        path: Path,
+        skip_bad: bool,
+        require_complete: bool = False,
+        on_skip: Callable[[BadSample], None] | None = None,
+    ) -> None:
+        self.loader, self.path, self.skip_bad = loader, Path(path), skip_bad
+        self.require_complete, self.on_skip = require_complete, on_skip
+        self.skipped: dict[tuple[str, int], BadSample] = {}
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch, bad, missing in self.loader:
+            for sample in bad:
+                if not self.skip_bad:
+                    raise BadSampleError(sample, self.path)
+                if (sample.split, sample.index) not in self.skipped:
+                    self.skipped[(sample.split, sample.index)] = sample
+                    if self.on_skip is not None:
+                        self.on_skip(sample)
+            if missing and self.require_complete:
+                split = bad[0].split if bad else "?"
+                raise DataError(f"{self.path}: every sample of split {split!r} is bad; there is nothing left to train on")
+            if batch is not None:
+                yield batch
+
+
 def read_image_and_mask(path: Path, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` of ``split`` at full resolution: (H, W, 3) uint8 RGB and (H, W) uint8 labels."""
+    info = read_info(path)
+    if split not in info.splits:
+        raise _missing_split(Path(path), split, list(info.splits))
     with open_h5(path) as handle:
-        if split not in handle:
-            raise _missing_split(Path(path), split, list(handle))
         group = handle[split]
-        image, mask = _read(group["images"], group.get("masks"), index)
+        try:
+            image, mask = _read(group["images"], group.get("masks"), index, info.num_classes)
+        except _Unusable as exc:
+            names = group["names"].asstr()
+            raise BadSampleError(BadSample(split, index, names[index], str(exc)), path) from None
     return image.permute(1, 2, 0).numpy(), mask.to(torch.uint8).numpy()

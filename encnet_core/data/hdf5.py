@@ -36,6 +36,7 @@ __all__ = [
     "decode_mask",
     "class_pixel_counts",
     "open_h5",
+    "read_names",
 ]
 
 FORMAT = "encnet-hdf5"
@@ -70,6 +71,7 @@ class DatasetInfo:
     encnet_version: str
     sources: dict[str, Any] = field(default_factory=dict)
     min_pixels: int | None = None
+    stored: dict[str, int] = field(default_factory=dict)  # split -> samples whose image (and mask) is stored
 
     @property
     def num_classes(self) -> int:
@@ -87,6 +89,8 @@ def decode_mask(data: bytes | np.ndarray) -> np.ndarray:
     """The (H, W) uint8 label map stored by ``encode_mask``."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
     with Image.open(io.BytesIO(raw)) as img:
+        if img.mode not in ("L", "P"):
+            raise DataError(f"the mask is a {img.mode} image, not a single-channel label map")
         return np.asarray(img, dtype=np.uint8)
 
 
@@ -96,44 +100,232 @@ def class_pixel_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(flat[flat < num_classes], minlength=num_classes)[:num_classes].astype(np.int64)
 
 
+def _fail(path: Path, problem: str) -> DataError:
+    return DataError(f"{path}: {problem}; this is not a valid encnet dataset, create it again with `encnet prepare`")
+
+
+def _show(value: Any) -> str:
+    """A short one-line repr of an attribute value for error messages."""
+    text = " ".join(repr(value.tolist() if isinstance(value, np.ndarray) else value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _attr(handle: h5py.File, path: Path, key: str, required: bool = True) -> Any:
+    try:
+        if key not in handle.attrs:
+            if required:
+                raise _fail(path, f"the file attribute {key!r} is missing")
+            return None
+        return handle.attrs[key]
+    except (OSError, TypeError, ValueError, KeyError) as exc:  # an attribute of a type h5py cannot read
+        raise _fail(path, f"the file attribute {key!r} cannot be read ({exc})") from None
+
+
+def _as_str(value: Any) -> str | None:
+    """``value`` as text if it is a string attribute (str, bytes or a 0-d string array), else None."""
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "USO":
+        value = value.item()
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return str(value) if isinstance(value, str) else None
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer attribute (not a bool, not an array of several), else None."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
+
+
+def _check_format(handle: h5py.File, path: Path) -> None:
+    fmt = _as_str(_attr(handle, path, "format", required=False))
+    if fmt != FORMAT:
+        shown = "missing" if "format" not in handle.attrs else _show(handle.attrs["format"])
+        raise DataError(f"{path} is not an encnet dataset (format attribute {shown}); create it with `encnet prepare`")
+    raw = _attr(handle, path, "format_version")
+    version = _as_int(raw)
+    if version is None:
+        raise _fail(path, f"format_version is {_show(raw)}, not an integer")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path} has format version {version}; this encnet reads version {FORMAT_VERSION}")
+
+
 def open_h5(path: Path, mode: str = "r") -> h5py.File:
-    """Open an encnet HDF5 file, checking its format and version."""
+    """Open an encnet HDF5 file, checking its format and version (``read_info`` checks the rest)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
     try:
         handle = h5py.File(path, mode)
     except OSError as exc:
-        raise DataError(f"{path} is not a readable HDF5 file ({exc})") from exc
-    fmt = handle.attrs.get("format")
-    if fmt != FORMAT:
+        raise DataError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    try:
+        _check_format(handle, path)
+    except BaseException:
         handle.close()
-        raise DataError(f"{path} is not an encnet dataset (format attribute {fmt!r}); create it with `encnet prepare`")
-    version = int(handle.attrs.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        handle.close()
-        raise DataError(f"{path} has format version {version}; this encnet reads version {FORMAT_VERSION}")
+        raise
     return handle
 
 
-def read_info(path: Path) -> DatasetInfo:
-    """File-level metadata and split sizes of a prepared dataset."""
+def _json_attr(handle: h5py.File, path: Path, key: str, kind: type, required: bool = True) -> Any:
+    raw = _attr(handle, path, key, required)
+    if raw is None:
+        return None
+    text = _as_str(raw)
+    try:
+        value = json.loads(text) if text is not None else None
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        raise _fail(path, f"the attribute {key!r} is {_show(raw)}, not a JSON {kind.__name__}")
+    return value
+
+
+def _read_classes(handle: h5py.File, path: Path) -> list[str]:
+    classes = _json_attr(handle, path, "classes", list)
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise _fail(path, f"'classes' must be a non-empty JSON list of names, got {_show(classes)}")
+    return classes
+
+
+def _read_palette(handle: h5py.File, path: Path, num_classes: int) -> np.ndarray:
+    raw = _attr(handle, path, "palette")
+    palette = np.asarray(raw)
+    if palette.shape != (num_classes, 3) or palette.dtype.kind not in "iu" or palette.min() < 0 or palette.max() > 255:
+        raise _fail(
+            path,
+            f"'palette' must be {num_classes} x 3 integers 0..255 (one RGB colour per class), "
+            f"got {palette.dtype} of shape {palette.shape}",
+        )
+    return palette.astype(np.uint8)
+
+
+def _dataset(group: h5py.Group, path: Path, split: str, key: str, required: bool = True) -> h5py.Dataset | None:
+    item = group.get(key)
+    if item is None and not required:
+        return None
+    if not isinstance(item, h5py.Dataset):
+        raise _fail(path, f"split {split!r} has no {key!r} dataset" if item is None else f"{split}/{key} is not a dataset")
+    return item
+
+
+def _check_split(group: h5py.Group, path: Path, split: str, num_classes: int, allow_truncated: bool) -> int:
+    """Check one split's datasets against the schema; returns how many samples have their image (and mask) stored."""
+    images = _dataset(group, path, split, "images")
+    names = _dataset(group, path, split, "names")
+    sizes = _dataset(group, path, split, "sizes")
+    masks = _dataset(group, path, split, "masks", required=False)
+    for key, ds in (("images", images), ("masks", masks)):
+        if ds is not None and (ds.ndim != 1 or h5py.check_vlen_dtype(ds.dtype) != np.dtype("uint8")):
+            raise _fail(path, f"{split}/{key} must be a 1-D array of variable-length bytes (encoded files), got {ds.dtype} of shape {ds.shape}")
+    if names.ndim != 1 or h5py.check_string_dtype(names.dtype) is None:
+        raise _fail(path, f"{split}/names must be a 1-D array of strings, got {names.dtype} of shape {names.shape}")
+    count = names.shape[0]
+    for key in ("class_pixels", "se_targets"):
+        ds = _dataset(group, path, split, key)
+        if ds.shape != (count, num_classes) or ds.dtype.kind not in "iu":
+            raise _fail(path, f"{split}/{key} must be {count} x {num_classes} integers (one row per name), got {ds.dtype} of shape {ds.shape}")
+    if sizes.shape != (count, 2) or sizes.dtype.kind not in "iu":
+        raise _fail(path, f"{split}/sizes must be {count} x 2 integers (height, width per name), got {sizes.dtype} of shape {sizes.shape}")
+    values = sizes[...]
+    if count and values.min() < 1:
+        first = int(np.flatnonzero((values < 1).any(axis=1))[0])
+        raise _fail(path, f"{split}/sizes holds {tuple(values[first].tolist())} for sample {first}; sizes must be positive")
+    stored = count
+    for key, ds in (("images", images), ("masks", masks)):
+        if ds is None:
+            continue
+        if ds.shape[0] > count:
+            raise _fail(path, f"{split}/names lists {count} samples but {split}/{key} holds {ds.shape[0]}")
+        stored = min(stored, ds.shape[0])
+    if stored < count and not allow_truncated:
+        first = names.asstr()[stored] if _decodes(names, stored) else "?"
+        raise DataError(
+            f"{path}: split {split!r} is truncated: it lists {count} samples but stores images/masks for only "
+            f"{stored} (the first missing is sample {stored} {first!r}); create the file again, "
+            "or pass --skip-bad to skip the missing samples"
+        )
+    return stored
+
+
+def _decodes(names: h5py.Dataset, index: int) -> bool:
+    try:
+        names.asstr()[index]
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
+def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:
+    """File-level metadata and split sizes of a prepared dataset, checked against the schema.
+
+    Every attribute and every split's datasets are checked for presence, type and shape (a damaged
+    or hand-made file fails here with one line naming the problem, not later with wrong numbers).
+    A split whose ``images``/``masks`` are shorter than its ``names`` is refused unless
+    ``allow_truncated``; ``DatasetInfo.stored`` then says how many samples have their data.
+    """
+    path = Path(path)
     with open_h5(path) as handle:
-        attrs = handle.attrs
-        splits = {name: int(group["names"].shape[0]) for name, group in handle.items()}
-        labelled = {name: "masks" in group for name, group in handle.items()}
+        dataset = _as_str(_attr(handle, path, "dataset"))
+        if dataset is None:
+            raise _fail(path, f"the attribute 'dataset' is {_show(handle.attrs['dataset'])}, not a string")
+        classes = _read_classes(handle, path)
+        palette = _read_palette(handle, path, len(classes))
+        raw = _attr(handle, path, "ignore_index")
+        if _as_int(raw) != IGNORE_INDEX:
+            raise _fail(path, f"ignore_index is {_show(raw)}; encnet datasets use {IGNORE_INDEX}")
+        version = _as_str(_attr(handle, path, "encnet_version"))
+        if version is None:
+            raise _fail(path, f"the attribute 'encnet_version' is {_show(handle.attrs['encnet_version'])}, not a string")
+        sources = _json_attr(handle, path, "sources", dict, required=False) or {}
+        min_pixels = None
+        if "min_pixels" in handle.attrs:
+            raw = _attr(handle, path, "min_pixels")
+            min_pixels = _as_int(raw)
+            if min_pixels is None or min_pixels < 0:
+                raise _fail(path, f"min_pixels is {_show(raw)}, not a non-negative integer")
+        splits, labelled, stored = {}, {}, {}
+        try:
+            items = list(handle.items())
+        except (OSError, KeyError) as exc:
+            raise _fail(path, f"its splits cannot be listed ({exc})") from None
+        for name, group in items:
+            if not isinstance(group, h5py.Group):
+                raise _fail(path, f"{name!r} at the top level is not a split (a group)")
+            try:
+                stored[name] = _check_split(group, path, name, len(classes), allow_truncated)
+            except (OSError, KeyError, TypeError) as exc:  # damaged HDF5 structures
+                raise _fail(path, f"split {name!r} cannot be read ({exc})") from None
+            splits[name] = int(group["names"].shape[0])
+            labelled[name] = "masks" in group
         return DatasetInfo(
-            path=Path(path),
-            dataset=str(attrs["dataset"]),
-            classes=json.loads(attrs["classes"]),
-            palette=np.asarray(attrs["palette"], dtype=np.uint8),
-            ignore_index=int(attrs["ignore_index"]),
+            path=path,
+            dataset=dataset,
+            classes=classes,
+            palette=palette,
+            ignore_index=IGNORE_INDEX,
             splits=splits,
             labelled=labelled,
-            encnet_version=str(attrs["encnet_version"]),
-            sources=json.loads(attrs.get("sources", "{}")),
-            min_pixels=int(attrs["min_pixels"]) if "min_pixels" in attrs else None,
+            encnet_version=version,
+            sources=sources,
+            min_pixels=min_pixels,
+            stored=stored,
         )
+
+
+def read_names(path: Path, split: str) -> list[str]:
+    """The image names of ``split`` (``read_info`` has checked that the split exists)."""
+    with open_h5(path) as handle:
+        names = handle[split]["names"]
+        try:
+            return list(names.asstr()[:])
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _fail(path, f"{split}/names holds a name that is not UTF-8 text ({exc})") from None
 
 
 class HDF5Writer:
