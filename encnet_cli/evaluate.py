@@ -36,6 +36,10 @@ def evaluate(
     confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG."),
     json_file: Path = typer.Option(None, "--json", help="Write all metrics to this JSON file ('-' for stdout)."),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad",
+        help="Skip samples that do not decode or break the format (listed in the output and under 'skipped' in --json) instead of stopping at the first.",
+    ),  # fmt: skip
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     trust_code: bool = opt.TrustCodeOption,
 ) -> None:
@@ -53,6 +57,7 @@ def evaluate(
     options = EvaluateOptions(
         split=split, inference=inference, device=device, amp=amp, workers=workers,
         save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
+        skip_bad=skip_bad,
     )  # fmt: skip
     is_main = int(os.environ.get("RANK", "0")) == 0
     with ProgressReporter(enabled=progress and is_main and str(json_file) != "-") as reporter:
@@ -76,3 +81,8 @@ def evaluate(
         f"mIoU_all {result['mIoU_all']:.4f} (reference: all classes)  mean acc {result['mean_acc']:.4f}  "
         f"fwIoU {result['fwIoU']:.4f}  ({result['seconds']:.1f}s)"
     )
+    if result["skipped"]:
+        console.print(f"skipped {len(result['skipped'])} bad sample(s), not scored:", style="yellow", highlight=False)
+        for bad in result["skipped"]:
+            text = f"  split {bad['split']!r} sample {bad['index']} ({bad['name']!r}): {bad['reason']}"
+            console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from encnet_core.config import TrainConfig
-from encnet_core.data.dataset import HDF5SegmentationDataset
+from encnet_core.data.dataset import (
+    BadSample,
+    BadSampleError,
+    CheckedBatches,
+    CheckedSamples,
+    HDF5SegmentationDataset,
+    collate_checked,
+)
 from encnet_core.data.hdf5 import read_info
 from encnet_core.data.transforms import eval_transform, train_transform
 from encnet_core.engine.checkpoint import (
@@ -46,7 +53,7 @@ from encnet_core.engine.distributed import (
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
 from encnet_core.engine.runtime import load_training_checkpoint, read_model_file
-from encnet_core.errors import CheckpointError, ConfigError, EncNetError
+from encnet_core.errors import CheckpointError, ConfigError, DataError, EncNetError
 from encnet_core.models import MODELS, EncNet, create_model
 from encnet_core.paths import check_output_dir
 
@@ -80,6 +87,7 @@ class TrainResult:
     reinitialised: list[str] = field(default_factory=list)
     images_per_second: float = 0.0
     data_share: float = 0.0
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # bad samples left out (--skip-bad), once each
 
 
 # ----------------------------------------------------------------------------- data order and augmentation
@@ -113,19 +121,34 @@ class EpochSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset so that ``view[(epoch, index)]`` draws its augmentation from a fixed seed."""
+    """Wraps a dataset so that ``view[(epoch, index)]`` draws its augmentation from a fixed seed.
 
-    def __init__(self, dataset: HDF5SegmentationDataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    Items are ``(image, mask, bad)`` for ``collate_checked``: a sample that raises ``BadSampleError``
+    comes back in ``bad`` as data (a DataLoader worker would re-raise it wrapped in a traceback). With
+    ``skip_bad`` the next good sample of the split takes its place, with the same seed, so batches keep
+    their size and the data a step sees stays a pure function of (seed, epoch, position).
+    """
+
+    def __init__(self, dataset: HDF5SegmentationDataset, seed: int, skip_bad: bool = False) -> None:
+        self.dataset, self.seed, self.skip_bad = dataset, seed, skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, tuple[BadSample, ...]]:
         epoch, index = key
+        bad: list[BadSample] = []
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout) untouched
             torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63))
-            return self.dataset[index]
+            for step in range(len(self.dataset)):  # a bad sample fails while decoding, before any random draw
+                try:
+                    image, mask = self.dataset[(index + step) % len(self.dataset)]
+                    return image, mask, tuple(bad)
+                except BadSampleError as exc:
+                    bad.append(exc.sample)
+                    if not self.skip_bad:
+                        break
+        return None, None, tuple(bad)
 
 
 class PolySchedule:
@@ -212,7 +235,7 @@ def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: DataLoader, num_classes: int, info: DistInfo, amp: str) -> dict[str, Any]:
+def validate(model: nn.Module, loader: Iterable, num_classes: int, info: DistInfo, amp: str) -> dict[str, Any]:
     """Single-scale validation; confusion matrices are summed over ranks."""
     model.eval()
     confusion = ConfusionMatrix(num_classes, info.device)
@@ -222,6 +245,8 @@ def validate(model: nn.Module, loader: DataLoader, num_classes: int, info: DistI
             logits = model(images)["out"]
         confusion.update(logits.argmax(1), masks)
     all_reduce_sum(confusion.matrix, info)
+    if int(confusion.matrix.sum()) == 0:
+        raise DataError("the validation images have no labelled pixel (every mask pixel is 255): nothing to score")
     metrics = confusion.compute()
     metrics["score"] = (metrics["pixAcc"] + metrics["mIoU"]) / 2
     return metrics
@@ -299,7 +324,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         create_model(config.model, 1)  # the "unknown model" error, before anything is written
     out_dir = Path(config.output_dir)
     check_output_dir(out_dir, "--output-dir")
-    data_info = read_info(Path(config.data))
+    data_info = read_info(Path(config.data), allow_truncated=config.skip_bad)
     num_classes = data_info.num_classes
     device = info.device
     if config.amp == "fp16" and device.type != "cuda":
@@ -310,7 +335,10 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         Path(config.data),
         config.train_split,
         train_transform(config.base_size, config.crop_size, (config.scale_min, config.scale_max), config.mean, config.std),
+        strict=not config.skip_bad,
     )
+    if train_set.labelled_pixels() == 0:
+        raise DataError(f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255): nothing to train on")
     sampler = EpochSampler(len(train_set), config.batch_size, info, config.seed)
     if sampler.batches_per_epoch == 0:
         raise ConfigError(
@@ -324,11 +352,22 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         "persistent_workers": workers > 0,
         "generator": torch.Generator().manual_seed(config.seed),
     }
-    train_loader = DataLoader(SeededSamples(train_set, config.seed), config.batch_size, sampler=sampler, **loader_args)
+    loader_args["collate_fn"] = collate_checked  # bad samples travel as data: (batch, bad samples, missing)
+    train_loader = CheckedBatches(
+        DataLoader(SeededSamples(train_set, config.seed, config.skip_bad), config.batch_size, sampler=sampler, **loader_args),
+        Path(config.data), config.skip_bad, require_complete=True,
+    )  # fmt: skip
     val_loader = None
     if config.val_split and config.val_split in data_info.splits and data_info.labelled.get(config.val_split):
-        val_set = HDF5SegmentationDataset(Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std))
-        val_loader = DataLoader(val_set, config.batch_size, sampler=ShardSampler(len(val_set), info), **loader_args)
+        val_set = HDF5SegmentationDataset(
+            Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std), strict=not config.skip_bad
+        )
+        if val_set.labelled_pixels() == 0:
+            raise DataError(f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255); pass --val-split ''")
+        val_loader = CheckedBatches(
+            DataLoader(CheckedSamples(val_set), config.batch_size, sampler=ShardSampler(len(val_set), info), **loader_args),
+            Path(config.data), config.skip_bad,
+        )  # fmt: skip
     elif config.val_split and info.is_main:
         log.warning("no labelled %r split in %s: training without validation", config.val_split, config.data)
 
@@ -414,6 +453,15 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
             )
             payload["best_metrics"] = best_metrics
             save_checkpoint(payload, path)
+
+    def skip(sample: BadSample) -> None:  # --skip-bad: each bad sample once, in metrics.jsonl and on screen
+        if info.is_main:
+            record({"type": "skipped", "iteration": iteration, **sample.to_dict()})
+            emit("message", {"text": f"skipped bad sample: {sample}"})
+
+    train_loader.on_skip = skip
+    if val_loader is not None:
+        val_loader.on_skip = skip
 
     if info.is_main:
         emit("start", {"total_iters": total_iters, "iteration": iteration, "iters_per_epoch": iters_per_epoch,
@@ -531,6 +579,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         reinitialised=reinitialised,
         images_per_second=total_images / total_step_time if total_step_time else 0.0,
         data_share=total_data / total_step_time if total_step_time else 0.0,
+        skipped=[sample.to_dict() for sample in {**train_loader.skipped, **(val_loader.skipped if val_loader else {})}.values()],
     )
 
 
