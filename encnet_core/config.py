@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data order and augmentation
     val_every: int = 1  # validate every N epochs (0 = only at the end)
     log_every: int = 10  # iterations per metrics.jsonl record and progress refresh
+    skip_bad: bool = False  # replace bad training samples by the next good one and skip bad validation samples (listed)
     init_from: str | None = None  # encnet or PyTorch-Encoding checkpoint to start from
     freeze_backbone: bool = False  # train only the heads (backbone weights and BN statistics fixed)
     freeze_bn: bool = False  # keep every BatchNorm in eval mode (fixed statistics), e.g. for tiny batches

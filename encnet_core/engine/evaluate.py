@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from encnet_core.data.dataset import HDF5SegmentationDataset
+from encnet_core.data.dataset import BadSample, BadSampleError, CheckedSamples, HDF5SegmentationDataset
 from encnet_core.data.download import ProgressCallback
 from encnet_core.data.hdf5 import read_info
 from encnet_core.engine.distributed import (
@@ -44,6 +44,7 @@ class EvaluateOptions:
     save_predictions: Path | None = None  # folder for palette PNGs named after the images
     confusion: Path | None = None  # PNG of the row-normalised confusion matrix
     limit: int | None = None  # evaluate only the first N images (quick checks)
+    skip_bad: bool = False  # skip (and list) samples that do not decode or break the format, instead of stopping
     trust_code: bool = False  # open TorchScript/pt2 models (programs: loading runs code from the file)
 
     def __post_init__(self) -> None:
@@ -53,9 +54,56 @@ class EvaluateOptions:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
 
 
-def _image_and_mask(sample: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    image, mask = sample
-    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+def _image_and_mask(sample: tuple[Any, Any, tuple[BadSample, ...]]) -> tuple[Any, Any, tuple[BadSample, ...]]:
+    image, mask, bad = sample
+    if image is None:
+        return None, None, bad
+    return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), bad
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why ``<name>.png`` could land outside the predictions folder (or not be created), or None."""
+    if not name or "\x00" in name:
+        return "it is empty or holds a NUL character"
+    relative = f"{name}.png"
+    for pure in (PurePosixPath(relative), PureWindowsPath(relative)):
+        if pure.is_absolute() or pure.anchor or pure.drive:
+            return "it is an absolute path or names a drive"
+        if ".." in pure.parts:
+            return "it has a '..' component"
+    if any(len(part.encode()) > 255 for part in PurePosixPath(relative).parts):
+        return "a path component is longer than 255 bytes"
+    return None
+
+
+def _gather(items: list[BadSample], info: DistInfo) -> list[BadSample]:
+    """Every rank's ``items``, concatenated (the skipped samples of the whole run)."""
+    if not info.distributed:
+        return items
+    import torch.distributed as dist
+
+    parts: list[list[BadSample] | None] = [None] * info.world_size
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part or []]
+
+
+def _prediction_paths(dataset: HDF5SegmentationDataset, count: int, folder: Path) -> list[Path]:
+    """``folder/<name>.png`` for the first ``count`` samples; names that would leave ``folder`` are refused."""
+    root = folder.resolve()
+    paths = []
+    for index, name in enumerate(dataset.names[:count]):
+        why = _unsafe_name(name)
+        path = folder / f"{name}.png"
+        if why is None and not path.resolve().is_relative_to(root):
+            why = "it leads outside the folder through a symbolic link"
+        if why is not None:
+            raise DataError(
+                f"{dataset.path}: split {dataset.split!r} sample {index} is named {name!r}; --save-predictions "
+                f"writes <folder>/<name>.png and refuses this name because {why}; evaluate without "
+                "--save-predictions or fix the names"
+            )
+        paths.append(path)
+    return paths
 
 
 def evaluate_loaded(
@@ -68,7 +116,7 @@ def evaluate_loaded(
     """Evaluate an already loaded model; this rank's share, confusion matrices summed over ranks."""
     if options.limit is not None and options.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {options.limit}")
-    dataset_info = read_info(data)
+    dataset_info = read_info(data, allow_truncated=options.skip_bad)
     if options.split not in dataset_info.splits:
         raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")
     if not dataset_info.labelled[options.split]:
@@ -82,11 +130,12 @@ def evaluate_loaded(
         import logging
 
         logging.getLogger("encnet").warning("class names of the model and the dataset differ; comparing by index")
-    dataset = HDF5SegmentationDataset(data, options.split)
+    dataset = HDF5SegmentationDataset(data, options.split, strict=not options.skip_bad)
     count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
+    targets = _prediction_paths(dataset, count, options.save_predictions) if options.save_predictions else None
     sampler = ShardSampler(count, info)
     loader = DataLoader(
-        dataset, batch_size=None, sampler=sampler, num_workers=options.workers, collate_fn=_image_and_mask,
+        CheckedSamples(dataset), batch_size=None, sampler=sampler, num_workers=options.workers, collate_fn=_image_and_mask,
         pin_memory=info.device.type == "cuda",
     )  # fmt: skip
     inference = options.inference
@@ -98,21 +147,34 @@ def evaluate_loaded(
     if options.save_predictions is not None:
         options.save_predictions.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for done, (index, (image, mask)) in enumerate(zip(sampler, loader, strict=True), start=1):
-        scores = infer(model.forward, model.normalize(image), model.num_classes, inference)
-        prediction = scores.argmax(0)  # (H, W)
-        confusion.update(prediction, mask)
-        if options.save_predictions is not None:
-            _save_palette_png(prediction, model.palette, options.save_predictions / f"{dataset.names[index]}.png")
+    skipped: list[BadSample] = []
+    for done, (index, (image, mask, bad)) in enumerate(zip(sampler, loader, strict=True), start=1):
+        if bad:  # returned as data by CheckedSamples, so that a DataLoader worker's problem is still one line
+            if not options.skip_bad:
+                raise BadSampleError(bad[0], data)
+            skipped.extend(bad)
+        else:
+            scores = infer(model.forward, model.normalize(image), model.num_classes, inference)
+            prediction = scores.argmax(0)  # (H, W)
+            confusion.update(prediction, mask)
+            if targets is not None:
+                _save_palette_png(prediction, model.palette, targets[index])
         if progress is not None and info.is_main:
             progress(f"evaluating {options.split}", done * info.world_size, count)
     all_reduce_sum(confusion.matrix, info)
+    skipped = sorted(_gather(skipped, info), key=lambda sample: sample.index)
+    if int(confusion.matrix.sum()) == 0:
+        raise DataError(
+            f"{data}: the {count - len(skipped)} evaluated images of split {options.split!r} have no labelled pixel "
+            f"(every mask pixel is {dataset_info.ignore_index}, the ignore label); there is nothing to score"
+        )
     metrics = metrics_from_confusion(confusion.matrix)
     seconds = time.perf_counter() - start
     result = {
         "dataset": str(data),
         "split": options.split,
-        "images": count,
+        "images": count - len(skipped),
+        "skipped": [sample.to_dict() for sample in skipped],
         "classes": model.classes,
         "headline": "mIoU over classes present in labels or predictions; mIoU_all counts absent classes as 0",
         "inference": {

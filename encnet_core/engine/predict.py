@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from encnet_core.data.download import ProgressCallback
 from encnet_core.engine.inference import InferenceConfig, infer
@@ -59,16 +62,58 @@ class PredictResult:
     seconds: float = 0.0
 
 
-def collect_inputs(inputs: list[Path]) -> list[tuple[Path, str]]:
-    """(file, relative output stem) for every image file given or found (recursively) in a folder."""
+def _check_output_folder(inputs: list[Path], output: Path) -> None:
+    """Refuse an output folder that could put masks among the inputs (and so replace or re-read them).
+
+    The output may not be an input folder, contain one, or be the folder of an input file given by
+    name; an output folder inside an input folder is fine (``collect_inputs`` does not look into it).
+    Paths are compared resolved, so symbolic links and ``..`` do not get around the check.
+    """
+    out = output.resolve()
+    for item in inputs:
+        where = item.resolve()
+        if item.is_dir() and (where == out or out in where.parents):
+            what = "is the input folder" if where == out else "contains the input folder"
+            raise ConfigError(
+                f"--output {output} {what} {item}: the masks would land among the images (and could replace "
+                "them); choose an output folder outside the inputs"
+            )
+        if item.is_file() and where.parent == out:
+            raise ConfigError(
+                f"--output {output} is the folder of the input {item}: its mask {output / (item.stem + '.png')} "
+                "would land beside it or replace it; choose another output folder"
+            )
+
+
+def _image_files(folder: Path, skip: Path | None, extensions: set[str]) -> list[Path]:
+    """Image files under ``folder`` (recursively, not following links to folders), leaving out ``skip``."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        if skip is not None:
+            dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
+        found.extend(Path(root) / f for f in files if Path(f).suffix.lower() in extensions and (Path(root) / f).is_file())
+    return sorted(found)
+
+
+def collect_inputs(inputs: list[Path], output: Path | None = None) -> list[tuple[Path, str]]:
+    """(file, relative output stem) for every image file given or found (recursively) in a folder.
+
+    With ``output``, an output folder that could mix masks with the inputs is refused and an output
+    folder inside an input folder is skipped, so that a run never reads its own (or an earlier run's) masks.
+    """
     extensions = {ext.lower() for ext in Image.registered_extensions()}
+    if output is not None:
+        _check_output_folder(inputs, output)
+    skip = output.resolve() if output is not None else None
     found: list[tuple[Path, str]] = []
     for item in inputs:
         if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in extensions):
+            for path in _image_files(item, skip, extensions):
                 found.append((path, path.relative_to(item).with_suffix("").as_posix()))
         elif item.is_file():
             found.append((item, item.stem))
+        elif item.exists():
+            raise ConfigError(f"input {item} is neither a file nor a folder")
         else:
             raise ConfigError(f"input not found: {item}")
     stems = defaultdict(list)
@@ -98,8 +143,27 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
     return (img.height, img.width) if orientation in _TRANSPOSING else img.size
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying why a file could not be read."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with PIL's decompression-bomb warning (images over ``Image.MAX_IMAGE_PIXELS``) as an error.
+
+    Past twice that limit PIL raises ``DecompressionBombError`` itself; either way the file is
+    reported and skipped like any unreadable one instead of being decoded.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            yield img
+
+
 def _load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
+    with _open_image(path) as img:
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: 0..65535 -> 0..255 (PIL would clip)
             gray = np.clip(np.asarray(img, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
@@ -119,7 +183,7 @@ def predict(
 ) -> PredictResult:
     """Segment every image; an unreadable file is recorded in ``failed`` and the rest go on."""
     check_output_dir(options.output, "--output")
-    files = collect_inputs(inputs)
+    files = collect_inputs(inputs, options.output)
     if not options.overwrite:
         existing = [p for _, stem in files for p in _outputs(options, stem) if p.exists()]
         if existing:
@@ -137,10 +201,10 @@ def predict(
     groups: dict[tuple[int, int] | None, list[tuple[Path, str]]] = defaultdict(list)
     for path, stem in files:
         try:
-            with Image.open(path) as img:
+            with _open_image(path) as img:
                 key = _oriented_size(img) if whole else None
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            result.failed.append({"file": str(path), "reason": str(exc).splitlines()[0]})
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types on crafted files; skip the file, go on
+            result.failed.append({"file": str(path), "reason": _reason(exc)})
             continue
         groups[key].append((path, stem))
     done = len(result.failed)
@@ -152,8 +216,8 @@ def predict(
             for path, stem in chunk:
                 try:
                     batch.append((path, stem, _load_rgb(path)))
-                except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-                    result.failed.append({"file": str(path), "reason": str(exc).splitlines()[0] or type(exc).__name__})
+                except Exception as exc:  # noqa: BLE001 - as above: one unreadable file does not stop the run
+                    result.failed.append({"file": str(path), "reason": _reason(exc)})
             if batch:
                 _predict_batch(model, batch, inference, options, result)
             done += len(chunk)
