@@ -3,15 +3,20 @@
 `fetch` is the one entry point of `encnet prepare`: it takes a user-supplied archive, else the cached
 copy in the cache directory, else downloads the file. A file whose checksum differs from the expected
 one is never used: a bad download is deleted before it gets its final name, a bad cached or local file
-raises `ChecksumError`. Downloads use urllib only (http, https, ftp and file URLs); they stream into
+raises `ChecksumError`. A file that no checksum vouches for (none is published, or verification is
+off) must pass the caller's ``check`` instead (``encnet prepare`` checks that the archive opens and
+its listing reads to the end): a download that fails it is deleted before the cache accepts it, a
+cached or local file that fails it is refused with the path to delete. Downloads use urllib only (http, https, ftp and file URLs); they stream into
 ``<name>.part``, resume it with an HTTP Range request after a dropped connection, and retry transient
 failures with exponential back-off. Progress goes through a `ProgressCallback`, never to the terminal.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import math
 import os
 import re
 import time
@@ -24,17 +29,20 @@ from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from encnet_core import __version__
-from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError
+from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError, EncNetError
 
 __all__ = [
     "HASH_ALGOS",
     "ProgressCallback",
+    "FileCheck",
     "RemoteFile",
     "ThrottledProgress",
     "default_cache_dir",
     "download",
     "fetch",
     "file_hashes",
+    "check_timeout",
+    "check_url",
     "parse_checksum_option",
     "parse_url_option",
     "verify_file",
@@ -42,6 +50,9 @@ __all__ = [
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """Called as ``(description, bytes_done, bytes_total_or_None)``, at most about 10 times a second."""
+
+FileCheck = Callable[[Path], None]
+"""Checks a file that no checksum vouches for; raises an `EncNetError` whose message says what is wrong."""
 
 HASH_ALGOS = ("md5", "sha1", "sha256")  # every hash the functions below compute and return
 _HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
@@ -272,6 +283,7 @@ def download(
     backoff: float = 1.0,
     timeout: float = 30.0,
     verify: bool = True,
+    check: FileCheck | None = None,
 ) -> dict[str, str]:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming and retrying; return its hashes.
 
@@ -281,14 +293,17 @@ def download(
     keeping the bytes already received; ``retries`` is how many attempts in a row may fail without
     receiving new bytes before `DownloadError` is raised. Other HTTP errors fail at once. With
     ``verify`` and ``expected`` (``{algo: hex}``) the complete file is checked before it is renamed
-    to ``dest``: on a mismatch the ``.part`` file is deleted and `ChecksumError` raised. ``timeout``
-    is per connection attempt and per read. Returns ``{algo: hex}`` for every algorithm in `HASH_ALGOS`.
+    to ``dest``: on a mismatch the ``.part`` file is deleted and `ChecksumError` raised. When no
+    checksum was checked, ``check`` (if given) runs on the complete ``.part`` file instead; if it
+    fails the file is deleted and `DownloadError` raised. ``timeout`` (seconds) is per connection
+    attempt and per read. Returns ``{algo: hex}`` for every algorithm in `HASH_ALGOS`.
     """
     dest = Path(dest)
     if urlsplit(url).scheme not in _URL_SCHEMES:
         raise DownloadError(
             f"cannot download {url!r}: the URL must start with http://, https://, ftp:// or file://"
         )
+    check_timeout(timeout)
     checks = _normalise_checksums(expected) if verify and expected else {}
     dest.parent.mkdir(parents=True, exist_ok=True)
     part_path = dest.with_name(dest.name + ".part")
@@ -311,6 +326,10 @@ def download(
                     ) from None
                 time.sleep(min(backoff * 2 ** (failures - 1), _MAX_BACKOFF))
     except OSError as exc:  # network errors became _RetryableError above: this one is local
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DownloadError(
+                f"no space left on {part_path.parent}: free some space and run again to resume from {part_path}"
+            ) from None
         raise DownloadError(f"cannot write {part_path}: {exc.strerror or exc}") from None
     report(part.size, part.size, final=True)
     hashes = part.hexdigests()
@@ -322,6 +341,16 @@ def download(
             f"the file downloaded from {url} has {algo} {got} but {want} was expected, so it was deleted: "
             f"try again or another mirror (--url), or pass --checksum {dest.name}={algo}:{got} if you trust it"
         )
+    if check is not None and not checks:
+        try:
+            check(part_path)
+        except EncNetError as exc:
+            part_path.unlink(missing_ok=True)
+            detail = str(exc).removeprefix(f"{part_path}: ")
+            raise DownloadError(
+                f"the file downloaded from {url} was refused, so it was deleted: {detail}; "
+                "try again or another mirror (--url)"
+            ) from None
     os.replace(part_path, dest)
     return hashes
 
@@ -355,14 +384,19 @@ def fetch(
     verify: bool = True,
     progress: ProgressCallback | None = None,
     warn: Callable[[str], None] | None = None,
+    check: FileCheck | None = None,
+    timeout: float = 30.0,
 ) -> tuple[Path, dict[str, str]]:
     """Return ``(path, hashes)`` of a verified local copy of ``remote``, downloading it if needed.
 
     Sources, first match wins: ``archive`` (a local file given by the user), ``root / remote.name``
     (the cache), then a download from ``url_override`` or ``remote.url`` into the cache. The expected
     checksums are ``checksum_override`` if given, else every checksum ``remote`` publishes. A file
-    that does not match is never returned. ``warn`` (default: this module's logger) hears about
-    skipped verification and about files without a known checksum, with their sha256 to pin.
+    that does not match is never returned. Where no checksum is checked, ``check`` (if given) must
+    accept the file: a download that fails it is deleted, a cached or local one is refused with a
+    message naming the file. ``warn`` (default: this module's logger) hears about skipped
+    verification and about files without a known checksum, with their sha256 to pin. ``timeout``
+    is the network timeout in seconds (per connection attempt and per read).
     """
     warn = warn or _log.warning
     root = Path(root)
@@ -371,22 +405,39 @@ def fetch(
     )
     checks = expected if verify else {}
 
+    check_timeout(timeout)
+
+    def _check_local(path: Path, advice: str | None) -> None:
+        """Run ``check`` on a file no checksum vouched for; its error gets ``advice`` appended."""
+        if check is None or checks:
+            return
+        try:
+            check(path)
+        except EncNetError as exc:
+            if advice is None:
+                raise
+            raise type(exc)(f"{exc} ({advice})") from None
+
     if archive is not None:
         path = Path(archive)
         if not path.is_file():
             raise DataError(f"archive {path} does not exist: check the --archive path")
         hashes = verify_file(path, checks, what="archive", progress=progress)
+        _check_local(path, None)  # the error names the file the user gave
     else:
         path = root / remote.name
         if path.is_file():
             hashes = verify_file(path, checks, what="cached file", progress=progress)
+            _check_local(path, "a cached file: delete it and run again to download a fresh copy")
         elif not allow_download:
             raise DownloadError(
                 f"{remote.name} not found in {root} and --no-download was given; download it from "
                 f"{url_override or remote.url} into {root}, or pass --archive PATH"
             )
         else:
-            hashes = download(url_override or remote.url, path, expected=checks, progress=progress)
+            hashes = download(
+                url_override or remote.url, path, expected=checks, progress=progress, check=check, timeout=timeout
+            )
     _warn_unverified(path, hashes, expected, verify, warn)
     return path, hashes
 
@@ -398,6 +449,20 @@ def default_cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "encnet"
     return Path.home() / ".cache" / "encnet"
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it is a usable network timeout in seconds (finite, above 0), else `ConfigError`."""
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout must be a number of seconds above 0, got {timeout!r}")
+    return float(timeout)
+
+
+def check_url(url: str, option: str) -> str:
+    """``url`` if it has a scheme downloads support, else `ConfigError` naming ``option``."""
+    if urlsplit(url).scheme not in _URL_SCHEMES:
+        raise ConfigError(f"bad {option} value {url!r}: the URL must start with http://, https://, ftp:// or file://")
+    return url
 
 
 def parse_checksum_option(text: str) -> tuple[str, str, str]:
@@ -421,8 +486,5 @@ def parse_url_option(text: str) -> tuple[str, str]:
         raise ConfigError(
             f"bad --url value {text!r}: expected NAME=URL, e.g. benchmark.tgz=https://mirror/benchmark.tgz"
         )
-    if urlsplit(url).scheme not in _URL_SCHEMES:
-        raise ConfigError(
-            f"bad --url value {text!r}: the URL must start with http://, https://, ftp:// or file://"
-        )
+    check_url(url, "--url")
     return name, url

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import math
 import random
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from encnet_core.data.archives import verify_archive
 from encnet_core.data.download import (
     RemoteFile,
+    check_timeout,
     default_cache_dir,
     download,
     fetch,
@@ -19,7 +28,7 @@ from encnet_core.data.download import (
     parse_url_option,
     verify_file,
 )
-from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError
+from encnet_core.errors import ArchiveError, ChecksumError, ConfigError, DataError, DownloadError
 
 if TYPE_CHECKING:
     from conftest import Server  # tests/data/conftest.py: the loopback HTTP server
@@ -248,3 +257,124 @@ def test_parse_url_option() -> None:
     for bad in ("benchmark.tgz", "=https://x/y", "benchmark.tgz=mirror/b.tgz"):
         with pytest.raises(ConfigError):
             parse_url_option(bad)
+
+
+# ----------------------------------------------------------------------------- archives no checksum vouches for
+
+
+def zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ADEChallengeData2016/objectInfo150.txt", random.Random(3).randbytes(20_000))
+    return buffer.getvalue()
+
+
+ZIP = zip_bytes()
+TRUNCATED_ZIP = ZIP[: len(ZIP) * 2 // 3]  # the central directory is gone
+
+
+def zip_remote(url: str, **checksums: str) -> RemoteFile:
+    return RemoteFile(name="ADEChallengeData2016.zip", url=url, **checksums)
+
+
+def test_a_damaged_download_without_checksum_is_deleted_before_the_cache_accepts_it(
+    server: Server, tmp_path: Path
+) -> None:
+    server.state.files["/a.zip"] = TRUNCATED_ZIP
+    cache = tmp_path / "cache"
+    with pytest.raises(DownloadError) as info:
+        fetch(zip_remote(server.url("/a.zip")), cache, check=verify_archive, warn=lambda m: None, timeout=5.0)
+    message = str(info.value)
+    assert message.startswith(f"the file downloaded from {server.url('/a.zip')} was refused, so it was deleted: ")
+    assert "not a tar or zip archive" in message and "\n" not in message
+    assert list(cache.iterdir()) == []  # neither the file nor its .part: the next run downloads afresh
+    server.state.files["/a.zip"] = ZIP
+    path, _ = fetch(zip_remote(server.url("/a.zip")), cache, check=verify_archive, warn=lambda m: None, timeout=5.0)
+    assert path.read_bytes() == ZIP
+
+
+def test_no_verify_download_is_checked_too(server: Server, tmp_path: Path) -> None:
+    server.state.files["/a.zip"] = TRUNCATED_ZIP
+    remote = zip_remote(server.url("/a.zip"), md5=hashlib.md5(ZIP).hexdigest())
+    with pytest.raises(DownloadError, match="was refused, so it was deleted"):
+        fetch(remote, tmp_path, verify=False, check=verify_archive, warn=lambda m: None, timeout=5.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_cached_file_without_checksum_is_refused_with_the_file_to_delete(
+    server: Server, tmp_path: Path
+) -> None:
+    cached = tmp_path / "ADEChallengeData2016.zip"
+    cached.write_bytes(TRUNCATED_ZIP)
+    with pytest.raises(ArchiveError) as info:
+        fetch(zip_remote(server.url("/a.zip")), tmp_path, check=verify_archive, warn=lambda m: None)
+    assert str(info.value) == (
+        f"{cached}: not a tar or zip archive (or a truncated one) "
+        "(a cached file: delete it and run again to download a fresh copy)"
+    )
+    assert cached.read_bytes() == TRUNCATED_ZIP and server.state.requests == []
+
+
+def test_a_damaged_local_archive_without_checksum_is_refused(tmp_path: Path) -> None:
+    local = tmp_path / "mine.zip"
+    local.write_bytes(TRUNCATED_ZIP)
+    with pytest.raises(ArchiveError, match=rf"^{local}: not a tar or zip archive"):
+        fetch(zip_remote("http://127.0.0.1:9/a.zip"), tmp_path / "cache", archive=local, check=verify_archive)
+
+
+def test_the_check_is_skipped_for_a_file_its_checksum_vouches_for(tmp_path: Path) -> None:
+    """A verified file is exactly the published one: no need to scan it (a check that fails would say so)."""
+    (tmp_path / "data.bin").write_bytes(DATA)
+
+    def refuse(path: Path) -> None:
+        raise ArchiveError(f"{path}: checked")
+
+    assert fetch(remote_for("http://127.0.0.1:9/data.bin"), tmp_path, check=refuse)[1] == hashes_of(DATA)
+    with pytest.raises(ArchiveError, match="checked"):
+        fetch(remote_for("http://127.0.0.1:9/data.bin"), tmp_path, check=refuse, verify=False, warn=lambda m: None)
+
+
+# ----------------------------------------------------------------------------- the network timeout
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A URL whose server accepts the connection and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/data.bin"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_the_timeout_bounds_a_server_that_never_answers(silent_server: str, tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"timed out \(1 attempts in a row failed\)"):
+        download(silent_server, tmp_path / "data.bin", retries=0, timeout=0.3, backoff=0.01)
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf])
+def test_a_timeout_must_be_positive_and_finite(bad: float, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--timeout must be a number of seconds above 0"):
+        check_timeout(bad)
+    with pytest.raises(ConfigError, match="--timeout"):
+        fetch(remote_for("http://127.0.0.1:9/data.bin"), tmp_path, timeout=bad)
+    assert check_timeout(2) == 2.0
