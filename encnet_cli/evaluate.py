@@ -13,7 +13,7 @@ from encnet_cli._output import console, emit_json
 from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.evaluate import EvaluateOptions
 from encnet_core.engine.evaluate import evaluate as run_evaluate
-from encnet_core.engine.runtime import peek_metadata
+from encnet_core.engine.runtime import check_trusted, peek_metadata
 from encnet_core.paths import check_output_file
 
 
@@ -50,6 +50,7 @@ def evaluate(
     """
     if json_file is not None and str(json_file) != "-":
         check_output_file(json_file, "--json")
+    check_trusted(model, trust_code)
     meta = peek_metadata(model)
     inference = opt.inference_config(
         scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, meta["crop_size"], meta["base_size"]

@@ -87,10 +87,10 @@ def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, s
         state = {k: v for k, v in wrapper.model.state_dict().items()}
         save_checkpoint({"kind": "weights", "model": state, **metadata}, tmp)
     elif fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         state = {k: v.detach().contiguous() for k, v in wrapper.model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": "pt", METADATA_NAME: meta_json})
+        tmp.write_bytes(save(state, metadata={"format": "pt", METADATA_NAME: meta_json}))  # save_file would make it 0600
     elif fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarning on the input check; TorchScript's deprecation notice

@@ -45,6 +45,7 @@ __all__ = [
     "peek_metadata",
     "detect_format",
     "read_model_file",
+    "check_trusted",
     "load_training_checkpoint",
     "CODE_FORMATS",
     "METADATA_NAME",
@@ -160,6 +161,11 @@ def detect_format(path: Path) -> str:
     if head[:1] == b"\x08" or path.suffix.lower() == ".onnx":  # ONNX protobuf: field 1 (ir_version) first
         return "onnx"
     return "checkpoint"
+
+
+def check_trusted(path: Path, trust_code: bool) -> None:
+    """Refuse a TorchScript/pt2 file without ``trust_code`` (an early check, before any work starts)."""
+    _refuse_untrusted(Path(path), detect_format(path), trust_code)
 
 
 def _refuse_untrusted(path: Path, fmt: str, trust_code: bool) -> None:

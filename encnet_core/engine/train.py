@@ -52,7 +52,7 @@ from encnet_core.engine.distributed import (
 )
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
-from encnet_core.engine.runtime import load_training_checkpoint, read_model_file
+from encnet_core.engine.runtime import check_trusted, load_training_checkpoint, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, DataError, EncNetError
 from encnet_core.models import MODELS, EncNet, create_model
 from encnet_core.paths import check_output_dir
@@ -322,6 +322,8 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
     start_time = time.perf_counter()
     if config.model not in MODELS:
         create_model(config.model, 1)  # the "unknown model" error, before anything is written
+    if config.init_from:
+        check_trusted(Path(config.init_from), trust_code)  # a program is refused before the run folder is written
     out_dir = Path(config.output_dir)
     check_output_dir(out_dir, "--output-dir")
     data_info = read_info(Path(config.data), allow_truncated=config.skip_bad)
