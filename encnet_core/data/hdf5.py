@@ -19,7 +19,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from encnet_core import __version__
 from encnet_core.errors import DataError
@@ -86,12 +86,17 @@ def encode_mask(labels: np.ndarray) -> bytes:
 
 
 def decode_mask(data: bytes | np.ndarray) -> np.ndarray:
-    """The (H, W) uint8 label map stored by ``encode_mask``."""
+    """The (H, W) uint8 label map stored by ``encode_mask``; DataError if it is not a single-channel PNG."""
     raw = data.tobytes() if isinstance(data, np.ndarray) else data
-    with Image.open(io.BytesIO(raw)) as img:
-        if img.mode not in ("L", "P"):
-            raise DataError(f"the mask is a {img.mode} image, not a single-channel label map")
-        return np.asarray(img, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.mode not in ("L", "P"):
+                raise DataError(f"the mask is a {img.mode} image, not a single-channel label map")
+            return np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise DataError("the mask does not decode (not an image file)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise DataError(f"the mask does not decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def class_pixel_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -240,6 +240,10 @@ def test_decode_mask_refuses_rgb(good: Path) -> None:
     with pytest.raises(DataError, match="the mask is a RGB image, not a single-channel label map"):
         decode_mask(_png(np.zeros((4, 4, 3), np.uint8)))
     assert decode_mask(_png(np.full((4, 4), 3, np.uint8))).tolist() == [[3] * 4] * 4
+    with pytest.raises(DataError, match=r"^the mask does not decode \(not an image file\)$"):
+        decode_mask(b"garbage")
+    with pytest.raises(DataError, match=r"^the mask does not decode \("):
+        decode_mask(_png(np.zeros((4, 4), np.uint8))[:40])  # truncated
 
 
 def _loader(dataset: HDF5SegmentationDataset, workers: int) -> DataLoader:
