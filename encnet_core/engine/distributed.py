@@ -18,7 +18,7 @@ log = logging.getLogger("encnet")
 
 __all__ = [
     "ShardSampler",
-    "DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "broadcast_flag"]
+    "DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "broadcast_flag", "gather_lists"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_lists(items: list, info: DistInfo) -> list:
+    """Every process's ``items`` (picklable objects), concatenated in rank order (``items`` when alone)."""
+    if not info.distributed:
+        return items
+    parts: list[list | None] = [None] * info.world_size
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part or []]
 
 
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:

@@ -19,6 +19,7 @@ from encnet_core.engine.distributed import (
     DistInfo,
     ShardSampler,
     all_reduce_sum,
+    gather_lists,
     init_distributed,
     shutdown_distributed,
 )
@@ -74,17 +75,6 @@ def _unsafe_name(name: str) -> str | None:
     if any(len(part.encode()) > 255 for part in PurePosixPath(relative).parts):
         return "a path component is longer than 255 bytes"
     return None
-
-
-def _gather(items: list[BadSample], info: DistInfo) -> list[BadSample]:
-    """Every rank's ``items``, concatenated (the skipped samples of the whole run)."""
-    if not info.distributed:
-        return items
-    import torch.distributed as dist
-
-    parts: list[list[BadSample] | None] = [None] * info.world_size
-    dist.all_gather_object(parts, items)
-    return [item for part in parts for item in part or []]
 
 
 def _prediction_paths(dataset: HDF5SegmentationDataset, count: int, folder: Path) -> list[Path]:
@@ -162,7 +152,7 @@ def evaluate_loaded(
         if progress is not None and info.is_main:
             progress(f"evaluating {options.split}", done * info.world_size, count)
     all_reduce_sum(confusion.matrix, info)
-    skipped = sorted(_gather(skipped, info), key=lambda sample: sample.index)
+    skipped = sorted(gather_lists(skipped, info), key=lambda sample: sample.index)  # every rank's
     if int(confusion.matrix.sum()) == 0:
         raise DataError(
             f"{data}: the {count - len(skipped)} evaluated images of split {options.split!r} have no labelled pixel "

@@ -47,6 +47,7 @@ from encnet_core.engine.distributed import (
     ShardSampler,
     all_reduce_sum,
     broadcast_flag,
+    gather_lists,
     init_distributed,
     shutdown_distributed,
 )
@@ -460,6 +461,8 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         if info.is_main:
             record({"type": "skipped", "iteration": iteration, **sample.to_dict()})
             emit("message", {"text": f"skipped bad sample: {sample}"})
+        else:
+            log.warning("rank %d: skipped bad sample: %s", info.rank, sample)
 
     train_loader.on_skip = skip
     if val_loader is not None:
@@ -565,6 +568,11 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         save(last_path, None)
         if info.is_main:
             emit("message", {"text": f"{stopped_by}: saved {last_path} at iteration {iteration}; continue with --resume auto"})
+    skipped = {**train_loader.skipped, **(val_loader.skipped if val_loader else {})}
+    for sample in gather_lists(list(skipped.values()), info):  # under torchrun, the other ranks' too
+        if (sample.split, sample.index) not in skipped:
+            skipped[(sample.split, sample.index)] = sample
+            record({"type": "skipped", "iteration": iteration, **sample.to_dict()})
     if metrics_file is not None:
         metrics_file.close()
     seconds = time.perf_counter() - start_time
@@ -581,7 +589,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         reinitialised=reinitialised,
         images_per_second=total_images / total_step_time if total_step_time else 0.0,
         data_share=total_data / total_step_time if total_step_time else 0.0,
-        skipped=[sample.to_dict() for sample in {**train_loader.skipped, **(val_loader.skipped if val_loader else {})}.values()],
+        skipped=[sample.to_dict() for sample in skipped.values()],
     )
 
 
