@@ -148,7 +148,7 @@ def detect_format(path: Path) -> str:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
-            raise CheckpointError(f"{path} is corrupt (a damaged zip archive)") from None
+            raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint/export (a damaged zip archive)") from None
         # TorchScript: code/ and constants.pkl (torch.load dispatches to torch.jit.load on constants.pkl alone)
         if any("/code/" in n for n in names) or any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
