@@ -9,10 +9,13 @@ uint8: PNG of the uint8 label map; absent for unlabelled splits), ``names`` (vle
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,7 +337,13 @@ def read_names(path: Path, split: str) -> list[str]:
 
 
 class HDF5Writer:
-    """Writes a dataset to ``<out>.tmp`` and renames it to ``out`` only when closed without error.
+    """Writes a dataset to a hidden temp file beside ``out`` and moves it to ``out`` only when closed
+    without error; on an error or an interruption the temp file is removed.
+
+    Without ``overwrite`` the final move never replaces anything: if ``out`` appeared while the
+    dataset was being written (say, another run), `DataError` says so, that file is left as it is
+    and this run's temp file is removed. A full disk, or any other write error, is one `DataError`
+    ("no space left on <dir>"), again with the temp file removed.
 
     Usage::
 
@@ -352,39 +361,76 @@ class HDF5Writer:
         palette: np.ndarray,
         sources: dict[str, Any] | None = None,
         min_pixels: int = 1,
+        overwrite: bool = False,
     ) -> None:
         self.out = Path(out)
-        self.tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}.tmp")
+        self.overwrite = overwrite
+        self.tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         self.classes = list(classes)
         self.min_pixels = min_pixels
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = h5py.File(self.tmp, "w")
-        attrs = self.handle.attrs
-        attrs["format"] = FORMAT
-        attrs["format_version"] = FORMAT_VERSION
-        attrs["dataset"] = dataset
-        attrs["classes"] = json.dumps(self.classes)
-        attrs["palette"] = np.asarray(palette, dtype=np.uint8).reshape(len(self.classes), 3)
-        attrs["ignore_index"] = IGNORE_INDEX
-        attrs["encnet_version"] = __version__
-        attrs["sources"] = json.dumps(sources or {})
-        attrs["min_pixels"] = min_pixels
+        self.handle: h5py.File | None = None
         self._group: h5py.Group | None = None
         self._count = 0
+        try:
+            with self._writing():
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                self.handle = h5py.File(self.tmp, "x")
+                attrs = self.handle.attrs
+                attrs["format"] = FORMAT
+                attrs["format_version"] = FORMAT_VERSION
+                attrs["dataset"] = dataset
+                attrs["classes"] = json.dumps(self.classes)
+                attrs["palette"] = np.asarray(palette, dtype=np.uint8).reshape(len(self.classes), 3)
+                attrs["ignore_index"] = IGNORE_INDEX
+                attrs["encnet_version"] = __version__
+                attrs["sources"] = json.dumps(sources or {})
+                attrs["min_pixels"] = min_pixels
+        except BaseException:
+            self._discard()
+            raise
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a write error of h5py or the OS into one `DataError` (the caller removes the temp file)."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError from a failed close or flush
+            text = str(exc)
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28," in text \
+                    or "No space left" in text or "Disk quota exceeded" in text:  # fmt: skip
+                raise DataError(f"no space left on {self.out.parent}: {self.out.name} was not written") from None
+            detail = getattr(exc, "strerror", None) or (text.splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"cannot write {self.tmp}: {detail}") from None
+
+    def _discard(self) -> None:
+        """Remove the unpublished temp file, closing it first; safe to call more than once.
+
+        Never call it once ``tmp`` is linked to ``out``: it truncates the file to free its space.
+        """
+        self._group = None  # no h5py object of the file may outlive its failed close
+        with contextlib.suppress(OSError):
+            os.truncate(self.tmp, 0)  # frees the space first, so that closing cannot fail on a full disk
+        if self.handle is not None:
+            with contextlib.suppress(Exception):
+                self.handle.close()
+        if os.path.lexists(self.tmp):
+            self.tmp.unlink()
 
     def begin_split(self, name: str, capacity: int, labelled: bool) -> None:
         """Start a split of at most ``capacity`` images (shrunk to the number added)."""
-        self._finish_split()
-        group = self.handle.create_group(name)
-        C = len(self.classes)
-        chunk = max(1, min(256, capacity))
-        group.create_dataset("images", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
-        if labelled:
-            group.create_dataset("masks", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
-        group.create_dataset("names", (capacity,), dtype=_STR, maxshape=(None,), chunks=(chunk,))
-        group.create_dataset("sizes", (capacity, 2), dtype=np.int32, maxshape=(None, 2), chunks=(chunk, 2))
-        group.create_dataset("class_pixels", (capacity, C), dtype=np.int64, maxshape=(None, C), chunks=(chunk, C))
-        group.create_dataset("se_targets", (capacity, C), dtype=np.uint8, maxshape=(None, C), chunks=(chunk, C))
+        with self._writing():
+            self._finish_split()
+            assert self.handle is not None
+            group = self.handle.create_group(name)
+            C = len(self.classes)
+            chunk = max(1, min(256, capacity))
+            group.create_dataset("images", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
+            if labelled:
+                group.create_dataset("masks", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
+            group.create_dataset("names", (capacity,), dtype=_STR, maxshape=(None,), chunks=(chunk,))
+            group.create_dataset("sizes", (capacity, 2), dtype=np.int32, maxshape=(None, 2), chunks=(chunk, 2))
+            group.create_dataset("class_pixels", (capacity, C), dtype=np.int64, maxshape=(None, C), chunks=(chunk, C))
+            group.create_dataset("se_targets", (capacity, C), dtype=np.uint8, maxshape=(None, C), chunks=(chunk, C))
         self._group = group
         self._count = 0
 
@@ -392,25 +438,32 @@ class HDF5Writer:
         group = self._group
         if group is None:
             raise RuntimeError("begin_split() first")
+        if "masks" in group and (sample.mask is None or sample.class_pixels is None):
+            raise DataError(f"{sample.name}: a labelled split needs a mask")
         i = self._count
-        if i >= group["names"].shape[0]:
-            for key in group:
-                ds = group[key]
-                ds.resize((i + 256,) + ds.shape[1:])
-        group["images"][i] = np.frombuffer(sample.image, dtype=np.uint8)
-        group["names"][i] = sample.name
-        group["sizes"][i] = (sample.height, sample.width)
-        if "masks" in group:
-            if sample.mask is None or sample.class_pixels is None:
-                raise DataError(f"{sample.name}: a labelled split needs a mask")
-            group["masks"][i] = np.frombuffer(sample.mask, dtype=np.uint8)
-            group["class_pixels"][i] = sample.class_pixels
-            group["se_targets"][i] = (sample.class_pixels >= self.min_pixels).astype(np.uint8)
+        with self._writing():
+            if i >= group["names"].shape[0]:
+                for key in group:
+                    ds = group[key]
+                    ds.resize((i + 256,) + ds.shape[1:])
+            group["images"][i] = np.frombuffer(sample.image, dtype=np.uint8)
+            group["names"][i] = sample.name
+            group["sizes"][i] = (sample.height, sample.width)
+            if "masks" in group:
+                group["masks"][i] = np.frombuffer(sample.mask, dtype=np.uint8)
+                group["class_pixels"][i] = sample.class_pixels
+                group["se_targets"][i] = (sample.class_pixels >= self.min_pixels).astype(np.uint8)
         self._count += 1
 
     def add_all(self, samples: Iterable[Sample]) -> None:
         for sample in samples:
             self.add(sample)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Set a file attribute (e.g. ``sources`` once the skipped files are known)."""
+        assert self.handle is not None
+        with self._writing():
+            self.handle.attrs[key] = value
 
     def _finish_split(self) -> None:
         if self._group is not None:
@@ -420,16 +473,45 @@ class HDF5Writer:
         self._group = None
 
     def close(self, success: bool = True) -> None:
-        """Finish the file; rename it to ``out`` on success, delete it otherwise."""
+        """Finish the file and move it to ``out`` on success; remove it otherwise (or on any error)."""
+        if not success or self.handle is None:
+            self._discard()
+            return
         try:
-            if success:
+            with self._writing():
                 self._finish_split()
-        finally:
-            self.handle.close()
-        if success:
-            os.replace(self.tmp, self.out)
-        else:
-            self.tmp.unlink(missing_ok=True)
+                self.handle.close()
+                fd = os.open(self.tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # the data is on disk before the name says the file is complete
+                finally:
+                    os.close(fd)
+            self._publish()
+        except BaseException:
+            self._discard()
+            raise
+        self.tmp.unlink(missing_ok=True)  # after os.link: the second name of the published file
+
+    def _publish(self) -> None:
+        """Move the finished temp file to ``out``; without ``overwrite``, never over an existing path."""
+        taken = DataError(
+            f"{self.out} appeared while this dataset was being prepared (another `encnet prepare` run?); "
+            "it was left as it is and this run's result was removed: pass --overwrite to replace it"
+        )
+        with self._writing():
+            if self.overwrite:
+                os.replace(self.tmp, self.out)
+                return
+            try:
+                os.link(self.tmp, self.out)  # atomic, and fails if out exists (even as a dangling link)
+            except FileExistsError:
+                raise taken from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+                    raise
+                if os.path.lexists(self.out):  # a file system without hard links: check, then rename
+                    raise taken from None
+                os.replace(self.tmp, self.out)
 
     def __enter__(self) -> HDF5Writer:
         return self

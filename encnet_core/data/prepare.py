@@ -3,17 +3,26 @@
 Conversion runs in a process pool (one worker per core by default). Each worker reads its items
 straight from the archives (or extracted files), checks them (decodable image, mask of the same size
 with labels 0..C-1 or 255) and hands back a ``Sample``; the main process writes them in order with
-``HDF5Writer``, which renames the file into place only when everything succeeded.
+``HDF5Writer``, which moves the file into place only when everything succeeded, and never over a
+file that appeared meanwhile unless ``overwrite`` is set.
+
+Every option is checked before any work (a bad ``--out`` is found before a download, not after a
+conversion). SIGTERM unwinds ``prepare`` like Ctrl-C (`Interrupted`, a KeyboardInterrupt), so the
+temporary files it was writing are removed; a download's ``.part`` file is kept on purpose, so the
+next run resumes it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import io
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from encnet_core.data.archives import Archive, open_archive
-from encnet_core.data.download import ProgressCallback, default_cache_dir, fetch
+from encnet_core.data.archives import Archive, ArchiveLimits, open_archive, verify_archive
+from encnet_core.data.download import ProgressCallback, check_timeout, check_url, default_cache_dir, fetch
 from encnet_core.data.hdf5 import (
     HDF5Writer,
     Sample,
@@ -37,10 +46,19 @@ from encnet_core.data.hdf5 import (
 from encnet_core.data.sources import Item, Ref, get_source
 from encnet_core.errors import ConfigError, DataError, EncNetError
 from encnet_core.palette import IGNORE_INDEX
+from encnet_core.paths import check_output_file
 
 log = logging.getLogger("encnet")
 
-__all__ = ["PrepareOptions", "PrepareResult", "prepare", "recompute_targets", "dataset_statistics", "convert_item"]
+__all__ = [
+    "Interrupted",
+    "PrepareOptions",
+    "PrepareResult",
+    "prepare",
+    "recompute_targets",
+    "dataset_statistics",
+    "convert_item",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,8 @@ class PrepareOptions:
     skip_bad: bool = False  # skip and record unusable images instead of stopping
     min_pixels: int = 1  # pixels for a class to count as present in se_targets
     params: dict[str, Any] = field(default_factory=dict)  # source-specific parameters
+    timeout: float = 30.0  # network timeout in seconds, per connection attempt and per read
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # largest member, largest expansion ratio
 
 
 @dataclass
@@ -81,13 +101,15 @@ class PrepareResult:
 _OPEN_ARCHIVES: dict[str, Archive] = {}
 
 
-def _read(ref: Ref) -> bytes:
+def _read(ref: Ref, limits: ArchiveLimits) -> bytes:
     container, member = ref
     if not container:
         return Path(member).read_bytes()
     archive = _OPEN_ARCHIVES.get(container)
-    if archive is None:
-        archive = _OPEN_ARCHIVES[container] = open_archive(Path(container))
+    if archive is None or archive.limits != limits:
+        if archive is not None:
+            archive.close()
+        archive = _OPEN_ARCHIVES[container] = open_archive(Path(container), limits)
     return archive.read(member)
 
 
@@ -97,20 +119,27 @@ def _close_archives() -> None:
         _OPEN_ARCHIVES.popitem()[1].close()
 
 
-def _forget_inherited_archives() -> None:
-    """Pool initializer: archives inherited through fork share the parent's file offset; open fresh ones."""
+def _init_worker() -> None:
+    """Pool initializer: fresh archives (inherited ones share the parent's file offset) and plain signals.
+
+    A worker stops at SIGTERM (the parent removes the temp files) and ignores Ctrl-C, which the
+    parent handles by shutting the pool down.
+    """
     _OPEN_ARCHIVES.clear()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _where(ref: Ref) -> str:
     return f"{ref[0]}:{ref[1]}" if ref[0] else ref[1]
 
 
-def convert_item(item: Item, num_classes: int) -> Sample | dict[str, str]:
+def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = None) -> Sample | dict[str, str]:
     """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}``."""
-    where = _where(item.image)
+    limits = limits or ArchiveLimits()
+    ref = item.image
     try:
-        raw = _read(item.image)
+        raw = _read(item.image, limits)
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
             width, height = img.size
@@ -120,8 +149,8 @@ def convert_item(item: Item, num_classes: int) -> Sample | dict[str, str]:
                 raw = buffer.getvalue()
         sample = Sample(item.name, raw, height, width)
         if item.mask is not None and item.decode_mask is not None:
-            where = _where(item.mask)
-            labels = item.decode_mask(_read(item.mask))
+            ref = item.mask
+            labels = item.decode_mask(_read(item.mask, limits))
             if labels.shape != (height, width):
                 raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but the image is {width}x{height}")
             bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
@@ -131,32 +160,40 @@ def convert_item(item: Item, num_classes: int) -> Sample | dict[str, str]:
             sample.class_pixels = class_pixel_counts(labels, num_classes)
         return sample
     except (OSError, ValueError, EncNetError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL: corrupt data
-        return {"name": item.name, "file": where, "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if ref[0]:
+            reason = reason.removeprefix(f"{ref[0]}: ")  # the archive is named in "file" already
+        return {"name": item.name, "file": _where(ref), "reason": reason}
 
 
-def _convert_chunk(chunk: list[Item], num_classes: int) -> list[Sample | dict[str, str]]:
-    return [convert_item(item, num_classes) for item in chunk]
+def _convert_chunk(chunk: list[Item], num_classes: int, limits: ArchiveLimits) -> list[Sample | dict[str, str]]:
+    return [convert_item(item, num_classes, limits) for item in chunk]
 
 
-def _convert_all(items: list[Item], num_classes: int, workers: int) -> Iterator[Sample | dict[str, str]]:
+def _convert_all(
+    items: list[Item], num_classes: int, workers: int, limits: ArchiveLimits
+) -> Iterator[Sample | dict[str, str]]:
     """Results in item order; chunks of consecutive items keep archive reads sequential per worker."""
     if workers <= 1 or len(items) < 16:
         for item in items:
-            yield convert_item(item, num_classes)
+            yield convert_item(item, num_classes, limits)
         return
     chunk = max(4, min(64, len(items) // (workers * 8) or 1))
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = cf.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context(method), initializer=_forget_inherited_archives
-    )
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker)
     try:
-        pending = [pool.submit(_convert_chunk, c, num_classes) for c in chunks[: workers * 4]]
+        pending = [pool.submit(_convert_chunk, c, num_classes, limits) for c in chunks[: workers * 4]]
         next_chunk = len(pending)
         while pending:
-            results = pending.pop(0).result()
+            try:
+                results = pending.pop(0).result()
+            except cf.process.BrokenProcessPool:
+                raise DataError(
+                    "a conversion process died (out of memory, or killed); try fewer --workers"
+                ) from None
             if next_chunk < len(chunks):
-                pending.append(pool.submit(_convert_chunk, chunks[next_chunk], num_classes))
+                pending.append(pool.submit(_convert_chunk, chunks[next_chunk], num_classes, limits))
                 next_chunk += 1
             yield from results
     finally:
@@ -164,6 +201,59 @@ def _convert_all(items: list[Item], num_classes: int, workers: int) -> Iterator[
 
 
 # ----------------------------------------------------------------------------- prepare
+
+
+class Interrupted(KeyboardInterrupt):
+    """``prepare`` was stopped by a signal (SIGTERM); the temporary files it was writing were removed."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While preparing, SIGTERM raises `Interrupted` so that ``finally`` blocks remove temp files.
+
+    Only from the main thread (elsewhere signals cannot be handled; they are left alone).
+    """
+
+    def handle(signum: int, frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    installed = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, handle) if installed else None
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """``--out`` must be a new (or, with overwrite, an existing) .h5 file in a folder we can write."""
+    check_output_file(out, "--out")  # a folder, a parent that is a file, a place we cannot write
+    if os.path.lexists(out) and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise ConfigError(f"--out should end in .h5 or .hdf5, got {out.name}")
+
+
+def _check_options(source: Any, options: PrepareOptions) -> None:
+    """Every user input of ``prepare``, before any download, extraction or conversion."""
+    if options.min_pixels < 1:
+        raise ConfigError("--min-pixels must be at least 1")
+    if options.workers < 0:
+        raise ConfigError(f"--workers must be 0 (one per core) or more, got {options.workers}")
+    check_timeout(options.timeout)
+    if options.mirror:
+        check_url(options.mirror, "--mirror")
+    for path in options.archives.values():
+        if not Path(path).is_file():
+            raise DataError(f"archive {path} does not exist: check the --archive path")
+    if source.check is not None:
+        source.check(options.params)
+    _check_out(Path(options.out), options.overwrite)
 
 
 def _resolve_remote_options(remotes: tuple, options: PrepareOptions) -> dict[str, dict[str, Any]]:
@@ -198,13 +288,18 @@ def _resolve_remote_options(remotes: tuple, options: PrepareOptions) -> dict[str
     return resolved
 
 
+@_sigterm_unwinds()
 def prepare(
     source_name: str,
     options: PrepareOptions,
     progress: ProgressCallback | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> PrepareResult:
-    """Fetch and verify a dataset's files, convert it, and write ``options.out`` atomically."""
+    """Fetch and verify a dataset's files, convert it, and write ``options.out`` atomically.
+
+    Raises an `EncNetError` for anything the user can fix (checked before any work where possible),
+    and `Interrupted` on SIGTERM; either way no temporary file is left behind.
+    """
     start = time.perf_counter()
     warnings: list[str] = []
 
@@ -213,20 +308,22 @@ def prepare(
         (warn or log.warning)(message)
 
     source = get_source(source_name)
+    _check_options(source, options)
+    remote_options = _resolve_remote_options(source.remotes, options)
     out = Path(options.out)
-    if out.exists() and not options.overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
-    if out.suffix.lower() not in (".h5", ".hdf5"):
-        raise ConfigError(f"--out should end in .h5 or .hdf5, got {out.name}")
     root = Path(options.root) if options.root else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    if options.min_pixels < 1:
-        raise ConfigError("--min-pixels must be at least 1")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the archive folder {root} (--root): {exc.strerror or exc}") from None
+    limits = options.limits
+
+    def check(path: Path) -> None:
+        verify_archive(path, limits)
 
     files: dict[str, Path] = {}
     provenance: list[dict[str, Any]] = []
     hashes_by_file: dict[str, dict[str, str]] = {}
-    remote_options = _resolve_remote_options(source.remotes, options)
     for remote in source.remotes:
         opts = remote_options[remote.name]
         path, hashes = fetch(
@@ -239,6 +336,8 @@ def prepare(
             verify=options.verify,
             progress=progress,
             warn=_warn,
+            check=check,
+            timeout=options.timeout,
         )
         files[remote.name] = path
         hashes_by_file[remote.name] = hashes
@@ -248,6 +347,7 @@ def prepare(
     params = dict(options.params)
     params["_hashes"] = hashes_by_file
     params["_progress"] = progress
+    params["_limits"] = limits
     plan = source.plan(files, root, params)
     num_classes = len(plan.classes)
 
@@ -259,17 +359,20 @@ def prepare(
                 raise DataError(message + " (--strict)")
             _warn(message)
 
-    workers = options.workers or (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    workers = min(options.workers or cores, cores)  # more processes than cores only adds contention
     skipped: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
     try:
-        with HDF5Writer(out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels) as writer:
+        with HDF5Writer(
+            out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels, overwrite=options.overwrite
+        ) as writer:
             for split, items in plan.splits.items():
                 labelled = any(item.mask is not None for item in items)
                 writer.begin_split(split, len(items), labelled)
                 done = 0
-                for result in _convert_all(items, num_classes, workers):
+                for result in _convert_all(items, num_classes, workers, limits):
                     done += 1
                     if isinstance(result, dict):
                         if not options.skip_bad:
@@ -281,7 +384,7 @@ def prepare(
                     if progress:
                         progress(f"converting {split}", done, len(items))
                 counts[split] = done - sum(1 for s in skipped if s["split"] == split)
-            writer.handle.attrs["sources"] = json.dumps({**sources_attr, "skipped": skipped})
+            writer.set_attribute("sources", json.dumps({**sources_attr, "skipped": skipped}))
     finally:
         _close_archives()
     return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start)

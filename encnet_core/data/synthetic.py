@@ -47,6 +47,7 @@ __all__ = [
     "CLASSES",
     "CONTEXT_PAIRS",
     "PALETTE",
+    "check_arguments",
     "SCENES",
     "generate_indexed_scene",
     "generate_scene",
@@ -90,6 +91,7 @@ ProgressFn = Callable[[str, int, int], None]
 _ROOT = "VOCdevkit/VOC2012"
 _JPEG_QUALITY = 90
 _MIN_SIZE = 32
+_MAX_SIZE = 1024  # a 1024 px scene takes about 0.4 s and 150 MB to draw; larger ones grow quadratically
 _LABEL = {name: index for index, name in enumerate(CLASSES)}
 
 _GRAIN_STD = {
@@ -408,9 +410,9 @@ _OBJECTS: dict[str, Callable[[_Canvas, str, float, float], None]] = {
 
 
 def _check_size(size: int) -> None:
-    """Raise ConfigError for an image size too small to draw the scenes."""
-    if size < _MIN_SIZE:
-        raise ConfigError(f"synthetic images must be at least {_MIN_SIZE} pixels wide, got {size}")
+    """Raise ConfigError for an image size too small to draw the scenes, or too large to be useful."""
+    if not _MIN_SIZE <= size <= _MAX_SIZE:
+        raise ConfigError(f"synthetic images must be at least {_MIN_SIZE} and at most {_MAX_SIZE} pixels wide, got {size}")
 
 
 def _object_boundaries(instances: np.ndarray) -> np.ndarray:
@@ -488,7 +490,7 @@ def _add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tar_info(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
 
 
-def _check_arguments(num_train: int, num_val: int, size: int, seed: int) -> None:
+def check_arguments(num_train: int, num_val: int, size: int, seed: int) -> None:
     """Raise ConfigError for split sizes, image size or seed that cannot make a dataset."""
     if num_train < 1 or num_val < 1:
         raise ConfigError(
@@ -519,7 +521,7 @@ def write_voc_archive(
     Returns a summary: ``path``, ``splits`` (image count per split), ``classes``, ``scenes`` (image
     count per scene type), ``size`` and ``seed``.
     """
-    _check_arguments(num_train, num_val, size, seed)
+    check_arguments(num_train, num_val, size, seed)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     total = num_train + num_val

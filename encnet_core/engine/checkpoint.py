@@ -12,6 +12,7 @@ A training checkpoint is a dict::
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
@@ -42,16 +43,53 @@ MAX_IMAGE_SIDE = 8192  # base/crop size bound
 MAX_MODEL_ARG = 4096  # bound of every integer model argument (codewords, head channels, ...)
 
 
+class _RecordingFile:
+    """A file wrapper that keeps the OS error of a failed write (torch.save turns it into a RuntimeError)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write ``payload`` to ``path`` through a temp file and an atomic rename."""
+    """Write ``payload`` to ``path`` through a temp file, an fsync and an atomic rename.
+
+    The file already at ``path`` stays intact until the new one is complete on disk. On an error or
+    an interruption the temp file is removed; a full disk raises one `CheckpointError` ("no space
+    left on <dir>"), any other OS error one "cannot write" `CheckpointError`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    recorder: _RecordingFile | None = None
     try:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "encnet_version": __version__, **payload}, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as raw:
+            recorder = _RecordingFile(raw)
+            torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "encnet_version": __version__, **payload}, recorder)
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        error = recorder.error if recorder is not None and recorder.error is not None else exc
+        if not isinstance(error, OSError):
+            raise
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous one is intact" if path.exists() else "nothing was written"
+            raise CheckpointError(f"no space left on {path.parent}: {path.name} was not saved ({kept})") from None
+        raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):
+            tmp.unlink()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -7,11 +7,13 @@ agree with that mask. torchvision's own VOC and SBD readers serve as an independ
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import io
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tarfile
 from pathlib import Path
@@ -21,12 +23,15 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from small_disk import small_disk
 from torchvision.datasets import SBDataset, VOCSegmentation
 
 from encnet_core.data import prepare as prepare_module
 from encnet_core.data import sources
+from encnet_core.data.archives import ArchiveLimits, MiB
 from encnet_core.data.dataset import read_image_and_mask
-from encnet_core.data.prepare import PrepareOptions, PrepareResult, prepare
+from encnet_core.data.hdf5 import HDF5Writer, read_info
+from encnet_core.data.prepare import Interrupted, PrepareOptions, PrepareResult, prepare
 from encnet_core.errors import ArchiveError, ChecksumError, ConfigError, DataError
 
 
@@ -397,10 +402,10 @@ def test_pool_workers_do_not_read_through_the_parents_archive(
     log = tmp_path / "opened-by.txt"
     real = prepare_module.open_archive
 
-    def logged(path: Path):
+    def logged(path: Path, limits=None):
         with open(log, "a") as handle:
             handle.write(f"{os.getpid()}\n")
-        return real(path)
+        return real(path, limits)
 
     monkeypatch.setattr(prepare_module, "open_archive", logged)
     built = voc_for_the_pool
@@ -553,3 +558,215 @@ def test_folder_colour_mask_with_an_unknown_colour(tmp_path: Path) -> None:
     ):
         run("folder", tmp_path, params=params)
     assert not (tmp_path / "out.h5").exists()
+
+
+# ----------------------------------------------------------------------------- hostile input and failures
+
+SYNTHETIC = {"num_train": 3, "num_val": 2, "size": 32}
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file under ``folder`` (hidden temp files included), relative, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_file_that_appears_at_out_meanwhile_is_not_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs to the same --out: the one that finishes second must not replace the first one's file."""
+    out = tmp_path / "data" / "syn.h5"
+    real_add = HDF5Writer.add
+
+    def add_while_another_run_finishes(self: HDF5Writer, sample) -> None:
+        real_add(self, sample)
+        if not out.exists():
+            out.write_bytes(b"the other run's dataset")
+
+    monkeypatch.setattr(HDF5Writer, "add", add_while_another_run_finishes)
+    with pytest.raises(DataError) as info:
+        run("synthetic", tmp_path, out=out, params=SYNTHETIC)
+    assert str(info.value) == (
+        f"{out} appeared while this dataset was being prepared (another `encnet prepare` run?); "
+        "it was left as it is and this run's result was removed: pass --overwrite to replace it"
+    )
+    assert out.read_bytes() == b"the other run's dataset"
+    assert files_under(out.parent) == ["syn.h5"]  # no temp file left
+    out.unlink()
+    result, _ = run("synthetic", tmp_path, out=out, params=SYNTHETIC, overwrite=True)  # --overwrite replaces it
+    assert read_info(result.out).splits == {"train": 3, "val": 2} and files_under(out.parent) == ["syn.h5"]
+
+
+def test_without_hard_links_an_existing_out_is_still_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "syn.h5"
+    writer = HDF5Writer(out, "toy", ["a"], np.zeros((1, 3), np.uint8))
+    out.write_bytes(b"someone else's")
+    with pytest.raises(DataError, match="appeared while"):
+        writer.close()
+    assert out.read_bytes() == b"someone else's" and files_under(tmp_path) == ["syn.h5"]
+    out.unlink()
+    HDF5Writer(out, "toy", ["a"], np.zeros((1, 3), np.uint8)).close()
+    assert read_info(out).dataset == "toy" and files_under(tmp_path) == ["syn.h5"]
+
+
+def test_disk_full_during_conversion_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    params = {"num_train": 60, "num_val": 2, "size": 64}  # about 240 kB of images and masks
+    with small_disk(tmp_path / "disk", "128k") as disk:
+        out = disk / "syn.h5"
+        with pytest.raises(DataError) as info:
+            run("synthetic", tmp_path, out=out, params=params)
+        assert str(info.value) == f"no space left on {disk}: syn.h5 was not written"
+        assert files_under(disk) == []
+        assert os.statvfs(disk).f_bfree == os.statvfs(disk).f_blocks  # all the space is back
+
+
+def test_disk_full_while_generating_the_synthetic_archive(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with pytest.raises(DataError, match=rf"^no space left on {disk}: cannot write synthetic-s0-64px-60-2\.tar$"):
+            run("synthetic", tmp_path, root=disk, params={"num_train": 60, "num_val": 2, "size": 64})
+        assert files_under(disk) == []
+    assert files_under(tmp_path) == []
+
+
+def test_disk_full_on_write_patched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no small file system can be mounted: h5py's writes fail with ENOSPC after a few samples."""
+    real = h5py.Dataset.__setitem__
+    writes = []
+
+    def fills_up(self: h5py.Dataset, key: object, value: object) -> None:
+        writes.append(key)
+        if len(writes) > 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", fills_up)
+    out = tmp_path / "data" / "syn.h5"
+    with pytest.raises(DataError) as info:
+        run("synthetic", tmp_path, out=out, params=SYNTHETIC)
+    assert str(info.value) == f"no space left on {out.parent}: syn.h5 was not written"
+    assert files_under(out.parent) == []
+
+
+def test_sigterm_during_conversion_removes_the_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = prepare_module.convert_item
+    calls = []
+
+    def terminated_on_the_third(item, num_classes, limits=None):
+        calls.append(item.name)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by prepare: Interrupted, not death
+        return real(item, num_classes, limits)
+
+    monkeypatch.setattr(prepare_module, "convert_item", terminated_on_the_third)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "data" / "syn.h5"
+    with pytest.raises(Interrupted) as info:
+        run("synthetic", tmp_path, out=out, params=SYNTHETIC)
+    assert info.value.signal_name == "SIGTERM" and len(calls) == 3
+    assert files_under(out.parent) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back
+
+
+def ade_zip_with(tmp_path: Path, member_bytes: bytes) -> Path:
+    """An ADE20K-layout zip whose first training image is a valid JPEG followed by ``member_bytes``."""
+    layout = fx.ade_layout()
+    name = f"ADEChallengeData2016/images/training/{fx.ADE_TRAIN[0]}.jpg"
+    layout.members[name] = layout.members[name] + member_bytes
+    return fx.write_zip(tmp_path / "in" / fx.ADE_ZIP, layout).path
+
+
+def test_a_zip_bomb_is_refused_before_conversion(tmp_path: Path) -> None:
+    """The issue's case: a small zip whose image member inflates to hundreds of MB (here 40 MiB)."""
+    bomb = ade_zip_with(tmp_path, bytes(40 * MiB))
+    assert bomb.stat().st_size < 200_000
+    digest = {fx.ADE_ZIP: {"md5": fx.md5_of(bomb)}}
+    for options in ({"checksums": digest}, {"verify": False}):  # verified or not, the plan opens it
+        with pytest.raises(ArchiveError, match=rf"^{bomb}: expands to at least 40\.\d MiB .*--max-ratio"):
+            run("ade20k", tmp_path, archives={"": bomb}, **options)
+        assert files_under(tmp_path / "cache") == [] and not (tmp_path / "out.h5").exists()
+
+
+def test_a_member_over_the_size_limit_stops_or_is_skipped(tmp_path: Path) -> None:
+    bomb = ade_zip_with(tmp_path, bytes(2 * MiB))
+    limits = ArchiveLimits(max_member_bytes=MiB)
+    name = f"{bomb}:ADEChallengeData2016/images/training/{fx.ADE_TRAIN[0]}.jpg"
+    with pytest.raises(DataError, match=rf"^{name}: member .* is 2\.0 MiB, more than the 1\.0 MiB allowed .*--skip-bad"):
+        run("ade20k", tmp_path, archives={"": bomb}, verify=False, limits=limits)
+    assert not (tmp_path / "out.h5").exists()
+    result, _ = run("ade20k", tmp_path, archives={"": bomb}, verify=False, limits=limits, skip_bad=True)
+    assert result.counts == {"train": len(fx.ADE_TRAIN) - 1, "val": len(fx.ADE_VAL)}
+    assert [s["file"] for s in result.skipped] == [name]
+
+
+def test_the_default_limits_pass_every_dataset_layout(
+    voc_tar: Built, sbd_tgz: Built, voc2010_tar: Built, context_tgz: Built, ade_zip: Built
+) -> None:
+    """The builders' archives in the real layouts open and read within the defaults."""
+    for built in (voc_tar, sbd_tgz, voc2010_tar, context_tgz, ade_zip):
+        prepare_module.verify_archive(built.path)
+        with prepare_module.open_archive(built.path) as archive:
+            for name in archive.names():
+                archive.read(name)
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "message"),
+    [
+        ("synthetic", {"workers": -1}, "--workers must be 0 (one per core) or more, got -1"),
+        ("synthetic", {"timeout": 0}, "--timeout must be a number of seconds above 0"),
+        ("synthetic", {"min_pixels": 0}, "--min-pixels must be at least 1"),
+        ("synthetic", {"params": {"size": 0}}, "at least 32 and at most 1024 pixels wide, got 0"),
+        ("synthetic", {"params": {"size": 100_000}}, "at most 1024 pixels wide, got 100000"),
+        ("synthetic", {"params": {"num_train": -1}}, "at least 1 train and 1 val image"),
+        ("synthetic", {"params": {"seed": -1}}, "seed must be 0 or more"),
+        ("voc", {"mirror": "mirror.example/voc"}, "bad --mirror value 'mirror.example/voc'"),
+        ("voc", {"archives": {"": Path("/nonexistent/VOC.tar")}}, "archive /nonexistent/VOC.tar does not exist"),
+        ("voc", {"urls": {"other.tar": "http://x/y"}}, "--url names 'other.tar'"),
+        ("folder", {"params": {"images": Path("/nonexistent")}}, "needs --images DIR and --classes FILE"),
+        ("folder", {"params": {"images": Path("/"), "classes": Path("/nonexistent.txt")}}, "class list file not found"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tmp_path: Path, source: str, options: dict, message: str) -> None:
+    with pytest.raises((ConfigError, DataError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(source, tmp_path, **options)
+    assert files_under(tmp_path) == [] and not (tmp_path / "cache").exists()  # not even the cache folder
+
+
+def test_a_bad_out_is_refused_before_any_work(tmp_path: Path) -> None:
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match=rf"--out {folder} is a folder"):
+            run("synthetic", tmp_path, out=folder, params=SYNTHETIC, overwrite=overwrite)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match=r"a-file is a file, not a folder"):
+        run("synthetic", tmp_path, out=tmp_path / "a-file" / "syn.h5", params=SYNTHETIC)
+    with pytest.raises(ConfigError, match=r"--out should end in \.h5 or \.hdf5"):
+        run("synthetic", tmp_path, out=tmp_path / "syn.txt", params=SYNTHETIC)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "ro", "64k", read_only=True) as ro:
+        with pytest.raises(ConfigError, match=rf"--out {ro}/syn\.h5: cannot write in {ro} \(Read-only file system\)"):
+            run("synthetic", tmp_path, out=ro / "syn.h5", params=SYNTHETIC)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_workers_are_capped_at_the_core_count(
+    voc_for_the_pool: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = prepare_module.cf.ProcessPoolExecutor
+    sizes = []
+
+    def recording(workers: int, **kwargs):
+        sizes.append(workers)
+        return real(workers, **kwargs)
+
+    monkeypatch.setattr(prepare_module.cf, "ProcessPoolExecutor", recording)
+    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 2)
+    run("voc", tmp_path, archives={"": voc_for_the_pool.path}, checksums=md5(voc_for_the_pool), workers=10_000)
+    assert sizes == [2]

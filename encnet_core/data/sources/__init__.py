@@ -1,7 +1,8 @@
 """Dataset sources for ``encnet prepare``: what to fetch and how to turn it into (image, labels) items.
 
-A source is data plus one ``plan`` function: given the verified local files of its remotes, a work
-folder and its parameters, it lists the items of every split (picklable references to an image and a
+A source is data plus one ``plan`` function (and optionally a ``check`` of its parameters, which
+``prepare`` runs before any work): given the verified local files of its remotes, a work folder and
+its parameters (plus ``_limits``, the `ArchiveLimits` to open archives with), it lists the items of every split (picklable references to an image and a
 mask in an archive or on disk, with the function that turns the raw mask file into labels), the
 class names and the palette. ``encnet_core.data.prepare`` does the rest, the same way for every source.
 """
@@ -58,6 +59,7 @@ class Source:
     description: str
     remotes: tuple[RemoteFile, ...]
     plan: Callable[[dict[str, Path], Path, dict[str, Any]], SourcePlan]
+    check: Callable[[dict[str, Any]], None] | None = None  # raises ConfigError for bad parameters
 
 
 def decode_index_png(raw: bytes) -> np.ndarray:

@@ -47,7 +47,7 @@ def parse_object_info(text: str) -> list[str]:
 
 def plan_ade20k(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
     archive = files[ADE20K_ZIP.name]
-    with open_archive(archive) as arc:
+    with open_archive(archive, params.get("_limits")) as arc:
         names = arc.names()
         prefix = find_prefix(names, "objectInfo150.txt", str(archive))
         classes = parse_object_info(arc.read(f"{prefix}objectInfo150.txt").decode("utf-8", "replace"))

@@ -96,18 +96,25 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
-    images_dir = params.get("images")
-    masks_dir = params.get("masks")
-    classes_file = params.get("classes")
+def check_folder(params: dict[str, Any]) -> None:
+    """`ConfigError` for missing folders, a missing or bad class file, or a bad --val-fraction."""
+    images_dir, masks_dir, classes_file = params.get("images"), params.get("masks"), params.get("classes")
     if images_dir is None or classes_file is None:
         raise ConfigError("`encnet prepare folder` needs --images DIR and --classes FILE (and --masks DIR)")
-    images_dir, classes_file = Path(images_dir), Path(classes_file)
-    masks_dir = Path(masks_dir) if masks_dir else None
-    if not images_dir.is_dir():
+    if not Path(images_dir).is_dir():
         raise ConfigError(f"image folder not found: {images_dir}")
-    if masks_dir is not None and not masks_dir.is_dir():
+    if masks_dir is not None and not Path(masks_dir).is_dir():
         raise ConfigError(f"mask folder not found: {masks_dir}")
+    parse_class_file(Path(classes_file))
+    fraction = float(params.get("val_fraction", 0.1))
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {fraction}")
+
+
+def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
+    check_folder(params)
+    images_dir, classes_file = Path(params["images"]), Path(params["classes"])
+    masks_dir = Path(params["masks"]) if params.get("masks") else None
     classes, palette = parse_class_file(classes_file)
     decoder = functools.partial(decode_folder_mask, palette=palette)
 
@@ -137,8 +144,6 @@ def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -
             raise ConfigError("--masks DIR is required when the image folder has no train/val/test subfolders")
         items = items_for(images_dir, masks_dir)
         fraction = float(params.get("val_fraction", 0.1))
-        if not 0.0 <= fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {fraction}")
         order = list(range(len(items)))
         random.Random(int(params.get("seed", 0))).shuffle(order)
         num_val = round(len(items) * fraction)
@@ -151,4 +156,4 @@ def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -
     return SourcePlan(classes, palette, splits, files={"images": str(images_dir), "masks": str(masks_dir)})
 
 
-FOLDER = Source("folder", "your own images + masks + class list", (), plan_folder)
+FOLDER = Source("folder", "your own images + masks + class list", (), plan_folder, check_folder)

@@ -88,6 +88,7 @@ def plan_pcontext(files: dict[str, Path], workdir: Path, params: dict[str, Any])
         label_dir,
         lambda n: n.endswith((".mat", "labels.txt")),
         params.get("_hashes", {}).get(CONTEXT_LABELS.name),
+        params.get("_limits"),
     )
     label_file = next((m for m in members if m.endswith("labels.txt")), None)
     if label_file is None:
@@ -96,7 +97,7 @@ def plan_pcontext(files: dict[str, Path], workdir: Path, params: dict[str, Any])
     mats = {Path(m).stem: label_dir / m for m in members if m.endswith(".mat")}
     decoder = functools.partial(decode_context_mat, lut=lookup_table())
     splits: dict[str, list[Item]] = {}
-    with open_archive(images) as arc:
+    with open_archive(images, params.get("_limits")) as arc:
         prefix = find_prefix(arc.names(), "ImageSets/Main/train.txt", str(images))
         for split in ("train", "val"):
             items = []

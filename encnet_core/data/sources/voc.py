@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from encnet_core.data.archives import open_archive, safe_extract
+from encnet_core.data.archives import ArchiveLimits, open_archive, safe_extract
 from encnet_core.data.download import RemoteFile
 from encnet_core.data.sources import Item, Source, SourcePlan, decode_index_png, find_prefix
 from encnet_core.errors import DataError
@@ -41,9 +42,11 @@ def read_ids(raw: bytes) -> list[str]:
     return [line.split()[0] for line in raw.decode().splitlines() if line.strip()]
 
 
-def voc_items(archive: Path, classes_required: bool = False) -> tuple[dict[str, list[Item]], list[str] | None]:
+def voc_items(
+    archive: Path, classes_required: bool = False, limits: ArchiveLimits | None = None
+) -> tuple[dict[str, list[Item]], list[str] | None]:
     """train/val items of a VOC-layout archive, and the names in its classes.txt when it has one."""
-    with open_archive(archive) as arc:
+    with open_archive(archive, limits) as arc:
         names = arc.names()
         prefix = find_prefix(names, "ImageSets/Segmentation/train.txt", str(archive))
         splits = {}
@@ -67,7 +70,7 @@ def voc_items(archive: Path, classes_required: bool = False) -> tuple[dict[str, 
 
 
 def plan_voc(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
-    splits, _ = voc_items(files[VOC2012.name])
+    splits, _ = voc_items(files[VOC2012.name], limits=params.get("_limits"))
     return SourcePlan(list(VOC_CLASSES), voc_palette(len(VOC_CLASSES)), splits, {"train": 1464, "val": 1449})
 
 
@@ -79,7 +82,13 @@ def decode_sbd_mat(raw: bytes) -> np.ndarray:
     return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
 
 
-def extract_once(archive: Path, dest: Path, wanted: Any, hashes: dict[str, str] | None = None) -> list[str]:
+def extract_once(
+    archive: Path,
+    dest: Path,
+    wanted: Any,
+    hashes: dict[str, str] | None = None,
+    limits: ArchiveLimits | None = None,
+) -> list[str]:
     """Extract the members of a compressed archive selected by ``wanted(name)`` into ``dest``, once.
 
     Compressed tars only read fast front to back, so their needed members are extracted (safely)
@@ -89,23 +98,28 @@ def extract_once(archive: Path, dest: Path, wanted: Any, hashes: dict[str, str] 
     tag = (hashes or {}).get("sha256", "") + f"{archive.stat().st_size}"
     if marker.is_file() and marker.read_text() == tag:
         return [line for line in (dest / ".members").read_text().splitlines() if line]
-    with open_archive(archive) as arc:
+    with open_archive(archive, limits) as arc:
         members = [n for n in arc.names() if wanted(n)]
-    safe_extract(archive, dest, members)
-    (dest / ".members").write_text("\n".join(members))
-    marker.write_text(tag)
+    safe_extract(archive, dest, members, limits=limits)
+    try:
+        (dest / ".members").write_text("\n".join(members))
+        marker.write_text(tag)
+    except OSError as exc:
+        raise DataError(f"cannot write {dest}: {exc.strerror or exc}") from None
     return members
 
 
 def plan_voc_aug(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
     voc_tar, sbd_tgz = files[VOC2012.name], files[SBD.name]
-    voc_splits, _ = voc_items(voc_tar)
+    limits = params.get("_limits")
+    voc_splits, _ = voc_items(voc_tar, limits=limits)
     sbd_dir = workdir / "sbd"
     members = extract_once(
         sbd_tgz,
         sbd_dir,
         lambda n: n.endswith((".txt", ".mat")) and ("/cls/" in n or n.endswith(("train.txt", "val.txt"))),
         params.get("_hashes", {}).get(SBD.name),
+        limits,
     )
     prefix = find_prefix(members, "train.txt", str(sbd_tgz))
     sbd_ids = read_ids((sbd_dir / f"{prefix}train.txt").read_bytes()) + read_ids((sbd_dir / f"{prefix}val.txt").read_bytes())
@@ -131,19 +145,35 @@ def plan_voc_aug(files: dict[str, Path], workdir: Path, params: dict[str, Any]) 
     )
 
 
+def _synthetic_arguments(params: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(num_train, num_val, size, seed) from the parameters of the synthetic source."""
+    return (int(params.get("num_train", 300)), int(params.get("num_val", 100)), int(params.get("size", 128)),
+            int(params.get("seed", 0)))  # fmt: skip
+
+
+def check_synthetic(params: dict[str, Any]) -> None:
+    """`ConfigError` for split sizes, image size or seed that cannot make a synthetic dataset."""
+    from encnet_core.data import synthetic
+
+    num_train, num_val, size, seed = _synthetic_arguments(params)
+    synthetic.check_arguments(num_train, num_val, size, seed)
+
+
 def plan_synthetic(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
     from encnet_core.data import synthetic
 
-    num_train = int(params.get("num_train", 300))
-    num_val = int(params.get("num_val", 100))
-    size = int(params.get("size", 128))
-    seed = int(params.get("seed", 0))
+    num_train, num_val, size, seed = _synthetic_arguments(params)
     archive = workdir / f"synthetic-s{seed}-{size}px-{num_train}-{num_val}.tar"
     if not archive.is_file():
-        synthetic.write_voc_archive(
-            archive, num_train=num_train, num_val=num_val, size=size, seed=seed, progress=params.get("_progress")
-        )
-    splits, classes = voc_items(archive, classes_required=True)
+        try:
+            synthetic.write_voc_archive(
+                archive, num_train=num_train, num_val=num_val, size=size, seed=seed, progress=params.get("_progress")
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DataError(f"no space left on {workdir}: cannot write {archive.name}") from None
+            raise DataError(f"cannot write {archive}: {exc.strerror or exc}") from None
+    splits, classes = voc_items(archive, classes_required=True, limits=params.get("_limits"))
     assert classes is not None
     return SourcePlan(
         classes,
@@ -158,4 +188,6 @@ VOC = Source("voc", "PASCAL VOC 2012 segmentation (train 1464 / val 1449, 21 cla
 VOC_AUG = Source(
     "voc-aug", "VOC 2012 + SBD labels (trainaug 10582 / val 1449, 21 classes)", (VOC2012, SBD), plan_voc_aug
 )
-SYNTHETIC = Source("synthetic", "built-in procedural scenes where context matters (no network)", (), plan_synthetic)
+SYNTHETIC = Source(
+    "synthetic", "built-in procedural scenes where context matters (no network)", (), plan_synthetic, check_synthetic
+)
