@@ -32,7 +32,7 @@ def evaluate(
     device: str = opt.DeviceOption,
     amp: str = opt.AmpOption,
     workers: int = typer.Option(2, "--workers", "-j", help="Image decoding workers."),
-    save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images."),
+    save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images; a name that would leave the folder (absolute, '..') is rejected before any work."),
     confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG."),
     json_file: Path = typer.Option(None, "--json", help="Write all metrics to this JSON file ('-' for stdout)."),
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),

@@ -19,7 +19,7 @@ from encnet_core.engine.runtime import load_model
 def predict(
     model: Path = typer.Argument(..., help="Training checkpoint or exported model."),
     inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths); refused if it is, contains or holds an input, skipped when inside an input folder."),
     mask_format: str = typer.Option("color", "--format", help="Mask PNGs: color (palette) or index (label values)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.jpg with the classes blended in."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity of the class colours."),

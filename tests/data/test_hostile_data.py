@@ -292,3 +292,13 @@ def test_checks_do_not_change_good_samples(good: Path) -> None:
         image, mask = dataset[i]
         assert mask.dtype == torch.int64
         np.testing.assert_array_equal(mask.numpy(), _labels(i))
+
+
+def test_names_that_are_not_utf8(good: Path) -> None:
+    def latin1(handle: h5py.File) -> None:
+        del handle["train/names"]
+        handle.create_dataset("train/names", data=[b"img0", b"caf\xe9", b"img2"], dtype=h5py.string_dtype("ascii"))
+
+    _damage(good, latin1)
+    with pytest.raises(DataError, match=r"train/names holds a name that is not UTF-8 text"):
+        HDF5SegmentationDataset(good, "train")
