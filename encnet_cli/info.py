@@ -9,26 +9,27 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json
+from encnet_cli._output import console, emit_json, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.prepare import dataset_statistics, recompute_targets
 from encnet_core.engine.runtime import peek_metadata
 
 
 def _print_statistics(stats: dict) -> None:
+    t = safe_text  # names and paths come from the file: no terminal escapes, no rich markup
     console.print(
-        f"[bold]{stats['path']}[/]: dataset {stats['dataset']}, {stats['num_classes']} classes, "
-        f"ignore {stats['ignore_index']}, present when >= {stats['min_pixels']} px, encnet {stats['encnet_version']}"
+        f"[bold]{t(stats['path'])}[/]: dataset {t(stats['dataset'])}, {stats['num_classes']} classes, "
+        f"ignore {stats['ignore_index']}, present when >= {stats['min_pixels']} px, encnet {t(stats['encnet_version'])}"
     )
     for split, entry in stats["splits"].items():
         if "classes" not in entry:
-            console.print(f"{split}: {entry['images']} images (unlabelled)")
+            console.print(f"{t(split)}: {entry['images']} images (unlabelled)")
             continue
-        table = Table(title=f"{split}: {entry['images']} images, {entry['labelled_pixel_fraction']:.1%} of pixels labelled")
+        table = Table(title=f"{t(split)}: {entry['images']} images, {entry['labelled_pixel_fraction']:.1%} of pixels labelled")
         for column in ("#", "class", "pixel share", "images with it"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in entry["classes"]:
-            table.add_row(str(row["index"]), row["name"], f"{row['pixel_share']:.2%}", f"{row['image_fraction']:.1%}")
+            table.add_row(str(row["index"]), t(row["name"]), f"{row['pixel_share']:.2%}", f"{row['image_fraction']:.1%}")
         console.print(table)
 
 
@@ -98,5 +99,5 @@ def targets(
     if as_json:
         emit_json({"updated": updated, **stats}, None)
         return
-    console.print(f"updated {', '.join(f'{s}: {n}' for s, n in updated.items())} (min pixels {min_pixels})")
+    console.print(f"updated {', '.join(f'{safe_text(s)}: {n}' for s, n in updated.items())} (min pixels {min_pixels})")
     _print_statistics(stats)

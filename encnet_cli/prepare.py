@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from encnet_cli._output import console, emit_json
+from encnet_cli._output import console, emit_json, err_console, safe_text
 from encnet_cli._progress import ProgressReporter
+from encnet_core.data.archives import ArchiveLimits, MiB
 from encnet_core.data.download import parse_checksum_option, parse_url_option
 from encnet_core.data.prepare import PrepareOptions
 from encnet_core.data.prepare import prepare as run_prepare
 from encnet_core.data.sources import SOURCES
 from encnet_core.errors import ConfigError
+
+log = logging.getLogger("encnet")
+_DEFAULT_LIMITS = ArchiveLimits()
 
 SourceName = Enum("SourceName", {name.replace("-", "_"): name for name in SOURCES}, type=str)  # type: ignore[misc]
 
@@ -28,14 +33,17 @@ def _archive_option(text: str) -> tuple[str, Path]:
 def prepare(
     source: SourceName = typer.Argument(..., help="Dataset: voc, voc-aug, pcontext, ade20k, folder or synthetic."),
     out: Path = typer.Option(..., "--out", "-o", help="HDF5 file to write (written to a temp file, renamed at the end)."),
-    root: Path = typer.Option(None, "--root", help="Folder for downloaded archives [default: $ENCNET_CACHE or ~/.cache/encnet]."),
+    root: Path = typer.Option(None, "--root", help="Folder for downloaded archives (default: $ENCNET_CACHE, else $XDG_CACHE_HOME/encnet, else ~/.cache/encnet)."),
     url: list[str] = typer.Option([], "--url", help="NAME=URL: download file NAME from URL (repeatable)."),
     mirror: str = typer.Option(None, "--mirror", help="Base URL of a mirror holding the archives under their file names."),
-    archive: list[str] = typer.Option([], "--archive", help="[NAME=]PATH: use an archive you already have (repeatable)."),
+    archive: list[str] = typer.Option([], "--archive", help="PATH or NAME=PATH: use an archive you already have (repeatable)."),
     download: bool = typer.Option(True, "--download/--no-download", help="Download missing archives."),
     checksum: list[str] = typer.Option([], "--checksum", help="FILE=ALGO:HEX: expected checksum of FILE (md5, sha1, sha256)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify archive checksums (skipping warns)."),
-    workers: int = typer.Option(0, "--workers", "-j", help="Conversion processes [default: one per core]."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify archive checksums (skipping warns; an unverified archive must still open and list to its end)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds, per connection attempt and per read."),
+    max_member_size: int = typer.Option(_DEFAULT_LIMITS.max_member_bytes // MiB, "--max-member-size", help="Largest archive member read into memory, in MiB."),
+    max_ratio: float = typer.Option(_DEFAULT_LIMITS.max_ratio, "--max-ratio", help="Refuse an archive that expands more than this many times its size on disk (whole archive)."),
+    workers: int = typer.Option(0, "--workers", "-j", help="Conversion processes; 0 = one per core (never more than the cores)."),
     strict: bool = typer.Option(False, "--strict", help="Make a split size that differs from the reference an error."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and record) corrupt images and bad masks instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
@@ -53,6 +61,11 @@ def prepare(
 ) -> None:
     """Download, verify and convert a dataset to one HDF5 file (see docs/dataset-format.md)."""
     name = source.value
+    if max_member_size < 1:
+        raise ConfigError(f"--max-member-size must be at least 1 (MiB), got {max_member_size}")
+    if not max_ratio >= 1:  # also refuses nan
+        raise ConfigError(f"--max-ratio must be at least 1, got {max_ratio}")
+    limits = ArchiveLimits(max_member_bytes=max_member_size * MiB, max_ratio=max_ratio)
     folder_opts = {"--images": images, "--masks": masks, "--classes": classes}
     if name != "folder" and any(v is not None for v in folder_opts.values()):
         raise ConfigError(f"{', '.join(k for k, v in folder_opts.items() if v is not None)} only apply to `prepare folder`")
@@ -80,17 +93,24 @@ def prepare(
         skip_bad=skip_bad,
         min_pixels=min_pixels,
         params=params,
+        timeout=timeout,
+        limits=limits,
     )
-    with ProgressReporter(enabled=progress and not as_json) as reporter:
-        result = run_prepare(name, options, progress=reporter)
+    try:
+        with ProgressReporter(enabled=progress and not as_json) as reporter:
+            result = run_prepare(name, options, progress=reporter, warn=lambda m: log.warning(safe_text(m, markup=False)))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (prepare's Interrupted): temp files are gone
+        signal_name = getattr(exc, "signal_name", "SIGINT")
+        err_console.print(f"[bold red]interrupted[/] by {signal_name}: {safe_text(out)} was not written", highlight=False)
+        raise typer.Exit(143 if signal_name == "SIGTERM" else 130) from None
     summary = dataclasses.asdict(result)
     if as_json:
         emit_json(summary, None)
         return
-    table = Table(title=f"{result.dataset} -> {result.out}")
+    table = Table(title=f"{safe_text(result.dataset)} -> {safe_text(result.out)}")
     table.add_column("split")
     table.add_column("images", justify="right")
     for split, count in result.counts.items():
-        table.add_row(split, str(count))
+        table.add_row(safe_text(split), str(count))
     console.print(table)
     console.print(f"{len(result.classes)} classes, {len(result.skipped)} skipped, {result.seconds:.1f}s")
