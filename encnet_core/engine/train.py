@@ -341,7 +341,10 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         strict=not config.skip_bad,
     )
     if train_set.labelled_pixels() == 0:
-        raise DataError(f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255): nothing to train on")
+        raise DataError(
+            f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255 by its "
+            "class_pixels, which `encnet targets` recomputes): nothing to train on"
+        )
     sampler = EpochSampler(len(train_set), config.batch_size, info, config.seed)
     if sampler.batches_per_epoch == 0:
         raise ConfigError(
@@ -366,7 +369,10 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
             Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std), strict=not config.skip_bad
         )
         if val_set.labelled_pixels() == 0:
-            raise DataError(f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255); pass --val-split ''")
+            raise DataError(
+                f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255 by "
+                "its class_pixels); validate on another split or pass --val-split ''"
+            )
         val_loader = CheckedBatches(
             DataLoader(CheckedSamples(val_set), config.batch_size, sampler=ShardSampler(len(val_set), info), **loader_args),
             Path(config.data), config.skip_bad,

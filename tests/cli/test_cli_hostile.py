@@ -230,16 +230,18 @@ def test_train_skip_bad_with_a_worker_lists_the_sample(tiny: tuple[Path, Path], 
     assert "skipped bad sample: split 'train' sample 5" in result.stderr
 
 
-def test_train_without_labelled_pixels(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_train_without_labelled_pixels(tiny: tuple[Path, Path], tmp_path: Path, split: str) -> None:
     data, _ = tiny
 
     def no_labels(handle: h5py.File) -> None:
-        handle["train/class_pixels"][...] = 0
+        handle[f"{split}/class_pixels"][...] = 0
 
     bad = damaged(data, tmp_path, no_labels)
     result = run("train", bad, *TRAIN, "-j", "0", "-o", tmp_path / "run")
-    assert result.exit_code == 1 and "the train split has no labelled pixel" in result.output
+    assert result.exit_code == 1 and f"the {split} split has no labelled pixel" in result.output
     no_traceback(result)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is written
 
 
 # ---------------------------------------------------------------------------------------------- predict
