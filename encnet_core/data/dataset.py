@@ -93,12 +93,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def _read(
-    images: h5py.Dataset, masks: h5py.Dataset | None, index: int, num_classes: int
+    images: h5py.Dataset, masks: h5py.Dataset | None, index: int, num_classes: int, check_labels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded image (3, H, W) uint8 and mask (H, W) int64; all IGNORE_INDEX without masks (unlabelled).
 
     Raises ``_Unusable`` for an image or mask that does not decode, a mask that is not one 8-bit
-    channel of the image's size, or a label that is neither a class (0..C-1) nor IGNORE_INDEX.
+    channel of the image's size, or (with ``check_labels``) a label that is neither a class (0..C-1)
+    nor IGNORE_INDEX.
     """
     try:
         image = decode_image(torch.from_numpy(images[index]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
@@ -117,7 +118,7 @@ def _read(
         )
     if raw.shape[1:] != image.shape[1:]:
         raise _Unusable(f"the mask is {raw.shape[1]}x{raw.shape[2]} but the image is {image.shape[1]}x{image.shape[2]}")
-    top = int((raw + 1).max())  # uint8 wraps: IGNORE_INDEX (255) -> 0, label c -> c + 1
+    top = int((raw + 1).max()) if check_labels else 0  # uint8 wraps: IGNORE_INDEX (255) -> 0, label c -> c + 1
     if top > num_classes:
         raise _Unusable(
             f"the mask has label {top - 1}, but the dataset has {num_classes} classes "
@@ -158,6 +159,7 @@ class HDF5SegmentationDataset(Dataset):
         self._handle: h5py.File | None = None
         self._arrays: tuple[h5py.Dataset, h5py.Dataset | None] | None = None  # images, masks in _handle
         self._pid: int | None = None
+        self._labels_checked: set[int] = set()  # samples whose labels passed (a file does not change: check once)
 
     @property
     def num_classes(self) -> int:
@@ -173,9 +175,12 @@ class HDF5SegmentationDataset(Dataset):
         try:
             if index >= self._stored:
                 raise _Unusable(f"the file stores no image/mask for it (its arrays end after {self._stored} samples)")
-            image, mask = _read(*self._split_arrays(), index, len(self.classes))
+            check = index not in self._labels_checked
+            image, mask = _read(*self._split_arrays(), index, len(self.classes), check)
         except _Unusable as exc:
             raise BadSampleError(self.bad_sample(index, str(exc)), self.path) from None
+        if check:
+            self._labels_checked.add(index)
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         if self.transform is not None:
             return self.transform(image, mask)
