@@ -14,7 +14,7 @@ from encnet_cli._output import console, emit_json, err_console, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.archives import ArchiveLimits, MiB
 from encnet_core.data.download import parse_checksum_option, parse_url_option
-from encnet_core.data.prepare import PrepareOptions
+from encnet_core.data.prepare import PrepareOptions, check_options
 from encnet_core.data.prepare import prepare as run_prepare
 from encnet_core.data.sources import SOURCES
 from encnet_core.errors import ConfigError
@@ -96,6 +96,7 @@ def prepare(
         timeout=timeout,
         limits=limits,
     )
+    check_options(name, options)  # a bad input is one line, before the progress display starts
     try:
         with ProgressReporter(enabled=progress and not as_json) as reporter:
             result = run_prepare(name, options, progress=reporter, warn=lambda m: log.warning(safe_text(m, markup=False)))

@@ -53,6 +53,7 @@ log = logging.getLogger("encnet")
 __all__ = [
     "Interrupted",
     "PrepareOptions",
+    "check_options",
     "PrepareResult",
     "prepare",
     "recompute_targets",
@@ -286,6 +287,13 @@ def _resolve_remote_options(remotes: tuple, options: PrepareOptions) -> dict[str
             "checksum": options.checksums.get(remote.name),
         }
     return resolved
+
+
+def check_options(source_name: str, options: PrepareOptions) -> None:
+    """Check every user input of ``prepare`` without doing any work (``prepare`` runs this first too)."""
+    source = get_source(source_name)
+    _check_options(source, options)
+    _resolve_remote_options(source.remotes, options)
 
 
 @_sigterm_unwinds()

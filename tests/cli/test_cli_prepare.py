@@ -260,6 +260,8 @@ def test_bad_out_paths_are_one_line_before_any_work(tmp_path: Path) -> None:
     text = one_line(invoke(*SYNTHETIC, "--root", root, "--out", tmp_path / "a-file" / "syn.h5"))
     assert "a-file is a file, not a folder" in text
     assert not root.exists()
+    with_progress = invoke("prepare", "synthetic", "--root", root, "--out", folder)  # the progress display is on
+    assert with_progress.exit_code == 1 and with_progress.output.startswith("error: --out ")  # not even a blank line
 
 
 def test_sigterm_stops_prepare_and_removes_its_temp_file(tmp_path: Path) -> None:
