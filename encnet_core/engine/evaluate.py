@@ -153,6 +153,8 @@ def evaluate_loaded(
             progress(f"evaluating {options.split}", done * info.world_size, count)
     all_reduce_sum(confusion.matrix, info)
     skipped = sorted(gather_lists(skipped, info), key=lambda sample: sample.index)  # every rank's
+    if skipped and len(skipped) == count:
+        raise DataError(f"{data}: all {count} images of split {options.split!r} are bad (skipped); there is nothing to score")
     if int(confusion.matrix.sum()) == 0:
         raise DataError(
             f"{data}: the {count - len(skipped)} evaluated images of split {options.split!r} have no labelled pixel "

@@ -51,8 +51,8 @@ def no_traceback(result) -> None:
     assert "Traceback" not in result.output and "DataLoader worker" not in result.output, result.output
 
 
-def damaged(data: Path, folder: Path, change: Callable[[h5py.File], None]) -> Path:
-    path = folder / "damaged.h5"
+def damaged(data: Path, folder: Path, change: Callable[[h5py.File], None], name: str = "damaged.h5") -> Path:
+    path = folder / name
     shutil.copy(data, path)
     with h5py.File(path, "r+") as handle:
         change(handle)
@@ -158,6 +158,14 @@ def test_evaluate_split_without_labelled_pixels(tiny: tuple[Path, Path], tmp_pat
     bad = damaged(data, tmp_path, all_ignore)
     line = one_error_line(run("evaluate", ckpt, bad, *EVAL))
     assert "the 6 evaluated images of split 'val' have no labelled pixel" in line
+
+    def all_bad(handle: h5py.File) -> None:
+        for i in range(6):
+            handle["val/images"][i] = np.zeros(4, np.uint8)
+
+    bad = damaged(data, tmp_path, all_bad, "all_bad.h5")
+    line = one_error_line(run("evaluate", ckpt, bad, *EVAL, "--skip-bad"))
+    assert "all 6 images of split 'val' are bad (skipped)" in line
 
 
 @pytest.mark.parametrize("hostile", ["../escape", "ABSOLUTE", "sub/../../escape", "..\\escape", "C:escape", ""])
