@@ -49,8 +49,12 @@ class ProgressReporter:
             disable=not enabled,
         )
         self._tasks: dict[str, int] = {}
+        self._started = False
 
     def __call__(self, description: str, done: int, total: int | None) -> None:
+        if not self._started:  # started by the first report: an error before any work prints no blank line
+            self.progress.start()
+            self._started = True
         task = self._tasks.get(description)
         if task is None:
             task = self.progress.add_task(description, total=total, bytes=description.startswith(_BYTE_TASKS))
@@ -58,8 +62,8 @@ class ProgressReporter:
         self.progress.update(task, completed=done, total=total)
 
     def __enter__(self) -> ProgressReporter:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self._started:
+            self.progress.stop()

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json
+from encnet_cli._output import console, emit_json, safe_text
 from encnet_core.engine.export import FORMATS, export_model
 
 
@@ -44,11 +44,11 @@ def export(
     if as_json:
         emit_json(summary, None)
         return
-    table = Table(title=f"encnet export -> {result.path}", show_header=False)
+    table = Table(title=f"encnet export -> {safe_text(result.path)}", show_header=False)
     for key, value in summary.items():
         if key == "max_abs_diff":
             value = "not verified (--no-verify)" if value is None else f"{value:.3g} (verified against PyTorch)"
         elif key == "bytes":
             value = f"{value / 1e6:.2f} MB"
-        table.add_row(key, str(value))
+        table.add_row(key, safe_text(value))
     console.print(table)

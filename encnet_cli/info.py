@@ -51,7 +51,7 @@ def _print_model(meta: dict) -> None:
     }
     for key, value in rows.items():
         if value not in (None, "", {}):
-            table.add_row(key, str(value))
+            table.add_row(key, safe_text(value))  # metadata comes from the file
     console.print(table)
     if meta.get("runs_code"):
         how = "it was opened (--trust-code)" if meta.get("loaded") else "this metadata was read from the archive, no code was run"

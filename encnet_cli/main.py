@@ -12,7 +12,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train
-from encnet_cli._output import err_console
+from encnet_cli._output import err_console, safe_text
 from encnet_core import __version__
 from encnet_core.errors import EncNetError
 
@@ -26,7 +26,7 @@ class EncNetGroup(TyperGroup):
         except EncNetError as exc:
             if os.environ.get("ENCNET_DEBUG") == "1":
                 raise
-            err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error: ", "bold red"), safe_text(exc, markup=False)), highlight=False, soft_wrap=True)
             ctx.exit(1)
 
 
@@ -39,6 +39,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log messages carry names read from files: control codes become visible escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record), markup=False)
 
 
 def _version(value: bool) -> None:
@@ -56,7 +63,9 @@ def _root(
     """EncNet semantic segmentation: prepare datasets, train, evaluate, predict and export."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logger = logging.getLogger("encnet")
-    logger.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False, markup=False)]
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    handler.setFormatter(_SafeFormatter("%(message)s"))
+    logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
 

@@ -171,3 +171,18 @@ def test_resume_with_other_model_settings_is_one_line(tiny: tuple[Path, Path], t
     assert run("train", data, "-o", out, "--iters", "1", *TRAIN).exit_code == 0
     line = one_error_line(run("train", data, "-o", out, "--iters", "2", "--resume", "auto", "--no-aux", *TRAIN))
     assert "other model settings (aux True -> False)" in line and "--init-from" in line
+
+
+def test_error_lines_and_logs_escape_terminal_codes(tmp_path: Path) -> None:
+    hostile = tmp_path / "\x1b[31mred\x07.pt"
+    hostile.write_bytes(b"not a checkpoint")
+    line = one_error_line(run("info", hostile))
+    assert "\x1b" not in line and "\x07" not in line
+    assert "\\x1b[31mred\\x07.pt" in line  # shown, visibly escaped
+
+    import logging
+
+    from encnet_cli.main import _SafeFormatter
+
+    record = logging.LogRecord("encnet", logging.WARNING, __file__, 1, "class %s", ("\x1b]0;owned\x07",), None)
+    assert _SafeFormatter("%(message)s").format(record) == "class \\x1b]0;owned\\x07"
