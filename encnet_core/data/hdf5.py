@@ -114,7 +114,9 @@ def _fail(path: Path, problem: str) -> DataError:
 
 def _show(value: Any) -> str:
     """A short one-line repr of an attribute value for error messages."""
-    text = " ".join(repr(value.tolist() if isinstance(value, np.ndarray) else value).split())
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()
+    text = " ".join(repr(value).split())
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -234,6 +236,9 @@ def _check_split(group: h5py.Group, path: Path, split: str, num_classes: int, al
     if names.ndim != 1 or h5py.check_string_dtype(names.dtype) is None:
         raise _fail(path, f"{split}/names must be a 1-D array of strings, got {names.dtype} of shape {names.shape}")
     count = names.shape[0]
+    for key, ds in (("images", images), ("masks", masks)):
+        if ds is not None and ds.shape[0] > count:
+            raise _fail(path, f"{split}/names lists {count} samples but {split}/{key} holds {ds.shape[0]}")
     for key in ("class_pixels", "se_targets"):
         ds = _dataset(group, path, split, key)
         if ds.shape != (count, num_classes) or ds.dtype.kind not in "iu":
@@ -244,13 +249,7 @@ def _check_split(group: h5py.Group, path: Path, split: str, num_classes: int, al
     if count and values.min() < 1:
         first = int(np.flatnonzero((values < 1).any(axis=1))[0])
         raise _fail(path, f"{split}/sizes holds {tuple(values[first].tolist())} for sample {first}; sizes must be positive")
-    stored = count
-    for key, ds in (("images", images), ("masks", masks)):
-        if ds is None:
-            continue
-        if ds.shape[0] > count:
-            raise _fail(path, f"{split}/names lists {count} samples but {split}/{key} holds {ds.shape[0]}")
-        stored = min(stored, ds.shape[0])
+    stored = min(ds.shape[0] for ds in (images, masks, names) if ds is not None)
     if stored < count and not allow_truncated:
         first = names.asstr()[stored] if _decodes(names, stored) else "?"
         raise DataError(
