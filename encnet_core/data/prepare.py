@@ -417,11 +417,15 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
                 continue
             masks = handle[split]["masks"]
             pixels = np.zeros((count, info.num_classes), dtype=np.int64)
+            names = handle[split]["names"]
             for i in range(count):
-                labels = decode_mask(masks[i])
+                try:
+                    labels = decode_mask(masks[i])
+                except DataError as exc:
+                    raise DataError(f"{path}: mask of {split}/{names[i].decode()} (sample {i}): {exc}") from None
                 bad = (labels >= info.num_classes) & (labels != IGNORE_INDEX)
                 if bad.any():
-                    name = handle[split]["names"][i].decode()
+                    name = names[i].decode()
                     raise DataError(f"{path}: mask of {split}/{name} has label {int(labels[bad].max())} >= {info.num_classes}")
                 pixels[i] = class_pixel_counts(labels, info.num_classes)
                 if progress:

@@ -302,3 +302,13 @@ def test_names_that_are_not_utf8(good: Path) -> None:
     _damage(good, latin1)
     with pytest.raises(DataError, match=r"train/names holds a name that is not UTF-8 text"):
         HDF5SegmentationDataset(good, "train")
+
+
+def test_targets_names_the_sample_of_an_undecodable_mask(good: Path) -> None:
+    from encnet_core.data.prepare import recompute_targets
+
+    path = _damage(good, _bad_mask)
+    before = path.read_bytes()
+    with pytest.raises(DataError, match=r"mask of train/\S+ \(sample 1\): the mask does not decode"):
+        recompute_targets(path)
+    assert path.read_bytes() == before  # nothing written
