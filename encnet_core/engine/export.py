@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from encnet_core.engine.checkpoint import model_from_checkpoint, save_checkpoint
 from encnet_core.engine.runtime import METADATA_NAME, model_metadata, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
+from encnet_core.paths import check_output_file
 
 log = logging.getLogger("encnet")
 
@@ -141,6 +142,8 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    check_output_file(out, "export to", overwrite=overwrite or hash_name)  # before any work
     ckpt = read_model_file(checkpoint, trust_code=trust_code)
     if "model_config" not in ckpt:
         raise CheckpointError(f"{checkpoint} has no model description (a bare state_dict); export a checkpoint written by encnet")
@@ -158,9 +161,6 @@ def export_model(
         model = model.half()
     wrapper = ExportWrapper(model).eval()
     sample = _sample(sample_size or min(int(metadata["crop_size"]), 128), dtype)
-    out = Path(out)
-    if hash_name is False and out.exists() and not overwrite:
-        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # keep the suffix: pt2 needs ".pt2"
     meta_json = json.dumps(metadata)

@@ -186,3 +186,15 @@ def test_error_lines_and_logs_escape_terminal_codes(tmp_path: Path) -> None:
 
     record = logging.LogRecord("encnet", logging.WARNING, __file__, 1, "class %s", ("\x1b]0;owned\x07",), None)
     assert _SafeFormatter("%(message)s").format(record) == "class \\x1b]0;owned\\x07"
+
+
+def test_export_output_path_is_checked_first(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = tiny
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep")
+    assert "is a folder" in one_error_line(run("export", ckpt, folder, "--overwrite"))
+    assert "is a file, not a folder" in one_error_line(run("export", ckpt, a_file / "m.pt"))
+    assert "exists; pass --overwrite" in one_error_line(run("export", ckpt, a_file))
+    assert a_file.read_text() == "keep" and list(folder.iterdir()) == []
