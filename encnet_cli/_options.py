@@ -1,17 +1,73 @@
-"""Options shared by several commands (inference modes of evaluate and predict, --trust-code)."""
+"""Options shared by several commands, defined once: choices as Enums (``--help`` lists them, shell
+completion offers them, a typo is a usage error, exit 2), and ``Annotated`` aliases for the options
+that evaluate and predict share (inference mode, device, AMP, --trust-code)."""
 
 from __future__ import annotations
+
+import re
+from enum import Enum, StrEnum
+from typing import Annotated, Optional
 
 import typer
 
 from encnet_core.engine.inference import InferenceConfig, parse_scales
 
-SCALES_HELP = "Multi-scale inference, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 (the reference's; long side = base size x scale)."
+
+class Amp(StrEnum):
+    """Mixed precision: off, bfloat16 autocast (CPU and CUDA), float16 autocast (CUDA; training adds a GradScaler)."""
+
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Merge(StrEnum):
+    """How the views of multi-scale/flip/sliding inference are merged."""
+
+    prob = "prob"
+    logits = "logits"
+
+
+class MaskFormat(StrEnum):
+    """Mask PNGs written by predict."""
+
+    color = "color"
+    index = "index"
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not _DEVICE.match(value):
+        raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _complete_device(incomplete: str) -> list[str]:
+    import torch
+
+    names = ["auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def device_option(suffix: str = "") -> typer.models.OptionInfo:
+    """``--device`` for an ``Annotated`` parameter: auto, cpu, cuda or cuda:N (checked at parse time,
+    completed from the visible GPUs)."""
+    return typer.Option(
+        "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N.{suffix}",
+        callback=_check_device, autocompletion=_complete_device,
+    )  # fmt: skip
+
+
+def value(choice: Enum | str | None) -> str | None:
+    """The plain string of an Enum choice (library functions take strings)."""
+    return choice.value if isinstance(choice, Enum) else choice
 
 
 def inference_config(
     scales: str | None, slide: bool, flip: bool, crop_size: int | None, base_size: int | None,
-    stride_rate: float, merge: str, batch_size: int, default_crop: int, default_base: int,
+    stride_rate: float, merge: Merge | str, batch_size: int, default_crop: int, default_base: int,
 ) -> InferenceConfig:  # fmt: skip
     """Build the InferenceConfig from the shared options (crop/base size default to the model's)."""
     return InferenceConfig(
@@ -21,23 +77,47 @@ def inference_config(
         crop_size=default_crop if crop_size is None else crop_size,
         base_size=default_base if base_size is None else base_size,
         stride_rate=stride_rate,
-        merge=merge,
+        merge=value(merge),
         batch_size=batch_size,
     )
 
 
-ScalesOption = typer.Option(None, "--scales", help=SCALES_HELP)
-SlideOption = typer.Option(False, "--slide", help="Sliding-window inference at the image's own size.")
-FlipOption = typer.Option(False, "--flip", help="Add horizontally flipped views.")
-CropOption = typer.Option(None, "--crop-size", help="Window side for sliding/multi-scale [default: the model's training crop].")
-BaseOption = typer.Option(None, "--base-size", help="Long side at scale 1.0 [default: the model's training base size].")
-StrideOption = typer.Option(2 / 3, "--stride-rate", help="Window stride as a fraction of the crop.")
-MergeOption = typer.Option("prob", "--merge", help="Merge views by averaging softmax probabilities (prob) or summing logits like the reference (logits).")
-DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-AmpOption = typer.Option("off", "--amp", help="Autocast for inference: off, bf16 or fp16 (CUDA).")
+SCALES_HELP = "Multi-scale inference, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 (the reference's; long side = base size x scale)."
+
+Scales = Annotated[Optional[str], typer.Option("--scales", help=SCALES_HELP)]
+Slide = Annotated[bool, typer.Option("--slide", help="Sliding-window inference at the image's own size.")]
+Flip = Annotated[bool, typer.Option("--flip", help="Add horizontally flipped views.")]
+Crop = Annotated[Optional[int], typer.Option("--crop-size", help="Window side for sliding/multi-scale (default: the model's training crop).")]
+Base = Annotated[Optional[int], typer.Option("--base-size", help="Long side at scale 1.0 (default: the model's training base size).")]
+Stride = Annotated[float, typer.Option("--stride-rate", help="Window stride as a fraction of the crop.", show_default="2/3")]
+MergeOpt = Annotated[
+    Merge,
+    typer.Option("--merge", help="Merge views by averaging softmax probabilities (prob) or summing logits (logits)."),
+]
+Device = Annotated[str, device_option()]
+AmpOpt = Annotated[Amp, typer.Option("--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA).")]
+TrustCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Open TorchScript and pt2 models: they are programs, and loading them runs code from the file. "
+        "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
+    ),
+]
 TrustCodeOption = typer.Option(
     False,
     "--trust-code",
     help="Open TorchScript and pt2 models: they are programs, and loading them runs code from the file. "
     "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
 )
+
+# Old-style defaults, kept until every command uses the Annotated aliases above.
+ScalesOption = typer.Option(None, "--scales", help=SCALES_HELP)
+SlideOption = typer.Option(False, "--slide", help="Sliding-window inference at the image's own size.")
+FlipOption = typer.Option(False, "--flip", help="Add horizontally flipped views.")
+CropOption = typer.Option(None, "--crop-size", help="Window side for sliding/multi-scale (default: the model's training crop).")
+BaseOption = typer.Option(None, "--base-size", help="Long side at scale 1.0 (default: the model's training base size).")
+StrideOption = typer.Option(2 / 3, "--stride-rate", help="Window stride as a fraction of the crop.")
+MergeOption = typer.Option(Merge.prob, "--merge", help="Merge views by averaging softmax probabilities (prob) or summing logits (logits).")
+DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.", callback=_check_device, autocompletion=_complete_device)
+AmpOption = typer.Option(Amp.off, "--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA).")

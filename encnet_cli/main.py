@@ -9,6 +9,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 from rich.text import Text
+from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train
@@ -18,11 +19,19 @@ from encnet_core.errors import EncNetError
 
 
 class EncNetGroup(TyperGroup):
-    """Prints an ``EncNetError`` as one red line and exits 1 (a traceback only with ENCNET_DEBUG=1)."""
+    """Prints an ``EncNetError`` as one red line and exits 1 (a traceback only with ENCNET_DEBUG=1); a
+    usage error of a command (unknown option, bad choice, wrong type) is one line too, exit 2."""
 
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
+        except UsageError as exc:
+            command = f"{ctx.command_path} {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx is not ctx else ctx.command_path
+            err_console.print(
+                Text.assemble(("error: ", "bold red"), safe_text(exc.format_message(), markup=False), f" (see {command} --help)"),
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            ctx.exit(2)
         except EncNetError as exc:
             if os.environ.get("ENCNET_DEBUG") == "1":
                 raise

@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, err_console
+from encnet_cli._output import console, err_console, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.device import resolve_device
 from encnet_core.engine.predict import PredictOptions
@@ -20,39 +20,39 @@ def predict(
     model: Path = typer.Argument(..., help="Training checkpoint or exported model."),
     inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths); refused if it is, contains or holds an input, skipped when inside an input folder."),
-    mask_format: str = typer.Option("color", "--format", help="Mask PNGs: color (palette) or index (label values)."),
+    mask_format: opt.MaskFormat = typer.Option(opt.MaskFormat.color, "--format", help="Mask PNGs: color (palette) or index (label values)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.jpg with the classes blended in."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity of the class colours."),
     se_threshold: float = typer.Option(0.5, "--se-threshold", help="SE-head probability to report a class as present."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    scales: str = opt.ScalesOption,
-    slide: bool = opt.SlideOption,
-    flip: bool = opt.FlipOption,
-    crop_size: int = opt.CropOption,
-    base_size: int = opt.BaseOption,
-    stride_rate: float = opt.StrideOption,
-    merge: str = opt.MergeOption,
+    scales: opt.Scales = None,
+    slide: opt.Slide = False,
+    flip: opt.Flip = False,
+    crop_size: opt.Crop = None,
+    base_size: opt.Base = None,
+    stride_rate: opt.Stride = 2 / 3,
+    merge: opt.MergeOpt = opt.Merge.prob,
     batch_size: int = typer.Option(4, "--batch-size", help="Images (whole-image mode) or views per forward pass."),
-    device: str = opt.DeviceOption,
-    amp: str = opt.AmpOption,
+    device: opt.Device = "auto",
+    amp: opt.AmpOpt = opt.Amp.off,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    trust_code: bool = opt.TrustCodeOption,
+    trust_code: opt.TrustCode = False,
 ) -> None:
     """Segment images: a palette PNG per image, optional overlays, and predictions.json listing the
     classes found by pixel share and by the SE head. Unreadable files are reported and skipped
     (exit code 1 if any)."""
-    loaded = load_model(model, resolve_device(device), amp, trust_code=trust_code)
+    loaded = load_model(model, resolve_device(device), opt.value(amp), trust_code=trust_code)
     inference = opt.inference_config(
         scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
     )
     options = PredictOptions(
-        output=output, inference=inference, mask_format=mask_format, overlay=overlay, alpha=alpha,
+        output=output, inference=inference, mask_format=opt.value(mask_format), overlay=overlay, alpha=alpha,
         se_threshold=se_threshold, overwrite=overwrite, batch_size=batch_size,
     )  # fmt: skip
     with ProgressReporter(enabled=progress) as reporter:
         result = run_predict(loaded, inputs, options, progress=reporter)
     for failure in result.failed:
-        err_console.print(Text.assemble(("skipped ", "yellow"), f"{failure['file']}: {failure['reason']}"), highlight=False)
+        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False)
     console.print(
         f"{result.written} images segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
         f"(predictions.json)"

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json, err_console
-from encnet_core.config import TrainConfig, list_recipes, load_toml, recipe_path
+from encnet_core.config import TrainConfig, list_recipes, parse_set_option, resolve_train_config
 from encnet_core.engine.train import train as run_train
 
 
@@ -80,42 +80,62 @@ def _skipped_text(skipped: list[dict[str, Any]]) -> str | None:
     return escape(f"{len(skipped)} bad sample(s): {shown}{more}; reasons in metrics.jsonl")
 
 
+def _complete_recipe(incomplete: str) -> list[str]:
+    return [name for name in list_recipes() if name.startswith(incomplete)]
+
+
+def _d(name: str) -> str:
+    """' (default: X)' for help text, read from TrainConfig (the one owner of the defaults)."""
+    value = TrainConfig.__dataclass_fields__[name].default
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    return f" (default: {value if value != '' else repr(value)})"
+
+
 def train(
     ctx: typer.Context,
     data: Path = typer.Argument(..., help="Prepared dataset (.h5) from `encnet prepare`."),
-    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Run folder (config.toml, metrics.jsonl, last.pt, best.pt)."),
-    model: str = typer.Option(None, "--model", "-m", help="Registered model (see `encnet models`) [default: encnet_resnet50s]."),
-    recipe: str = typer.Option(None, "--recipe", help=f"Start from a shipped recipe: {', '.join(list_recipes())}."),
-    config_file: Path = typer.Option(None, "--config", help="TOML file of settings (over the recipe, under CLI flags)."),
+    output_dir: Path = typer.Option(None, "--output-dir", "-o", help="Run folder (config.toml, metrics.jsonl, last.pt, best.pt) (default: runs/MODEL-DATASTEM)."),
+    model: str = typer.Option(None, "--model", "-m", help=f"Registered model (see `encnet models`){_d('model')}."),
+    recipe: str = typer.Option(None, "--recipe", help=f"Start from a shipped recipe: {', '.join(list_recipes())}.", autocompletion=_complete_recipe),
+    config_file: Path = typer.Option(None, "--config", help="TOML file of settings (over the recipe, under --set and flags)."),
+    set_values: list[str] = typer.Option(None, "--set", help="Any training setting as KEY=VALUE (a TOML value), e.g. --set head_lr_mult=5 --set mean=[0.5,0.5,0.5]; repeatable; over --config, under named flags."),
     epochs: int = typer.Option(None, "--epochs", help="Run length in epochs (total when resuming)."),
-    iters: int = typer.Option(None, "--iters", help="Run length in iterations (overrides --epochs; total when resuming)."),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Images per process and step [default: 8]."),
-    lr: float = typer.Option(None, "--lr", help="Base lr per 16 images; scaled by global batch / 16 [default: 0.01]."),
-    warmup_iters: int = typer.Option(None, "--warmup-iters", help="Linear warm-up iterations [default: 0]."),
-    crop_size: int = typer.Option(None, "--crop-size", help="Training crop side [default: 480]."),
-    base_size: int = typer.Option(None, "--base-size", help="Long side before random 0.5-2.0x scaling [default: 520]."),
-    workers: int = typer.Option(None, "--workers", "-j", help="DataLoader workers per process [default: 4]."),
-    num_codes: int = typer.Option(None, "--num-codes", help="Codewords K of the Encoding layer [default: model's, 32]."),
-    se_loss: bool = typer.Option(None, "--se-loss/--no-se-loss", help="Semantic Encoding loss [default: on]."),
-    se_weight: float = typer.Option(None, "--se-weight", help="SE loss weight [default: 0.2]."),
-    aux: bool = typer.Option(None, "--aux/--no-aux", help="Auxiliary FCN head on layer3 [default: on]."),
-    aux_weight: float = typer.Option(None, "--aux-weight", help="Aux loss weight [default: 0.2]."),
-    lateral: bool = typer.Option(None, "--lateral/--no-lateral", help="EncHead lateral branch (paper setting for PASCAL)."),
-    dropout: float = typer.Option(None, "--dropout", help="Dropout before the classifiers [default: 0.1]."),
-    output_stride: int = typer.Option(None, "--output-stride", help="Backbone output stride, 8 or 16 [default: 8]."),
-    amp: str = typer.Option(None, "--amp", help="Mixed precision: off, bf16 or fp16 (CUDA) [default: off]."),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
-    seed: int = typer.Option(None, "--seed", help="Seed of model init, data order and augmentation [default: 0]."),
-    val_every: int = typer.Option(None, "--val-every", help="Validate every N epochs; 0 = only at the end [default: 1]."),
-    log_every: int = typer.Option(None, "--log-every", help="Iterations per metrics.jsonl record [default: 10]."),
+    iters: int = typer.Option(None, "--iters", help="Run length in iterations (total when resuming; wins over --epochs)."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help=f"Images per process and step{_d('batch_size')}."),
+    lr: float = typer.Option(None, "--lr", help=f"Base lr per 16 images; scaled by global batch / 16{_d('lr')}."),
+    head_lr_mult: float = typer.Option(None, "--head-lr-mult", help=f"The heads' lr as a multiple of the backbone's{_d('head_lr_mult')}."),
+    momentum: float = typer.Option(None, "--momentum", help=f"SGD momentum{_d('momentum')}."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help=f"SGD weight decay{_d('weight_decay')}."),
+    poly_power: float = typer.Option(None, "--poly-power", help=f"Poly schedule: lr x (1 - it/total) ** power{_d('poly_power')}."),
+    warmup_iters: int = typer.Option(None, "--warmup-iters", help=f"Linear warm-up iterations{_d('warmup_iters')}."),
+    crop_size: int = typer.Option(None, "--crop-size", help=f"Training crop side{_d('crop_size')}."),
+    base_size: int = typer.Option(None, "--base-size", help=f"Long side before random scaling{_d('base_size')}."),
+    scale_min: float = typer.Option(None, "--scale-min", help=f"Smallest random scale of the base size{_d('scale_min')}."),
+    scale_max: float = typer.Option(None, "--scale-max", help=f"Largest random scale of the base size{_d('scale_max')}."),
+    workers: int = typer.Option(None, "--workers", "-j", help=f"DataLoader workers per process, at most the core count{_d('workers')}."),
+    num_codes: int = typer.Option(None, "--num-codes", help="Codewords K of the Encoding layer (default: the model's, 32)."),
+    se_loss: bool = typer.Option(None, "--se-loss/--no-se-loss", help=f"Semantic Encoding loss{_d('se_loss')}."),
+    se_weight: float = typer.Option(None, "--se-weight", help=f"SE loss weight{_d('se_weight')}."),
+    aux: bool = typer.Option(None, "--aux/--no-aux", help=f"Auxiliary FCN head on layer3{_d('aux')}."),
+    aux_weight: float = typer.Option(None, "--aux-weight", help=f"Aux loss weight{_d('aux_weight')}."),
+    lateral: bool = typer.Option(None, "--lateral/--no-lateral", help=f"EncHead lateral branch (paper setting for PASCAL){_d('lateral')}."),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout before the classifiers (default: the model's, 0.1)."),
+    output_stride: int = typer.Option(None, "--output-stride", help=f"Backbone output stride, 8 or 16{_d('output_stride')}."),
+    amp: opt.Amp = typer.Option(None, "--amp", help=f"Mixed precision (fp16 needs CUDA and adds a GradScaler){_d('amp')}."),
+    device: str = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N{_d('device')}.", callback=opt._check_device, autocompletion=opt._complete_device),
+    seed: int = typer.Option(None, "--seed", help=f"Seed of model init, data order and augmentation{_d('seed')}."),
+    val_split: str = typer.Option(None, "--val-split", help=f"Split to validate on; '' to skip{_d('val_split')}."),
+    train_split: str = typer.Option(None, "--train-split", help=f"Split to train on{_d('train_split')}."),
+    val_every: int = typer.Option(None, "--val-every", help=f"Validate every N epochs; 0 = only at the end{_d('val_every')}."),
+    log_every: int = typer.Option(None, "--log-every", help=f"Iterations per metrics.jsonl record{_d('log_every')}."),
     resume: str = typer.Option(None, "--resume", help="'auto' (the run folder's last.pt, if any) or a checkpoint path."),
     init_from: Path = typer.Option(None, "--init-from", help="Fine-tune from an encnet or PyTorch-Encoding checkpoint, or an export."),
-    trust_code: bool = opt.TrustCodeOption,
+    trust_code: opt.TrustCode = False,
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the heads only."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn", help="Keep BatchNorm statistics fixed (tiny batches)."),
     backbone_weights: str = typer.Option(None, "--backbone-weights", help="ImageNet weights: a local state_dict file or 'imagenet'."),
     compile_model: bool = typer.Option(None, "--compile", help="torch.compile the model."),
-    val_split: str = typer.Option(None, "--val-split", help="Split to validate on; '' to skip [default: val]."),
     skip_bad: bool = typer.Option(
         None, "--skip-bad",
         help="Go on past samples that do not decode or break the format: a bad training sample is replaced by the next good one, a bad validation sample is left out; each is listed in metrics.jsonl and the summary.",
@@ -123,29 +143,23 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display."),
 ) -> None:
-    """Train or fine-tune a model; distributed with `torchrun --nproc-per-node N -m encnet_cli train ...`."""
-    settings: dict[str, Any] = {}
-    if recipe:
-        settings.update(load_toml(recipe_path(recipe)))
-        settings["recipe"] = recipe
-    if config_file:
-        settings.update(load_toml(config_file))
+    """Train or fine-tune a model; distributed with `torchrun --nproc-per-node N -m encnet_cli train ...`.
+
+    Settings: defaults < --recipe < --config FILE < --set KEY=VALUE < named flags (config.toml in the
+    run folder records the result). mean/std and every other setting without a flag go through --set.
+    """
     flags = {
         "output_dir": output_dir, "model": model, "epochs": epochs, "iters": iters, "batch_size": batch_size,
-        "lr": lr, "warmup_iters": warmup_iters, "crop_size": crop_size, "base_size": base_size,
-        "workers": workers, "num_codes": num_codes, "se_loss": se_loss, "se_weight": se_weight, "aux": aux,
-        "aux_weight": aux_weight, "lateral": lateral, "dropout": dropout, "output_stride": output_stride, "amp": amp,
-        "device": device, "seed": seed, "val_every": val_every, "log_every": log_every, "init_from": init_from,
-        "freeze_backbone": freeze_backbone, "freeze_bn": freeze_bn, "backbone_weights": backbone_weights,
-        "compile": compile_model, "val_split": val_split, "skip_bad": skip_bad,
+        "lr": lr, "head_lr_mult": head_lr_mult, "momentum": momentum, "weight_decay": weight_decay,
+        "poly_power": poly_power, "warmup_iters": warmup_iters, "crop_size": crop_size, "base_size": base_size,
+        "scale_min": scale_min, "scale_max": scale_max, "workers": workers, "num_codes": num_codes,
+        "se_loss": se_loss, "se_weight": se_weight, "aux": aux, "aux_weight": aux_weight, "lateral": lateral,
+        "dropout": dropout, "output_stride": output_stride, "amp": amp, "device": device, "seed": seed,
+        "val_split": val_split, "train_split": train_split, "val_every": val_every, "log_every": log_every,
+        "init_from": init_from, "freeze_backbone": freeze_backbone, "freeze_bn": freeze_bn,
+        "backbone_weights": backbone_weights, "compile": compile_model, "skip_bad": skip_bad,
     }  # fmt: skip
-    if iters is not None and "epochs" in settings and epochs is None:
-        settings.pop("epochs")
-    settings.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})
-    settings["data"] = str(data)
-    if "output_dir" not in settings:
-        settings["output_dir"] = str(Path("runs") / f"{settings.get('model', 'encnet_resnet50s')}-{data.stem}")
-    config = TrainConfig.from_dict(settings)
+    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags)
     is_main = int(os.environ.get("RANK", "0")) == 0
     display = _TrainDisplay(enabled=progress and is_main and not as_json)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.resources
 import math
 import tomllib
@@ -15,7 +16,7 @@ from typing import Any
 from encnet_core.errors import ConfigError
 from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["TrainConfig", "check_settings", "load_toml", "recipe_path", "list_recipes"]
+__all__ = ["TrainConfig", "check_settings", "resolve_train_config", "parse_set_option", "default_output_dir", "load_toml", "recipe_path", "list_recipes"]
 
 
 
@@ -192,3 +193,78 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: [train] must be a table of settings")
     check_settings(settings, str(path))
     return settings
+
+
+_RUN_LENGTH = ("epochs", "iters")
+
+
+def _layer(settings: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Put ``layer`` over ``settings``; a layer that gives the run length replaces the lower layers' one."""
+    if any(k in layer for k in _RUN_LENGTH):
+        for key in _RUN_LENGTH:
+            settings.pop(key, None)
+    settings.update(layer)
+
+
+def parse_set_option(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.02", "amp=bf16", "mean=[0.5, 0.5, 0.5]"]`` -> settings, each value read as a TOML value
+    (a bare word that is not one is a string), then type-checked against TrainConfig."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set takes key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        if key in values:
+            raise ConfigError(f"--set {key} is given twice")
+        values[key] = value
+    check_settings(values, "--set")
+    return values
+
+
+def _plain(value: Any) -> Any:
+    """A command-line value as TOML would hold it (paths as strings, enum choices as their value)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    return str(value) if isinstance(value, Path) else value
+
+
+def default_output_dir(model: str, data: str | Path) -> str:
+    """The run folder when none is given: ``runs/<model>-<dataset file stem>``."""
+    return str(Path("runs") / f"{model}-{Path(data).stem}")
+
+
+def resolve_train_config(
+    data: str | Path,
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    sets: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The run's settings: defaults < ``recipe`` < ``config_file`` < ``sets`` (``--set``) < ``flags``.
+
+    ``flags`` are the named command-line options (None = not given). Each layer is type-checked and
+    named in its errors; a layer that gives the run length (epochs or iters) replaces the lower
+    layers' one. ``output_dir`` defaults to ``default_output_dir(model, data)``.
+    """
+    settings: dict[str, Any] = {}
+    if recipe:
+        _layer(settings, {**load_toml(recipe_path(recipe)), "recipe": recipe})
+    if config_file:
+        _layer(settings, load_toml(Path(config_file)))
+    if sets:
+        check_settings(sets, "--set")
+        _layer(settings, sets)
+    given = {k: _plain(v) for k, v in (flags or {}).items() if v is not None}
+    clash = sorted(set(given) & set(sets or {}))
+    if clash:
+        raise ConfigError(f"{clash[0]} is given both as --{clash[0].replace('_', '-')} and in --set; give it once")
+    check_settings(given, "command line")
+    _layer(settings, given)
+    settings["data"] = str(data)
+    settings.setdefault("output_dir", default_output_dir(settings.get("model", TrainConfig.model), data))
+    return TrainConfig.from_dict(settings)
