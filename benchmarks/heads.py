@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.models.registry import create_model
-from encnet_core.palette import IGNORE_INDEX
 
 TRAIN_GOAL = 1.05  # our train step time / FCN's, at most
 INFER_GOAL = 0.85  # our inference time / DeepLabV3's, at most

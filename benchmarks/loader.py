@@ -41,10 +41,10 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from encnet_core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.data.dataset import HDF5SegmentationDataset
 from encnet_core.data.prepare import PrepareOptions, prepare
 from encnet_core.data.transforms import train_transform
-from encnet_core.palette import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 SPEED_GOAL = 1.25  # ours / baseline samples per second, at least
 SIZE_GOAL = 1.05  # HDF5 file / source JPEG + PNG bytes, at most

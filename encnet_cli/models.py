@@ -6,12 +6,13 @@ import typer
 from rich.table import Table
 
 from encnet_cli._output import console, emit_json
+from encnet_core.constants import DEFAULT_CROP_SIZE
 from encnet_core.models import MODELS, count_flops
 
 
 def models(
     num_classes: int = typer.Option(59, "--num-classes", help="Classes of the classifier layers (59 = PASCAL Context)."),
-    size: int = typer.Option(480, "--size", help="Square input size at which FLOPs are counted."),
+    size: int = typer.Option(DEFAULT_CROP_SIZE, "--size", help="Square input size at which FLOPs are counted."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the registered models: backbone, head, parameters and forward GFLOPs (eval mode)."""

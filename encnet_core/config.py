@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.errors import ConfigError
-from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["TrainConfig", "check_settings", "resolve_train_config", "parse_set_option", "default_output_dir", "load_toml", "recipe_path", "list_recipes"]
 
@@ -38,8 +38,8 @@ class TrainConfig:
     weight_decay: float = 1e-4  # SGD weight decay
     poly_power: float = 0.9  # lr * (1 - it / total) ** power
     warmup_iters: int = 0  # linear warm-up iterations (0 = none, as the reference)
-    crop_size: int = 480  # training crop (square)
-    base_size: int = 520  # long side before random scaling
+    crop_size: int = DEFAULT_CROP_SIZE  # training crop (square)
+    base_size: int = DEFAULT_BASE_SIZE  # long side before random scaling
     scale_min: float = 0.5  # random long side from scale_min * base_size ...
     scale_max: float = 2.0  # ... to scale_max * base_size
     workers: int = 4  # DataLoader worker processes per training process

@@ -1,17 +1,15 @@
-"""Colour palettes for label maps: one definition used by prepare, predict and export."""
+"""Colour palettes for label maps, and the one writer of palette PNGs (prepare, evaluate, predict)."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 
-IGNORE_INDEX = 255
-"""Label value for void / unlabelled / padding pixels, in every prepared dataset."""
+from encnet_core.constants import IGNORE_INDEX
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-"""Normalisation mean (RGB, 0..1) of the ImageNet-pretrained backbones."""
-
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""Normalisation std (RGB, 0..1) of the ImageNet-pretrained backbones."""
+__all__ = ["voc_palette", "pil_palette", "palette_png"]
 
 
 def voc_palette(num_classes: int = 256) -> np.ndarray:
@@ -35,3 +33,14 @@ def pil_palette(palette: np.ndarray) -> list[int]:
     full[:count] = palette[:count]
     full[IGNORE_INDEX] = (255, 255, 255)
     return full.reshape(-1).tolist()
+
+
+def palette_png(labels: np.ndarray, palette: np.ndarray) -> bytes:
+    """PNG bytes of (H, W) uint8 ``labels`` as a palette ("P") image: the pixel values are the labels,
+    ``palette`` (C, 3) gives their colours and IGNORE_INDEX is white (see ``pil_palette``)."""
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    image.putpalette(pil_palette(palette))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -28,9 +28,9 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, decode_png
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.hdf5 import open_h5, read_info, read_names
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.palette import IGNORE_INDEX
 
 __all__ = [
     "HDF5SegmentationDataset",

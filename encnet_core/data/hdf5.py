@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from encnet_core import __version__
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import DataError
-from encnet_core.palette import IGNORE_INDEX
 
 __all__ = [
     "FORMAT",

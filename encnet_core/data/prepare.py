@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.archives import Archive, ArchiveLimits, open_archive, verify_archive
 from encnet_core.data.download import ProgressCallback, check_timeout, check_url, default_cache_dir, fetch
 from encnet_core.data.hdf5 import (
@@ -45,7 +46,6 @@ from encnet_core.data.hdf5 import (
 )
 from encnet_core.data.sources import Item, Ref, get_source
 from encnet_core.errors import ConfigError, DataError, EncNetError
-from encnet_core.palette import IGNORE_INDEX
 from encnet_core.paths import check_output_file
 
 log = logging.getLogger("encnet")

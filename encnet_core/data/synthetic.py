@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import ConfigError
-from encnet_core.palette import IGNORE_INDEX, pil_palette, voc_palette
+from encnet_core.palette import pil_palette, voc_palette
 
 __all__ = [
     "CLASSES",

@@ -16,8 +16,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from encnet_core.constants import (
+    DEFAULT_BASE_SIZE,
+    DEFAULT_CROP_SIZE,
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 from encnet_core.errors import ConfigError
-from encnet_core.palette import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "PadToSize",
@@ -115,8 +121,8 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform
 
 
 def train_transform(
-    base_size: int = 520,
-    crop_size: int = 480,
+    base_size: int = DEFAULT_BASE_SIZE,
+    crop_size: int = DEFAULT_CROP_SIZE,
     scale_range: tuple[float, float] = (0.5, 2.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -142,7 +148,7 @@ def train_transform(
 
 
 def eval_transform(
-    crop_size: int = 480, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    crop_size: int = DEFAULT_CROP_SIZE, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> v2.Compose:
     """Validation during training: short side to ``crop_size``, centre crop, normalise; (3, crop, crop)."""
     if crop_size < 1:

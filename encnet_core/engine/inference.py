@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE
 from encnet_core.errors import ConfigError
 
 __all__ = ["InferenceConfig", "infer", "ModelFn", "window_starts", "parse_scales"]
@@ -41,8 +42,8 @@ class InferenceConfig:
     scales: tuple[float, ...] | None = None  # None: the image's own size; else the reference multi-scale procedure
     slide: bool = False  # sliding window at the image's own size (ignored with scales: those slide when needed)
     flip: bool = False  # add horizontally flipped views
-    crop_size: int = 480  # window side
-    base_size: int = 520  # long side at scale 1.0 (multi-scale)
+    crop_size: int = DEFAULT_CROP_SIZE  # window side
+    base_size: int = DEFAULT_BASE_SIZE  # long side at scale 1.0 (multi-scale)
     stride_rate: float = 2 / 3  # window stride / crop_size
     merge: str = "prob"  # "prob": average softmax probabilities; "logits": sum logits (reference)
     batch_size: int = 8  # views per forward pass

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from encnet_core.palette import IGNORE_INDEX
+from encnet_core.constants import IGNORE_INDEX
 
 __all__ = ["SegmentationLoss", "se_targets"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from encnet_core.palette import IGNORE_INDEX
+from encnet_core.constants import IGNORE_INDEX
 
 __all__ = ["ConfusionMatrix", "metrics_from_confusion"]
 

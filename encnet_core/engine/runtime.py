@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint, validate_checkpoint
 from encnet_core.engine.device import autocast_context
 from encnet_core.errors import CheckpointError
-from encnet_core.palette import IMAGENET_MEAN, IMAGENET_STD, voc_palette
+from encnet_core.palette import voc_palette
 
 __all__ = [
     "LoadedModel",
@@ -110,8 +111,8 @@ def model_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
         "palette": ckpt.get("palette") or voc_palette(len(classes)).tolist(),
         "mean": list(ckpt.get("mean") or IMAGENET_MEAN),
         "std": list(ckpt.get("std") or IMAGENET_STD),
-        "base_size": int(ckpt.get("base_size") or 520),
-        "crop_size": int(ckpt.get("crop_size") or 480),
+        "base_size": int(ckpt.get("base_size") or DEFAULT_BASE_SIZE),
+        "crop_size": int(ckpt.get("crop_size") or DEFAULT_CROP_SIZE),
         "encnet_version": ckpt.get("encnet_version"),
         "training": ckpt.get("training") or _training_summary(ckpt),
         **{key: ckpt[key] for key in ("export_format", "half") if key in ckpt},  # exports only

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from encnet_core.constants import DEFAULT_CROP_SIZE
 from encnet_core.errors import ModelError
 from encnet_core.models.backbones import load_backbone_weights
 from encnet_core.models.encnet import EncNet
@@ -81,7 +82,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet:
     return model
 
 
-def count_flops(name: str, num_classes: int = 21, size: int = 480, **overrides: Any) -> tuple[int, int]:
+def count_flops(name: str, num_classes: int = 21, size: int = DEFAULT_CROP_SIZE, **overrides: Any) -> tuple[int, int]:
     """(parameter count, forward FLOPs) at a size x size input, in eval mode, measured on the meta device.
 
     FLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add counts as 2).

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.io import decode_jpeg
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.dataset import HDF5SegmentationDataset, read_image_and_mask
 from encnet_core.data.hdf5 import HDF5Writer, Sample, class_pixel_counts, encode_mask
 from encnet_core.data.transforms import eval_transform
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.palette import IGNORE_INDEX, voc_palette
+from encnet_core.palette import voc_palette
 
 CLASSES = ["background", "road", "car", "boat"]
 NUM_TRAIN = 6

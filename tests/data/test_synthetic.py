@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.synthetic import (
     CLASSES,
     CONTEXT_PAIRS,
@@ -21,7 +22,7 @@ from encnet_core.data.synthetic import (
     write_voc_archive,
 )
 from encnet_core.errors import ConfigError
-from encnet_core.palette import IGNORE_INDEX, pil_palette, voc_palette
+from encnet_core.palette import pil_palette, voc_palette
 
 ROOT = "VOCdevkit/VOC2012"
 SMALL = {"num_train": 5, "num_val": 3, "size": 48, "seed": 7}

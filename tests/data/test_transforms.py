@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
+from encnet_core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.data.transforms import (
     PlainMask,
     RandomLongSideResize,
@@ -15,7 +16,7 @@ from encnet_core.data.transforms import (
     train_transform,
 )
 from encnet_core.errors import ConfigError
-from encnet_core.palette import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, voc_palette
+from encnet_core.palette import voc_palette
 
 PALETTE = torch.from_numpy(voc_palette(256)).to(torch.int64)  # (256, 3): a distinct colour per label
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

@@ -15,6 +15,7 @@ import torch
 from helpers import make_synthetic, train_tiny
 from PIL import Image
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.hdf5 import HDF5Writer, Sample, class_pixel_counts, encode_mask
 from encnet_core.data.synthetic import CLASSES
 from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -23,7 +24,7 @@ from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.predict import PredictOptions, predict
 from encnet_core.engine.runtime import load_model
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.palette import IGNORE_INDEX, pil_palette
+from encnet_core.palette import pil_palette
 
 CPU = torch.device("cpu")
 

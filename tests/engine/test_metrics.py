@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encnet_core.palette import IGNORE_INDEX
 
 
 def reference_metrics(predictions: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:

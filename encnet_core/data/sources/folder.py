@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.sources import Item, Source, SourcePlan
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.palette import IGNORE_INDEX, voc_palette
+from encnet_core.palette import voc_palette
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 SPLIT_NAMES = ("train", "val", "test")

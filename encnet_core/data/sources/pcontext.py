@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import scipy.io
 
+from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.archives import open_archive
 from encnet_core.data.download import RemoteFile
 from encnet_core.data.sources import Item, Source, SourcePlan, find_prefix
 from encnet_core.data.sources.voc import extract_once, read_ids
 from encnet_core.errors import DataError
-from encnet_core.palette import IGNORE_INDEX, voc_palette
+from encnet_core.palette import voc_palette
 
 VOC2010 = RemoteFile(
     name="VOCtrainval_03-May-2010.tar",
