@@ -44,7 +44,7 @@ app = typer.Typer(
     name="encnet",
     help="EncNet semantic segmentation: prepare datasets, train, evaluate, predict and export.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # encnet --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -8,7 +8,7 @@ import torch
 
 from encnet_core.errors import ConfigError
 
-__all__ = ["resolve_device", "autocast_context", "AMP_MODES"]
+__all__ = ["resolve_device", "autocast_context", "synchronize", "AMP_MODES"]
 
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -37,3 +37,9 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
         raise ConfigError("this GPU does not support bfloat16; use --amp fp16")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

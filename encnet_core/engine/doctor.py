@@ -1,0 +1,61 @@
+"""``encnet doctor``: the environment, and one training step of a model on random data on the device."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torchvision
+
+from encnet_core import __version__
+from encnet_core.engine.device import autocast_context, resolve_device, synchronize
+from encnet_core.engine.losses import SegmentationLoss
+from encnet_core.errors import ConfigError
+from encnet_core.models import create_model
+
+__all__ = ["run_doctor"]
+
+
+def run_doctor(
+    model_name: str = "encnet_tiny", num_classes: int = 21, size: int = 64, batch_size: int = 2,
+    device_name: str = "auto", amp: str = "off",
+) -> dict[str, Any]:  # fmt: skip
+    """Build ``model_name`` and run one forward/backward step; the report says what ran and how long it took.
+
+    ``status`` is "ok", or "non-finite loss" when the step's loss is NaN/inf.
+    """
+    if not 8 <= size <= 4096:
+        raise ConfigError(f"--size must be between 8 and 4096, got {size}")
+    if batch_size < 2:
+        raise ConfigError("--batch-size must be at least 2 (BatchNorm needs two samples in training mode)")
+    device = resolve_device(device_name)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes).to(device).train()
+    criterion = SegmentationLoss()
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    labels = torch.randint(0, num_classes, (batch_size, size, size), device=device)
+    start = time.perf_counter()
+    with autocast_context(device, amp):
+        outputs = model(images)
+        loss, parts = criterion(outputs, labels)
+    loss.backward()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    grads = sum(p.grad is not None for p in model.parameters())
+    finite = bool(torch.isfinite(loss))
+    return {
+        "encnet": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "device": str(device),
+        "amp": amp,
+        "model": model_name,
+        "outputs": {k: list(v.shape) for k, v in outputs.items()},
+        "loss": {"total": float(loss.detach()), **{k: float(v) for k, v in parts.items()}},
+        "params_with_grad": f"{grads}/{sum(1 for _ in model.parameters())}",
+        "step_seconds": round(elapsed, 3),
+        "status": "ok" if finite else "non-finite loss",
+    }
