@@ -1,4 +1,4 @@
-"""A rich progress display driven by the library's ``(description, done, total)`` callbacks."""
+"""A rich progress display driven by the library's progress callbacks (encnet_core.progress)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from rich.progress import (
 from rich.text import Text
 
 from encnet_cli._output import err_console
-
-_BYTE_TASKS = ("downloading", "hashing", "checking")
+from encnet_core.progress import Unit
 
 
 class _AmountColumn(ProgressColumn):
@@ -36,7 +35,7 @@ class _AmountColumn(ProgressColumn):
 
 
 class ProgressReporter:
-    """Callable passed to library functions; one progress row per description."""
+    """A `ProgressCallback` for library functions; one progress row per description, bytes or counts by its unit."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.progress = Progress(
@@ -51,13 +50,13 @@ class ProgressReporter:
         self._tasks: dict[str, int] = {}
         self._started = False
 
-    def __call__(self, description: str, done: int, total: int | None) -> None:
+    def __call__(self, description: str, done: int, total: int | None, *, unit: Unit) -> None:
         if not self._started:  # started by the first report: an error before any work prints no blank line
             self.progress.start()
             self._started = True
         task = self._tasks.get(description)
         if task is None:
-            task = self.progress.add_task(description, total=total, bytes=description.startswith(_BYTE_TASKS))
+            task = self.progress.add_task(description, total=total, bytes=unit == "bytes")
             self._tasks[description] = task
         self.progress.update(task, completed=done, total=total)
 

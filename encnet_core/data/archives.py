@@ -61,8 +61,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from encnet_core.data.download import ProgressCallback, ThrottledProgress
 from encnet_core.errors import ArchiveError, ConfigError, DataError
+from encnet_core.progress import ProgressCallback, ThrottledProgress
 
 __all__ = ["Archive", "ArchiveLimits", "check_member_name", "open_archive", "safe_extract", "verify_archive"]
 
@@ -371,14 +371,14 @@ def safe_extract(
     Archives with links or unsafe names are refused when opened; in addition every target is resolved
     (following any symlink already under ``dest_dir``) and must lie inside ``dest_dir``. Each file is
     read into memory (within ``limits``), written to a temporary name and renamed, so a target is
-    never half-written. ``progress`` counts members, not bytes.
+    never half-written. ``progress`` counts members (items), not bytes.
     """
     root = Path(dest_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with open_archive(path, limits) as archive:
         names = archive.names() if members is None else list(members)
-        report = ThrottledProgress(progress, f"extracting {archive.path.name}")
+        report = ThrottledProgress(progress, f"extracting {archive.path.name}", "items")
         for done, name in enumerate(names, start=1):
             target = (root / _normalise(name)).resolve()
             if not target.is_relative_to(root):

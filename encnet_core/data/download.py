@@ -8,7 +8,7 @@ off) must pass the caller's ``check`` instead (``encnet prepare`` checks that th
 its listing reads to the end): a download that fails it is deleted before the cache accepts it, a
 cached or local file that fails it is refused with the path to delete. Downloads use urllib only (http, https, ftp and file URLs); they stream into
 ``<name>.part``, resume it with an HTTP Range request after a dropped connection, and retry transient
-failures with exponential back-off. Progress goes through a `ProgressCallback`, never to the terminal.
+failures with exponential back-off. Progress goes through a `ProgressCallback` (in bytes), never to the terminal.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from urllib.request import Request, urlopen
 
 from encnet_core import __version__
 from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError, EncNetError
+from encnet_core.progress import ProgressCallback, ThrottledProgress
 
 __all__ = [
     "HASH_ALGOS",
-    "ProgressCallback",
     "FileCheck",
     "RemoteFile",
-    "ThrottledProgress",
     "default_cache_dir",
     "download",
     "fetch",
@@ -47,9 +46,6 @@ __all__ = [
     "parse_url_option",
     "verify_file",
 ]
-
-ProgressCallback = Callable[[str, int, int | None], None]
-"""Called as ``(description, bytes_done, bytes_total_or_None)``, at most about 10 times a second."""
 
 FileCheck = Callable[[Path], None]
 """Checks a file that no checksum vouches for; raises an `EncNetError` whose message says what is wrong."""
@@ -78,25 +74,6 @@ class RemoteFile:
         return {algo: digest for algo, digest in (("md5", self.md5), ("sha1", self.sha1)) if digest}
 
 
-class ThrottledProgress:
-    """Forwards progress to a `ProgressCallback` (which may be None), at most once per ``interval`` seconds."""
-
-    def __init__(self, progress: ProgressCallback | None, description: str, interval: float = 0.1) -> None:
-        self._progress = progress
-        self._description = description
-        self._interval = interval
-        self._last = float("-inf")
-
-    def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
-        """Report ``done`` of ``total``; ``final`` reports even if the last call was recent."""
-        if self._progress is None:
-            return
-        now = time.monotonic()
-        if final or now - self._last >= self._interval:
-            self._last = now
-            self._progress(self._description, done, total)
-
-
 def _new_hashers(algos: Iterable[str] = HASH_ALGOS) -> dict[str, hashlib._Hash]:
     return {algo: hashlib.new(algo, usedforsecurity=False) for algo in algos}
 
@@ -121,7 +98,7 @@ def file_hashes(
     """Hex digests ``{algo: hex}`` of a file, reading it once in 1 MiB chunks."""
     path = Path(path)
     hashers = _new_hashers(algos)
-    _hash_into(path, hashers, ThrottledProgress(progress, f"hashing {path.name}"))
+    _hash_into(path, hashers, ThrottledProgress(progress, f"hashing {path.name}", "bytes"))
     return {algo: hasher.hexdigest() for algo, hasher in hashers.items()}
 
 
@@ -183,7 +160,7 @@ class _PartFile:
         self.hashers = _new_hashers()
         self.size = 0
         if path.is_file():  # a previous run left a partial download: hash what it holds, then resume
-            self.size = _hash_into(path, self.hashers, ThrottledProgress(progress, f"checking {path.name}"))
+            self.size = _hash_into(path, self.hashers, ThrottledProgress(progress, f"checking {path.name}", "bytes"))
 
     def reset(self) -> None:
         """Drop the bytes received so far (the next attempt starts from the first byte)."""
@@ -307,7 +284,7 @@ def download(
     checks = _normalise_checksums(expected) if verify and expected else {}
     dest.parent.mkdir(parents=True, exist_ok=True)
     part_path = dest.with_name(dest.name + ".part")
-    report = ThrottledProgress(progress, f"downloading {dest.name}")
+    report = ThrottledProgress(progress, f"downloading {dest.name}", "bytes")
     try:
         part = _PartFile(part_path, progress)
         best, failures = part.size, 0

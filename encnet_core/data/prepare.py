@@ -34,7 +34,7 @@ from PIL import Image
 
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.archives import Archive, ArchiveLimits, open_archive, verify_archive
-from encnet_core.data.download import ProgressCallback, check_timeout, check_url, default_cache_dir, fetch
+from encnet_core.data.download import check_timeout, check_url, default_cache_dir, fetch
 from encnet_core.data.hdf5 import (
     HDF5Writer,
     Sample,
@@ -47,6 +47,7 @@ from encnet_core.data.hdf5 import (
 from encnet_core.data.sources import Item, Ref, get_source
 from encnet_core.errors import ConfigError, DataError, EncNetError
 from encnet_core.paths import check_output_file
+from encnet_core.progress import ProgressCallback
 
 log = logging.getLogger("encnet")
 
@@ -390,7 +391,7 @@ def prepare(
                     else:
                         writer.add(result)
                     if progress:
-                        progress(f"converting {split}", done, len(items))
+                        progress(f"converting {split}", done, len(items), unit="items")
                 counts[split] = done - sum(1 for s in skipped if s["split"] == split)
             writer.set_attribute("sources", json.dumps({**sources_attr, "skipped": skipped}))
     finally:
@@ -429,7 +430,7 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
                     raise DataError(f"{path}: mask of {split}/{name} has label {int(labels[bad].max())} >= {info.num_classes}")
                 pixels[i] = class_pixel_counts(labels, info.num_classes)
                 if progress:
-                    progress(f"targets {split}", i + 1, count)
+                    progress(f"targets {split}", i + 1, count, unit="items")
             new[split] = pixels
     with open_h5(path, "r+") as handle:
         for split, pixels in new.items():

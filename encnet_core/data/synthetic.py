@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import ConfigError
 from encnet_core.palette import pil_palette, voc_palette
+from encnet_core.progress import ProgressCallback
 
 __all__ = [
     "CLASSES",
@@ -85,9 +86,6 @@ SCENES: dict[str, tuple[str, ...]] = {
 
 CONTEXT_PAIRS: tuple[tuple[str, str], ...] = (("car", "oven"), ("umbrella", "lamp"))
 """Pairs of classes drawn identically that only the scene tells apart."""
-
-ProgressFn = Callable[[str, int, int], None]
-"""Progress callback: (description, done, total)."""
 
 _ROOT = "VOCdevkit/VOC2012"
 _JPEG_QUALITY = 90
@@ -509,7 +507,7 @@ def write_voc_archive(
     num_val: int = 100,
     size: int = 128,
     seed: int = 0,
-    progress: ProgressFn | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict:
     """Write the synthetic dataset as an uncompressed tar with the VOC 2012 layout.
 
@@ -551,7 +549,7 @@ def write_voc_archive(
                 _add_file(tar, f"{_ROOT}/JPEGImages/{image_id}.jpg", _encode_jpeg(image))
                 _add_file(tar, f"{_ROOT}/SegmentationClass/{image_id}.png", _encode_mask(labels))
                 if progress is not None:
-                    progress("Generating synthetic scenes", index + 1, total)
+                    progress("Generating synthetic scenes", index + 1, total, unit="items")
             for split, members in splits.items():
                 _add_file(
                     tar,

@@ -13,7 +13,6 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
 from encnet_core.data.dataset import BadSample, BadSampleError, CheckedSamples, HDF5SegmentationDataset
-from encnet_core.data.download import ProgressCallback
 from encnet_core.data.hdf5 import read_info
 from encnet_core.engine.distributed import (
     DistInfo,
@@ -29,6 +28,7 @@ from encnet_core.engine.runtime import LoadedModel, load_model
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import pil_palette
 from encnet_core.paths import check_output_dir, check_output_file
+from encnet_core.progress import ProgressCallback
 
 __all__ = ["EvaluateOptions", "evaluate", "evaluate_loaded", "confusion_image"]
 
@@ -150,7 +150,7 @@ def evaluate_loaded(
             if targets is not None:
                 _save_palette_png(prediction, model.palette, targets[index])
         if progress is not None and info.is_main:
-            progress(f"evaluating {options.split}", done * info.world_size, count)
+            progress(f"evaluating {options.split}", done * info.world_size, count, unit="items")
     all_reduce_sum(confusion.matrix, info)
     skipped = sorted(gather_lists(skipped, info), key=lambda sample: sample.index)  # every rank's
     if skipped and len(skipped) == count:

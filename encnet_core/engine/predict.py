@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from encnet_core.data.download import ProgressCallback
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.runtime import LoadedModel
 from encnet_core.errors import ConfigError
 from encnet_core.palette import pil_palette
 from encnet_core.paths import check_output_dir
+from encnet_core.progress import ProgressCallback
 
 __all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
 
@@ -222,7 +222,7 @@ def predict(
                 _predict_batch(model, batch, inference, options, result)
             done += len(chunk)
             if progress:
-                progress("predicting", done, len(files))
+                progress("predicting", done, len(files), unit="items")
     (options.output / "predictions.json").write_text(json.dumps({
         "classes": model.classes, "se_threshold": options.se_threshold, "images": result.predictions,
         "failed": result.failed}, indent=2) + "\n")  # fmt: skip

@@ -145,13 +145,15 @@ def test_check_member_name() -> None:
 def test_safe_extract_writes_inside_dest_only(archive_path: Path, tmp_path: Path) -> None:
     dest = tmp_path / "out"
     calls: list[tuple[str, int, int | None]] = []
-    written = safe_extract(archive_path, dest, progress=lambda *call: calls.append(call))
+    units: set[str] = set()
+    written = safe_extract(archive_path, dest, progress=lambda *call, unit: (calls.append(call), units.add(unit)))
     root = dest.resolve()
     assert written == [root / name for name in FILES]
     for name, data in FILES.items():
         assert (dest / name).read_bytes() == data
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == sorted(FILES)
     assert calls[-1] == (f"extracting {archive_path.name}", len(FILES), len(FILES))
+    assert units == {"items"}  # members, not bytes
     only = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
     assert safe_extract(archive_path, tmp_path / "one", members=[only]) == [
         (tmp_path / "one" / only).resolve()

@@ -50,19 +50,21 @@ def server(http_server: Server) -> Server:
 
 def test_download_verifies_md5_and_sha1_and_reports_progress(server: Server, tmp_path: Path) -> None:
     calls: list[tuple[str, int, int | None]] = []
+    units: set[str] = set()
     dest = tmp_path / "sub" / "data.bin"
     expected = hashes_of(DATA)
     got = download(
         server.url(),
         dest,
         expected={"md5": expected["md5"], "SHA1": expected["sha1"].upper()},
-        progress=lambda *call: calls.append(call),
+        progress=lambda *call, unit: (calls.append(call), units.add(unit)),
         **FAST,
     )
     assert got == expected
     assert dest.read_bytes() == DATA
     assert not dest.with_name("data.bin.part").exists()
     assert calls[-1] == ("downloading data.bin", len(DATA), len(DATA))
+    assert units == {"bytes"}
     assert server.state.requests == [("/data.bin", None)]
 
 

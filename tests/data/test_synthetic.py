@@ -36,7 +36,7 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict,
     """A small archive, its summary and the progress calls made while writing it."""
     path = tmp_path_factory.mktemp("synthetic") / "voc.tar"
     calls: list[tuple[str, int, int]] = []
-    summary = write_voc_archive(path, progress=lambda *call: calls.append(call), **SMALL)
+    summary = write_voc_archive(path, progress=lambda *call, unit: calls.append(call), **SMALL)
     return path, summary, calls
 
 
