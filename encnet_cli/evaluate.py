@@ -13,7 +13,8 @@ from encnet_cli._output import console, emit_json
 from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.evaluate import EvaluateOptions
 from encnet_core.engine.evaluate import evaluate as run_evaluate
-from encnet_core.engine.runtime import check_trusted, peek_metadata
+from encnet_core.engine.inference import InferenceConfig
+from encnet_core.engine.model_files import LoadedModel, check_trusted
 from encnet_core.paths import check_output_file
 
 
@@ -51,25 +52,28 @@ def evaluate(
     if json_file is not None and str(json_file) != "-":
         check_output_file(json_file, "--json")
     check_trusted(model, trust_code)
-    meta = peek_metadata(model)
-    inference = opt.inference_config(
-        scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, meta["crop_size"], meta["base_size"]
-    )
+
+    def inference_for(loaded: LoadedModel) -> InferenceConfig:  # crop/base size default to the model's: one read of the file
+        return opt.inference_config(
+            scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
+        )
+
     options = EvaluateOptions(
-        split=split, inference=inference, device=device, amp=amp, workers=workers,
+        split=split, device=device, amp=amp, workers=workers,
         save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
         skip_bad=skip_bad,
     )  # fmt: skip
     is_main = int(os.environ.get("RANK", "0")) == 0
     with ProgressReporter(enabled=progress and is_main and str(json_file) != "-") as reporter:
-        result = run_evaluate(model, data, options, progress=reporter)
+        result = run_evaluate(model, data, options, progress=reporter, inference_for=inference_for)
     if not is_main:
         return
     if json_file is not None:
         emit_json(result, json_file)
         if str(json_file) == "-":
             return
-    mode = "multi-scale " + ",".join(str(s) for s in inference.scales) if inference.scales else ("sliding window" if slide else "whole image")
+    used = result["inference"]["scales"]
+    mode = "multi-scale " + ",".join(str(s) for s in used) if used else ("sliding window" if slide else "whole image")
     table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, {mode}{', flip' if flip else ''})")
     table.add_column("class")
     table.add_column("IoU", justify="right")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import typer
 from rich.table import Table
 
@@ -12,7 +11,7 @@ from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.prepare import dataset_statistics, recompute_targets
-from encnet_core.engine.runtime import peek_metadata
+from encnet_core.engine.model_files import MODEL_FORMATS, detect_format, peek_metadata
 
 
 def _print_statistics(stats: dict) -> None:
@@ -72,7 +71,7 @@ def info(
     A TorchScript/pt2 model's metadata is read from its archive without running it; with
     --trust-code the program is also opened (which runs its code), checking that it loads.
     """
-    if path.is_file() and path.suffix.lower() not in (".h5", ".hdf5") and not h5py.is_hdf5(path):
+    if detect_format(path) in MODEL_FORMATS:
         meta = peek_metadata(path, trust_code=trust_code)
         if as_json:
             emit_json(meta, None)

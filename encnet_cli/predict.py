@@ -11,9 +11,9 @@ from encnet_cli import _options as opt
 from encnet_cli._output import console, err_console, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.model_files import load_model
 from encnet_core.engine.predict import PredictOptions
 from encnet_core.engine.predict import predict as run_predict
-from encnet_core.engine.runtime import load_model
 
 
 def predict(

@@ -1,19 +1,18 @@
 """Checkpoints: written atomically, read with ``weights_only=True``, able to rebuild their model alone.
 
-A training checkpoint is a dict::
+A training checkpoint is a dict: the model's metadata, ``ModelMetadata.to_dict()`` (engine/metadata.py
+owns those fields, their defaults and their validation: model_config, classes, palette, mean, std,
+base_size, crop_size, encnet_version; its ``training`` summary is derived from the training state
+when read), plus the weights and the training state::
 
-    {"format": "encnet-checkpoint", "version": 1, "encnet_version": ...,
-     "model_config": {...create_model kwargs...}, "model": state_dict,
-     "classes": [...], "palette": [[r, g, b], ...], "mean": [...], "std": [...],
-     "base_size": int, "crop_size": int, "train_config": {...},
-     "optimizer": ..., "scheduler": ..., "scaler": ..., "epoch": int, "iteration": int,
-     "rng": {...}, "metrics": {...}, "best_score": float}
+    {"format": "encnet-checkpoint", "version": 1, **metadata, "model": state_dict, "train_config": {...},
+     "world_size": int, "optimizer": ..., "scheduler": ..., "scaler": ..., "epoch": int, "iteration": int,
+     "rng": {...}, "metrics": {...}, "best_score": float, "best_metrics": {...}}
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import pickle
 import random
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from encnet_core import __version__
+from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError, ModelError
 from encnet_core.models import EncNet, convert_pytorch_encoding_state_dict, create_model
 
@@ -32,15 +32,11 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
-    "validate_checkpoint",
     "rng_state",
     "set_rng_state",
 ]
 
 CHECKPOINT_FORMAT = "encnet-checkpoint"
-MAX_CLASSES = 1024  # masks are 8-bit with 255 = ignore; anything far above is a damaged or hostile file
-MAX_IMAGE_SIDE = 8192  # base/crop size bound
-MAX_MODEL_ARG = 4096  # bound of every integer model argument (codewords, head channels, ...)
 
 
 class _RecordingFile:
@@ -115,7 +111,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a checkpoint dict")
     if obj.get("format") == CHECKPOINT_FORMAT:
-        validate_checkpoint(obj, path)
+        ModelMetadata.validate(obj, path)
         return obj
     state = obj.get("state_dict", obj.get("model", obj))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -137,76 +133,6 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint")
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit model {config.get('name')}: {str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") from None
     return model
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def validate_checkpoint(meta: dict[str, Any], path: Path | str = "checkpoint") -> None:
-    """Check the metadata of a checkpoint or export before anything is built from it.
-
-    The one check every load path runs (torch.load checkpoints and weights, safetensors headers,
-    the encnet.json of TorchScript/pt2/ONNX exports): class names, model_config num_classes and
-    palette rows agree, sizes and model arguments are in range (so nothing huge is allocated), and
-    the state_dict, when present, holds only tensors. Raises one ``CheckpointError`` naming the field.
-    """
-
-    def fail(problem: str) -> None:
-        raise CheckpointError(f"{path}: {problem}; the file is damaged or was not written by encnet")
-
-    num_classes = None
-    config = meta.get("model_config")
-    if config is not None:
-        if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-            fail("model_config is not a table of model arguments")
-        if not isinstance(config.get("name"), str):
-            fail("model_config has no model name")
-        num_classes = config.get("num_classes")
-        if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
-            fail(f"model_config num_classes is {num_classes!r}, not a class count in 1..{MAX_CLASSES}")
-        for key, value in config.items():
-            if key == "backbone_weights":
-                fail("model_config asks to load backbone weights from elsewhere; a checkpoint carries its own")
-            if not (value is None or isinstance(value, (bool, int, float, str))):
-                fail(f"model_config {key} is a {type(value).__name__}, not a plain value")
-            if _is_int(value) and not 0 <= value <= MAX_MODEL_ARG and key != "num_classes":
-                fail(f"model_config {key}={value} is out of range (0..{MAX_MODEL_ARG})")
-    classes = meta.get("classes")
-    if classes is not None:
-        if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
-            fail("classes is not a list of class names")
-        if not 1 <= len(classes) <= MAX_CLASSES:
-            fail(f"classes lists {len(classes)} names, not 1..{MAX_CLASSES}")
-        if num_classes is not None and len(classes) != num_classes:
-            fail(f"classes lists {len(classes)} names but model_config num_classes is {num_classes}")
-    count = len(classes) if classes else num_classes
-    palette = meta.get("palette")
-    if palette is not None:
-        rows_ok = isinstance(palette, (list, tuple)) and all(
-            isinstance(row, (list, tuple)) and len(row) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in row) for row in palette
-        )
-        if not rows_ok:
-            fail("palette is not a list of [r, g, b] rows of integers 0..255")
-        if count is not None and len(palette) != count:
-            fail(f"palette has {len(palette)} rows for {count} classes")
-    for key in ("mean", "std"):
-        value = meta.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
-        ):
-            fail(f"{key} is {value!r}, not three finite numbers (R, G, B)")
-        if key == "std" and not all(v > 0 for v in value):
-            fail(f"std is {list(value)}, it must be positive")
-    for key in ("base_size", "crop_size"):
-        value = meta.get(key)
-        if value is not None and (not _is_int(value) or not 1 <= value <= MAX_IMAGE_SIDE):
-            fail(f"{key} is {value!r}, not a size in 1..{MAX_IMAGE_SIDE} pixels")
-    state = meta.get("model")
-    if state is not None and (not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values())):
-        fail("its model entry is not a state_dict of tensors")
 
 
 def adapt_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

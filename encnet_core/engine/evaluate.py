@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -24,7 +25,7 @@ from encnet_core.engine.distributed import (
 )
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encnet_core.engine.runtime import LoadedModel, load_model
+from encnet_core.engine.model_files import LoadedModel, load_model
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import pil_palette
 from encnet_core.paths import check_output_dir, check_output_file
@@ -130,8 +131,6 @@ def evaluate_loaded(
     )  # fmt: skip
     inference = options.inference
     if inference.pad_value == (0.0, 0.0, 0.0):
-        from dataclasses import replace
-
         inference = replace(inference, pad_value=model.pad_value)
     confusion = ConfusionMatrix(model.num_classes, info.device)
     if options.save_predictions is not None:
@@ -187,12 +186,26 @@ def evaluate_loaded(
     return result
 
 
-def evaluate(model_path: Path, data: Path, options: EvaluateOptions, progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Load ``model_path`` (checkpoint or export) and evaluate it on ``data``; torchrun-aware."""
+def evaluate(
+    model_path: Path,
+    data: Path,
+    options: EvaluateOptions,
+    progress: ProgressCallback | None = None,
+    *,
+    inference_for: Callable[[LoadedModel], InferenceConfig] | None = None,
+) -> dict[str, Any]:
+    """Load ``model_path`` (checkpoint or export) and evaluate it on ``data``; torchrun-aware.
+
+    ``inference_for``, when given, builds the inference settings from the loaded model (replacing
+    ``options.inference``): how defaults such as the model's own crop and base size are filled in
+    without reading the file a second time.
+    """
     check_evaluate_outputs(options)
     info = init_distributed(options.device)
     try:
         model = load_model(model_path, info.device, options.amp, trust_code=options.trust_code)
+        if inference_for is not None:
+            options = replace(options, inference=inference_for(model))
         result = evaluate_loaded(model, data, options, info, progress)
         result["model"] = str(model_path)
         return result

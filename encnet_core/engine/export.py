@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from encnet_core.engine.checkpoint import model_from_checkpoint, save_checkpoint
-from encnet_core.engine.runtime import METADATA_NAME, model_metadata, read_model_file
+from encnet_core.engine.metadata import ModelMetadata
+from encnet_core.engine.model_files import METADATA_NAME, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
+from encnet_core.models import EncNet
 from encnet_core.paths import check_output_file
 
 log = logging.getLogger("encnet")
@@ -48,10 +50,10 @@ ONNX_OPSET = 18
 class ExportWrapper(nn.Module):
     """Tensor-in, tensors-out view of an EncNet for tracing/exporting: (out logits, SE logits)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EncNet) -> None:
         super().__init__()
         self.model = model
-        self.has_se = getattr(getattr(model.head, "encmodule", None), "selayer", None) is not None
+        self.has_se = model.has_se
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor] | Tensor:
         outputs = self.model(x, with_se=self.has_se)
@@ -67,7 +69,7 @@ class ExportResult:
     bytes: int
     sha256: str
     max_abs_diff: float | None  # largest |export - PyTorch| on the sample input, None without --verify
-    metadata: dict[str, Any]
+    metadata: dict[str, Any]  # ModelMetadata.to_dict() of what the export carries
 
 
 def _sha256(path: Path) -> str:
@@ -151,9 +153,7 @@ def export_model(
         model = model_from_checkpoint(ckpt, checkpoint).eval()
     except EncNetError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
-    metadata = model_metadata(ckpt)
-    metadata["export_format"] = fmt
-    metadata["half"] = half
+    metadata = replace(ModelMetadata.from_dict(ckpt, checkpoint), export_format=fmt, half=half).to_dict()
     dtype = torch.float16 if half else torch.float32
     if half:
         if fmt not in ("weights", "safetensors"):
@@ -187,7 +187,7 @@ def export_model(
 
 def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tolerance: float) -> float:
     """Reload the export the way evaluate/predict do and compare with the PyTorch model on two input sizes."""
-    from encnet_core.engine.runtime import load_model
+    from encnet_core.engine.model_files import load_model
 
     loaded = load_model(path, torch.device("cpu"), trust_code=True)  # the temp file this process just wrote
     worst = 0.0

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 from encnet_core.engine.inference import InferenceConfig, infer
-from encnet_core.engine.runtime import LoadedModel
+from encnet_core.engine.model_files import LoadedModel
 from encnet_core.errors import ConfigError
 from encnet_core.palette import pil_palette
 from encnet_core.paths import check_output_dir

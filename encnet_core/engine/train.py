@@ -53,7 +53,7 @@ from encnet_core.engine.distributed import (
 )
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
-from encnet_core.engine.runtime import check_trusted, load_training_checkpoint, read_model_file
+from encnet_core.engine.model_files import check_trusted, load_training_checkpoint, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, DataError, EncNetError
 from encnet_core.models import MODELS, EncNet, create_model
 from encnet_core.paths import check_output_dir

@@ -21,8 +21,8 @@ from encnet_core.data.synthetic import CLASSES
 from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from encnet_core.engine.evaluate import EvaluateOptions, evaluate
 from encnet_core.engine.inference import InferenceConfig, infer
+from encnet_core.engine.model_files import load_model
 from encnet_core.engine.predict import PredictOptions, predict
-from encnet_core.engine.runtime import load_model
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import pil_palette
 

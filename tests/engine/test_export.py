@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from encnet_cli.main import app
 from encnet_core.engine.checkpoint import save_checkpoint
 from encnet_core.engine.export import export_model
-from encnet_core.engine.runtime import detect_format, load_model, peek_metadata
+from encnet_core.engine.model_files import detect_format, load_model, peek_metadata
 from encnet_core.errors import CheckpointError, ConfigError
 from encnet_core.models import create_model
 

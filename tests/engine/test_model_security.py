@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from encnet_cli.main import app
 from encnet_core.engine import checkpoint as checkpoint_module
 from encnet_core.engine.export import export_model
-from encnet_core.engine.runtime import detect_format, load_model, read_model_file
+from encnet_core.engine.model_files import detect_format, load_model, read_model_file
 from encnet_core.engine.train import init_from_checkpoint
 from encnet_core.errors import CheckpointError
 from encnet_core.models import create_model

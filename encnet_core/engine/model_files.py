@@ -1,4 +1,4 @@
-"""A model ready for inference, from any saved form: what ``evaluate`` and ``predict`` run.
+"""Loading saved models: a model ready for inference, from any saved form (what ``evaluate`` and ``predict`` run).
 
 ``load_model(path, device)`` reads a training checkpoint (``last.pt``/``best.pt``) or an export
 (weights, safetensors, TorchScript, pt2, ONNX; the format is detected from the content, not the
@@ -15,7 +15,8 @@ Which files are opened how:
   archive's own ``extra/encnet.json`` member;
 * ``onnx``: an onnxruntime session (a graph interpreted by native code; no Python runs).
 
-Every metadata dict, whatever the format, goes through ``checkpoint.validate_checkpoint``.
+Every metadata dict, whatever the format, goes through ``ModelMetadata.from_dict`` (engine/metadata.py).
+``detect_format`` also tells a prepared dataset (HDF5) from a model file (what ``encnet info`` dispatches on).
 """
 
 from __future__ import annotations
@@ -29,26 +30,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor
 
-from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
-from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint, validate_checkpoint
+from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from encnet_core.engine.device import autocast_context
+from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError
-from encnet_core.palette import voc_palette
 
 __all__ = [
     "LoadedModel",
     "load_model",
-    "model_metadata",
     "peek_metadata",
     "detect_format",
+    "model_format",
     "read_model_file",
     "check_trusted",
     "load_training_checkpoint",
     "CODE_FORMATS",
+    "MODEL_FORMATS",
     "METADATA_NAME",
 ]
 
@@ -57,6 +59,9 @@ MAX_METADATA_BYTES = 4 << 20  # the largest encnet.json member read from an arch
 
 CODE_FORMATS = {"torchscript": "a TorchScript program", "pt2": "a torch.export (pt2) program"}
 """Formats whose loaders run code stored in the file; opened only with ``trust_code=True``."""
+
+MODEL_FORMATS = ("checkpoint", "safetensors", "torchscript", "pt2", "onnx")
+"""What ``model_format`` answers (weights exports are ``torch.save`` files: "checkpoint")."""
 
 _FORMAT_NAMES = {"checkpoint": "a checkpoint", "safetensors": "a safetensors export", "onnx": "an ONNX model", **CODE_FORMATS}
 
@@ -102,38 +107,21 @@ class LoadedModel:
         return tuple(-m / s for m, s in zip(self.mean, self.std, strict=True))  # type: ignore[return-value]
 
 
-def model_metadata(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The metadata fields of a (validated) checkpoint or export, defaults filled in (no tensors)."""
-    classes = ckpt.get("classes") or [f"class_{i}" for i in range((ckpt.get("model_config") or {}).get("num_classes", 0))]
-    return {
-        "model_config": ckpt.get("model_config"),
-        "classes": classes,
-        "palette": ckpt.get("palette") or voc_palette(len(classes)).tolist(),
-        "mean": list(ckpt.get("mean") or IMAGENET_MEAN),
-        "std": list(ckpt.get("std") or IMAGENET_STD),
-        "base_size": int(ckpt.get("base_size") or DEFAULT_BASE_SIZE),
-        "crop_size": int(ckpt.get("crop_size") or DEFAULT_CROP_SIZE),
-        "encnet_version": ckpt.get("encnet_version"),
-        "training": ckpt.get("training") or _training_summary(ckpt),
-        **{key: ckpt[key] for key in ("export_format", "half") if key in ckpt},  # exports only
-    }
-
-
-def _training_summary(ckpt: dict[str, Any]) -> dict[str, Any] | None:
-    if "iteration" not in ckpt:
-        return None
-    config = ckpt.get("train_config") or {}
-    best = ckpt.get("best_metrics") or {}
-    return {
-        "iteration": ckpt.get("iteration"),
-        "epoch": ckpt.get("epoch"),
-        "dataset": config.get("data") if isinstance(config, dict) else None,
-        "best_val": {k: round(best[k], 4) for k in ("pixAcc", "mIoU", "mIoU_all") if k in best} or None,
-        "best_iteration": best.get("iteration"),
-    }
-
-
 def detect_format(path: Path) -> str:
+    """What ``path`` holds: "dataset" (a prepared dataset: HDF5), one of ``MODEL_FORMATS``, or "unknown" (no file).
+
+    A ``.h5``/``.hdf5`` name or HDF5 content is a dataset; any other file is a model file, its
+    format decided from the content (see ``model_format``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "unknown"
+    if path.suffix.lower() in (".h5", ".hdf5") or h5py.is_hdf5(path):
+        return "dataset"
+    return model_format(path)
+
+
+def model_format(path: Path) -> str:
     """"checkpoint" (torch.save: checkpoints and weights exports), "safetensors", "torchscript", "pt2" or "onnx".
 
     Decided from the content (a renamed file is recognised); reads the first bytes and, for zip
@@ -166,7 +154,7 @@ def detect_format(path: Path) -> str:
 
 def check_trusted(path: Path, trust_code: bool) -> None:
     """Refuse a TorchScript/pt2 file without ``trust_code`` (an early check, before any work starts)."""
-    _refuse_untrusted(Path(path), detect_format(path), trust_code)
+    _refuse_untrusted(Path(path), model_format(path), trust_code)
 
 
 def _refuse_untrusted(path: Path, fmt: str, trust_code: bool) -> None:
@@ -178,18 +166,17 @@ def _refuse_untrusted(path: Path, fmt: str, trust_code: bool) -> None:
         )
 
 
-def _metadata_from_json(text: str | bytes, path: Path) -> dict[str, Any]:
+def _metadata_from_json(text: str | bytes, path: Path) -> ModelMetadata:
     try:
         meta = json.loads(text)
     except (ValueError, TypeError, RecursionError):
         meta = None
     if not isinstance(meta, dict) or "classes" not in meta:
         raise CheckpointError(f"{path} has no encnet metadata ({METADATA_NAME}); export it with `encnet export`")
-    validate_checkpoint(meta, path)
-    return model_metadata(meta)
+    return ModelMetadata.from_dict(meta, path)
 
 
-def _archive_metadata(path: Path) -> dict[str, Any]:
+def _archive_metadata(path: Path) -> ModelMetadata:
     """The ``<archive>/extra/encnet.json`` member of a TorchScript/pt2 zip, read without loading anything."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -226,7 +213,7 @@ def _read_safetensors(path: Path, tensors: bool = True) -> dict[str, Any]:
         detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{path} is not a readable safetensors file ({detail})") from None
     meta = _metadata_from_json(header.get(METADATA_NAME, ""), path)
-    return {"kind": "safetensors", "model": state, **meta}
+    return {"kind": "safetensors", "model": state, **meta.to_dict()}
 
 
 def _split_outputs(result: Any) -> tuple[Tensor, Tensor | None]:
@@ -235,23 +222,23 @@ def _split_outputs(result: Any) -> tuple[Tensor, Tensor | None]:
     return result, None
 
 
-def _from_metadata(run, has_se: bool, meta: dict[str, Any], device: torch.device, source: str) -> LoadedModel:
+def _from_metadata(run, has_se: bool, meta: ModelMetadata, device: torch.device, source: str) -> LoadedModel:
     return LoadedModel(
         run=run,
-        classes=list(meta["classes"]),
-        palette=np.asarray(meta["palette"], dtype=np.uint8),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        base_size=int(meta["base_size"]),
-        crop_size=int(meta["crop_size"]),
+        classes=list(meta.classes),
+        palette=np.asarray(meta.palette, dtype=np.uint8),
+        mean=meta.mean,
+        std=meta.std,
+        base_size=meta.base_size,
+        crop_size=meta.crop_size,
         device=device,
         source=source,
         has_se=has_se,
-        metadata=meta,
+        metadata=meta.to_dict(),
     )
 
 
-def _load_program(path: Path, fmt: str, device: torch.device) -> tuple[Any, dict[str, Any]]:
+def _load_program(path: Path, fmt: str, device: torch.device) -> tuple[Any, ModelMetadata]:
     """Open a TorchScript/pt2 program (runs code from the file: callers check trust first)."""
     extra = {METADATA_NAME: ""}
     if fmt == "torchscript":
@@ -269,17 +256,15 @@ def _load_program(path: Path, fmt: str, device: torch.device) -> tuple[Any, dict
     return module, _metadata_from_json(extra[METADATA_NAME], path)
 
 
-def _graph_model(module: Any, meta: dict[str, Any], device: torch.device, source: str) -> LoadedModel:
+def _graph_model(module: Any, meta: ModelMetadata, device: torch.device, source: str) -> LoadedModel:
     """TorchScript/pt2 modules return (out, se) or out."""
-    dtype = torch.float16 if meta.get("half") else torch.float32
+    dtype = torch.float16 if meta.half else torch.float32
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode():
             return _split_outputs(module(x.to(device, dtype)))
 
-    config = meta.get("model_config") or {}
-    has_se = config.get("se_loss", True) and not str(config.get("name", "")).startswith("fcn")
-    return _from_metadata(run, bool(has_se), meta, device, source)
+    return _from_metadata(run, meta.has_se, meta, device, source)
 
 
 def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
@@ -294,14 +279,14 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
         raise CheckpointError(f"{path} is not a readable ONNX model ({(str(exc).splitlines() or [''])[0]})") from None
     meta = _metadata_from_json(session.get_modelmeta().custom_metadata_map.get(METADATA_NAME, ""), path)
     names = [o.name for o in session.get_outputs()]
-    dtype = np.float16 if meta.get("half") else np.float32
+    dtype = np.float16 if meta.half else np.float32
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         outputs = session.run(None, {"image": x.detach().cpu().numpy().astype(dtype)})
         se = torch.from_numpy(outputs[names.index("se")]).to(device) if "se" in names else None
         return torch.from_numpy(outputs[names.index("out")]).to(device), se
 
-    return _from_metadata(run, "se" in names, meta, device, "onnx")
+    return _from_metadata(run, meta.has_se, meta, device, "onnx")
 
 
 def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
@@ -311,7 +296,7 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
     ONNX files cannot be read back into weights.
     """
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = model_format(path)
     if fmt == "checkpoint":
         return load_checkpoint(path)
     if fmt == "safetensors":
@@ -321,7 +306,7 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
     _refuse_untrusted(path, fmt, trust_code)
     module, meta = _load_program(path, fmt, torch.device("cpu"))
     state = {key.removeprefix("model."): value for key, value in module.state_dict().items()}
-    return {"kind": fmt, "model": state, **meta}
+    return {"kind": fmt, "model": state, **meta.to_dict()}
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
@@ -330,7 +315,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     Only ``torch.save`` checkpoints carry training state, so no program is ever opened here.
     """
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = model_format(path)
     if fmt != "checkpoint":
         raise CheckpointError(
             f"{path} is {_FORMAT_NAMES[fmt]} without training state; --resume needs a "
@@ -353,7 +338,7 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
     touches them.
     """
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = model_format(path)
     if fmt in CODE_FORMATS:
         _refuse_untrusted(path, fmt, trust_code)
         module, meta = _load_program(path, fmt, device)
@@ -365,12 +350,11 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
         raise CheckpointError(
             f"{path} is a bare state_dict without model metadata; train or export with encnet, or fine-tune from it with --init-from"
         )
-    meta = model_metadata(ckpt)
+    meta = ModelMetadata.from_dict(ckpt, path)
     model = model_from_checkpoint(ckpt, path).float().to(device).eval()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-
-    has_se = getattr(model.head, "encmodule", None) is not None and model.head.encmodule.selayer is not None
+    has_se = model.has_se
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode(), autocast_context(device, amp):
@@ -389,18 +373,18 @@ def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
     also opened, which checks that it loads.
     """
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = model_format(path)
     if fmt == "checkpoint":
         ckpt = load_checkpoint(path)
         kind = ckpt.get("kind", "checkpoint") if "model_config" in ckpt else "state_dict"
-        return {"format": kind, "runs_code": False, **model_metadata(ckpt)}
+        return {"format": kind, "runs_code": False, **ModelMetadata.from_dict(ckpt, path).to_dict()}
     if fmt == "safetensors":
         meta = _read_safetensors(path, tensors=False)
         meta.pop("model")
         return {"format": meta.pop("kind"), "runs_code": False, **meta}
     if fmt == "onnx":
         return {"format": "onnx", "runs_code": False, **_load_onnx(path, torch.device("cpu")).metadata}
-    meta = _archive_metadata(path)
+    meta = _archive_metadata(path).to_dict()
     if trust_code:
-        meta = _load_program(path, fmt, torch.device("cpu"))[1] | {"loaded": True}
+        meta = _load_program(path, fmt, torch.device("cpu"))[1].to_dict() | {"loaded": True}
     return {"format": fmt, "runs_code": True, **meta}
