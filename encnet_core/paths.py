@@ -1,20 +1,31 @@
-"""Checks on output paths, made before any work so that a bad path fails in a second, not after an hour.
+"""Output paths: checked before any work, written atomically.
 
-``check_output_file`` and ``check_output_dir`` raise one ``ConfigError`` line when the path cannot be
-written: a file where a folder is wanted (or the reverse), a parent that is a file, or a place this
-process may not write to (tested by creating and removing a temporary file, which also catches
-read-only file systems and, for root, what permission bits do not).
+``check_output_file`` and ``check_output_dir`` run before any work, so that a bad path fails in a
+second, not after an hour: they raise one ``ConfigError`` line when the path cannot be written (a file
+where a folder is wanted or the reverse, a parent that is a file, or a place this process may not
+write to, tested by creating and removing a temporary file, which also catches read-only file
+systems and, for root, what permission bits do not).
+
+``atomic_write`` (and ``AtomicFile`` underneath it) is how every output file is written: into a
+uniquely named hidden temp file in the target's folder, flushed to disk, then renamed over the target
+(or, with ``overwrite=False``, linked to it so that a file that appeared meanwhile is never replaced);
+on any error or interruption the temp file is removed and the target is left as it was.
+``is_disk_full`` says whether an error means a full disk (or quota), for the callers' one-line messages.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from encnet_core.errors import ConfigError
 
-__all__ = ["check_output_file", "check_output_dir"]
-
+__all__ = ["check_output_file", "check_output_dir", "AtomicFile", "atomic_write", "is_disk_full"]
 
 def _nearest_existing(path: Path) -> Path:
     """``path`` itself or its closest ancestor that exists."""
@@ -53,3 +64,92 @@ def check_output_dir(path: Path, option: str) -> None:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file; give a folder")
     _check_writable(_nearest_existing(path), path, option)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a full disk or an exceeded quota (an OSError, or h5py's RuntimeError text)."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "errno = 28," in text or "No space left" in text or "Disk quota exceeded" in text
+
+
+# Hard links are refused by some file systems (FAT, some network shares, some container overlays).
+_NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
+
+
+class AtomicFile:
+    """A hidden temp file beside ``target`` (``.<name>.<pid>.<random>.tmp``) that becomes ``target``
+    only when committed; ``discard`` removes it. Nothing is created until the caller writes ``tmp``.
+
+    ``keep_suffix`` ends the temp name with the target's suffix too, for writers that pick the format
+    from the name (PIL, ``torch.export``). For objects that write over many calls (``HDF5Writer``);
+    a single write is simpler with ``atomic_write``.
+    """
+
+    def __init__(self, target: Path, *, keep_suffix: bool = False) -> None:
+        self.target = Path(target)
+        suffix = self.target.suffix if keep_suffix else ""
+        self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+        self.committed = False
+
+    def commit(self, *, overwrite: bool = True, fsync: bool = True) -> None:
+        """Give the written temp file the target's name (``fsync``: its data reaches the disk first).
+
+        Without ``overwrite`` an existing target is never replaced: the temp file is hard-linked to the
+        target (atomic, and it fails if the target exists, even as a dangling link), and
+        ``FileExistsError`` is raised if a file is there; on file systems without hard links the target
+        is checked, then renamed over. The temp file is left for ``discard`` on an error.
+        """
+        if fsync:
+            fd = os.open(self.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if overwrite:
+            os.replace(self.tmp, self.target)
+            self.committed = True
+            return
+        try:
+            os.link(self.tmp, self.target)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            if os.path.lexists(self.target):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(self.target)) from None
+            os.replace(self.tmp, self.target)
+            self.committed = True
+            return
+        self.committed = True
+        self.tmp.unlink(missing_ok=True)  # the second name of the published file
+
+    def discard(self) -> None:
+        """Remove the temp file unless it was committed; safe to call more than once."""
+        if not self.committed and os.path.lexists(self.tmp):
+            self.tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(
+    target: Path, *, overwrite: bool = True, fsync: bool = True, keep_suffix: bool = False
+) -> Iterator[Path]:
+    """Write ``target`` all at once: the block writes the yielded temp path, which then replaces ``target``.
+
+    ``target``'s folder is created if needed. On any error in the block (or in the commit) the temp
+    file is removed and ``target`` is untouched; ``overwrite=False`` raises ``FileExistsError`` instead
+    of replacing a file that exists when the block ends. ``fsync=False`` skips the flush to disk, for
+    outputs that are cheap to make again (one mask per predicted image). See ``AtomicFile``.
+
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
+    """
+    file = AtomicFile(target, keep_suffix=keep_suffix)
+    try:
+        file.target.parent.mkdir(parents=True, exist_ok=True)
+        yield file.tmp
+        file.commit(overwrite=overwrite, fsync=fsync)
+    finally:
+        file.discard()

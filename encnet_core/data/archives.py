@@ -43,15 +43,12 @@ contiguous run of names rather than one name at a time.
 
 from __future__ import annotations
 
-import errno
 import io
 import lzma
 import math
-import os
 import re
 import stat
 import tarfile
-import uuid
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
@@ -62,6 +59,7 @@ from types import TracebackType
 from typing import Any
 
 from encnet_core.errors import ArchiveError, ConfigError, DataError
+from encnet_core.paths import atomic_write, is_disk_full
 from encnet_core.progress import ProgressCallback, ThrottledProgress
 
 __all__ = ["Archive", "ArchiveLimits", "check_member_name", "open_archive", "safe_extract", "verify_archive"]
@@ -345,20 +343,6 @@ def verify_archive(path: Path, limits: ArchiveLimits | None = None) -> None:
             raise ArchiveError(f"{path}: truncated or corrupt archive ({exc})") from None
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``target``, then rename it to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def safe_extract(
     path: Path,
     dest_dir: Path,
@@ -385,9 +369,10 @@ def safe_extract(
                 raise ArchiveError(f"{archive.path}: member {name!r} would be written outside {root}")
             data = archive.read(name)
             try:
-                _write_atomic(target, data)
+                with atomic_write(target, fsync=False) as tmp:  # extracted files can be extracted again
+                    tmp.write_bytes(data)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                if is_disk_full(exc):
                     raise DataError(f"no space left on {target.parent}: cannot extract {name!r} there") from None
                 raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
             written.append(target)

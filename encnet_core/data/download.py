@@ -13,7 +13,6 @@ failures with exponential back-off. Progress goes through a `ProgressCallback` (
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import math
@@ -30,6 +29,7 @@ from urllib.request import Request, urlopen
 
 from encnet_core import __version__
 from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError, EncNetError
+from encnet_core.paths import is_disk_full
 from encnet_core.progress import ProgressCallback, ThrottledProgress
 
 __all__ = [
@@ -303,7 +303,7 @@ def download(
                     ) from None
                 time.sleep(min(backoff * 2 ** (failures - 1), _MAX_BACKOFF))
     except OSError as exc:  # network errors became _RetryableError above: this one is local
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             raise DownloadError(
                 f"no space left on {part_path.parent}: free some space and run again to resume from {part_path}"
             ) from None

@@ -10,11 +10,9 @@ uint8: PNG of the uint8 label map; absent for unlabelled splits), ``names`` (vle
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from encnet_core import __version__
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import DataError
+from encnet_core.paths import AtomicFile, is_disk_full
 
 __all__ = [
     "FORMAT",
@@ -364,7 +363,8 @@ class HDF5Writer:
     ) -> None:
         self.out = Path(out)
         self.overwrite = overwrite
-        self.tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        self._file = AtomicFile(self.out)
+        self.tmp = self._file.tmp
         self.classes = list(classes)
         self.min_pixels = min_pixels
         self.handle: h5py.File | None = None
@@ -394,26 +394,21 @@ class HDF5Writer:
         try:
             yield
         except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError from a failed close or flush
-            text = str(exc)
-            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "errno = 28," in text \
-                    or "No space left" in text or "Disk quota exceeded" in text:  # fmt: skip
+            if is_disk_full(exc):
                 raise DataError(f"no space left on {self.out.parent}: {self.out.name} was not written") from None
-            detail = getattr(exc, "strerror", None) or (text.splitlines() or [type(exc).__name__])[0]
+            detail = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
             raise DataError(f"cannot write {self.tmp}: {detail}") from None
 
     def _discard(self) -> None:
-        """Remove the unpublished temp file, closing it first; safe to call more than once.
-
-        Never call it once ``tmp`` is linked to ``out``: it truncates the file to free its space.
-        """
+        """Remove the unpublished temp file, closing it first; safe to call more than once (a no-op once published)."""
         self._group = None  # no h5py object of the file may outlive its failed close
-        with contextlib.suppress(OSError):
-            os.truncate(self.tmp, 0)  # frees the space first, so that closing cannot fail on a full disk
+        if not self._file.committed:  # (a published file shares its data with ``tmp``: never truncate it)
+            with contextlib.suppress(OSError):
+                os.truncate(self.tmp, 0)  # frees the space first, so that closing cannot fail on a full disk
         if self.handle is not None:
             with contextlib.suppress(Exception):
                 self.handle.close()
-        if os.path.lexists(self.tmp):
-            self.tmp.unlink()
+        self._file.discard()
 
     def begin_split(self, name: str, capacity: int, labelled: bool) -> None:
         """Start a split of at most ``capacity`` images (shrunk to the number added)."""
@@ -480,37 +475,16 @@ class HDF5Writer:
             with self._writing():
                 self._finish_split()
                 self.handle.close()
-                fd = os.open(self.tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)  # the data is on disk before the name says the file is complete
-                finally:
-                    os.close(fd)
-            self._publish()
+                try:  # fsync first: the data is on disk before the name says the file is complete
+                    self._file.commit(overwrite=self.overwrite)  # without overwrite, never over an existing path
+                except FileExistsError:
+                    raise DataError(
+                        f"{self.out} appeared while this dataset was being prepared (another `encnet prepare` "
+                        "run?); it was left as it is and this run's result was removed: pass --overwrite to replace it"
+                    ) from None
         except BaseException:
             self._discard()
             raise
-        self.tmp.unlink(missing_ok=True)  # after os.link: the second name of the published file
-
-    def _publish(self) -> None:
-        """Move the finished temp file to ``out``; without ``overwrite``, never over an existing path."""
-        taken = DataError(
-            f"{self.out} appeared while this dataset was being prepared (another `encnet prepare` run?); "
-            "it was left as it is and this run's result was removed: pass --overwrite to replace it"
-        )
-        with self._writing():
-            if self.overwrite:
-                os.replace(self.tmp, self.out)
-                return
-            try:
-                os.link(self.tmp, self.out)  # atomic, and fails if out exists (even as a dangling link)
-            except FileExistsError:
-                raise taken from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-                    raise
-                if os.path.lexists(self.out):  # a file system without hard links: check, then rename
-                    raise taken from None
-                os.replace(self.tmp, self.out)
 
     def __enter__(self) -> HDF5Writer:
         return self

@@ -32,7 +32,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +41,8 @@ from PIL import Image, ImageDraw
 
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import ConfigError
-from encnet_core.palette import pil_palette, voc_palette
+from encnet_core.palette import palette_png, voc_palette
+from encnet_core.paths import atomic_write
 from encnet_core.progress import ProgressCallback
 
 __all__ = [
@@ -467,15 +467,6 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _encode_mask(labels: np.ndarray) -> bytes:
-    """Palette ("P" mode) PNG bytes whose indices are the (H, W) uint8 labels."""
-    mask = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
-    mask.putpalette(pil_palette(PALETTE))
-    buffer = io.BytesIO()
-    mask.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _tar_info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
     """A tar header with fixed owner and timestamp, so the archive depends only on its content."""
     info = tarfile.TarInfo(name)
@@ -522,17 +513,14 @@ def write_voc_archive(
     """
     check_arguments(num_train, num_val, size, seed)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     total = num_train + num_val
     ids = [f"syn_{index:06d}" for index in range(total)]
     splits = {"train": ids[:num_train], "val": ids[num_train:], "trainval": ids}
     scenes: dict[str, str] = {}
 
-    handle, temp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".partial", dir=out_path.parent)
-    temp_path = Path(temp_name)
-    try:
+    with atomic_write(out_path) as temp_path:
         with (
-            os.fdopen(handle, "wb") as stream,
+            open(temp_path, "xb") as stream,
             tarfile.open(fileobj=stream, mode="w", format=tarfile.GNU_FORMAT) as tar,
         ):
             for folder in (
@@ -547,7 +535,7 @@ def write_voc_archive(
             for index, image_id in enumerate(ids):
                 image, labels, scenes[image_id] = generate_indexed_scene(seed, index, size)
                 _add_file(tar, f"{_ROOT}/JPEGImages/{image_id}.jpg", _encode_jpeg(image))
-                _add_file(tar, f"{_ROOT}/SegmentationClass/{image_id}.png", _encode_mask(labels))
+                _add_file(tar, f"{_ROOT}/SegmentationClass/{image_id}.png", palette_png(labels, PALETTE))
                 if progress is not None:
                     progress("Generating synthetic scenes", index + 1, total, unit="items")
             for split, members in splits.items():
@@ -559,10 +547,6 @@ def write_voc_archive(
             _add_file(tar, f"{_ROOT}/classes.txt", "".join(f"{name}\n" for name in CLASSES).encode())
             _add_file(tar, f"{_ROOT}/scenes.json", (json.dumps(scenes, indent=2) + "\n").encode())
         os.chmod(temp_path, 0o644)
-        os.replace(temp_path, out_path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
 
     return {
         "path": str(out_path),

@@ -27,8 +27,8 @@ from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.model_files import LoadedModel, load_model
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.palette import pil_palette
-from encnet_core.paths import check_output_dir, check_output_file
+from encnet_core.palette import palette_png
+from encnet_core.paths import atomic_write, check_output_dir, check_output_file
 from encnet_core.progress import ProgressCallback
 
 __all__ = ["EvaluateOptions", "evaluate", "evaluate_loaded", "confusion_image"]
@@ -222,10 +222,8 @@ def check_evaluate_outputs(options: EvaluateOptions) -> None:
 
 
 def _save_palette_png(prediction: torch.Tensor, palette: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(prediction.to(torch.uint8).cpu().numpy(), mode="L").convert("P")
-    img.putpalette(pil_palette(palette))
-    img.save(path)
+    with atomic_write(path, fsync=False) as tmp:  # a prediction is cheap to make again: no fsync
+        tmp.write_bytes(palette_png(prediction.to(torch.uint8).cpu().numpy(), palette))
 
 
 def confusion_image(matrix: np.ndarray, classes: list[str], cell: int = 0) -> Image.Image:

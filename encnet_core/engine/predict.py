@@ -20,8 +20,8 @@ from PIL import Image, ImageOps
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.model_files import LoadedModel
 from encnet_core.errors import ConfigError
-from encnet_core.palette import pil_palette
-from encnet_core.paths import check_output_dir
+from encnet_core.palette import palette_png
+from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.progress import ProgressCallback
 
 __all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
@@ -171,11 +171,14 @@ def _load_rgb(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))  # grayscale, palette, RGBA, CMYK -> RGB
 
 
-def _write_atomic(image: Image.Image, path: Path, **kwargs: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    image.save(tmp, **kwargs)
-    os.replace(tmp, path)
+def _write_output(path: Path, data: bytes | Image.Image, **save_options: Any) -> None:
+    """Write one output file atomically (PNG bytes, or an image PIL encodes by the suffix); no fsync:
+    a mask or an overlay is cheap to make again."""
+    with atomic_write(path, fsync=False, keep_suffix=True) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data.save(tmp, **save_options)
 
 
 def predict(
@@ -223,9 +226,10 @@ def predict(
             done += len(chunk)
             if progress:
                 progress("predicting", done, len(files), unit="items")
-    (options.output / "predictions.json").write_text(json.dumps({
-        "classes": model.classes, "se_threshold": options.se_threshold, "images": result.predictions,
-        "failed": result.failed}, indent=2) + "\n")  # fmt: skip
+    with atomic_write(options.output / "predictions.json") as tmp:
+        tmp.write_text(json.dumps({
+            "classes": model.classes, "se_threshold": options.se_threshold, "images": result.predictions,
+            "failed": result.failed}, indent=2) + "\n")  # fmt: skip
     result.seconds = time.perf_counter() - start
     return result
 
@@ -247,16 +251,12 @@ def _predict_batch(
     se_probs = torch.sigmoid(se_logits.float()) if se_logits is not None else None
     for i, (path, stem, rgb) in enumerate(batch):
         labels = predictions[i].to(torch.uint8).cpu().numpy()  # (H, W)
-        if options.mask_format == "color":
-            mask = Image.fromarray(labels, mode="L").convert("P")
-            mask.putpalette(pil_palette(model.palette))
-        else:
-            mask = Image.fromarray(labels, mode="L")
-        _write_atomic(mask, options.output / f"{stem}.png")
+        mask = palette_png(labels, model.palette) if options.mask_format == "color" else Image.fromarray(labels, mode="L")
+        _write_output(options.output / f"{stem}.png", mask)
         if options.overlay:
             colours = model.palette[labels]  # (H, W, 3)
             blended = (rgb.astype(np.float32) * (1 - options.alpha) + colours.astype(np.float32) * options.alpha).round()
-            _write_atomic(Image.fromarray(blended.astype(np.uint8)), options.output / f"{stem}_overlay.jpg", quality=92)
+            _write_output(options.output / f"{stem}_overlay.jpg", Image.fromarray(blended.astype(np.uint8)), quality=92)
         counts = np.bincount(labels.reshape(-1), minlength=model.num_classes)[: model.num_classes]
         share = counts / max(labels.size, 1)
         entry: dict[str, Any] = {

@@ -183,3 +183,26 @@ def test_invalid_arguments_raise_a_config_error(tmp_path: Path, override: dict, 
     with pytest.raises(ConfigError, match=message):
         write_voc_archive(tmp_path / "voc.tar", **{**SMALL, **override})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_palette_png_is_the_one_palette_writer() -> None:
+    """palette_png writes what the earlier writers (L image converted to P, frombytes P) wrote, byte for byte."""
+    import io
+
+    from PIL import Image
+
+    from encnet_core.palette import palette_png
+
+    rng = np.random.default_rng(0)
+    for shape, classes in (((17, 23), 4), ((64, 64), 21), ((5, 300), 150)):
+        labels = rng.integers(0, classes, shape).astype(np.uint8)
+        labels[0, 0] = IGNORE_INDEX
+        palette = voc_palette(classes)
+        converted = Image.fromarray(labels, mode="L").convert("P")
+        converted.putpalette(pil_palette(palette))
+        buffer = io.BytesIO()
+        converted.save(buffer, format="PNG")
+        assert palette_png(labels, palette) == buffer.getvalue()
+        with Image.open(io.BytesIO(palette_png(labels, palette))) as image:
+            assert image.mode == "P" and np.array_equal(np.asarray(image), labels)
+            assert image.getpalette()[3 * IGNORE_INDEX : 3 * IGNORE_INDEX + 3] == [255, 255, 255]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import io
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from encnet_core.data.download import RemoteFile
 from encnet_core.data.sources import Item, Source, SourcePlan, decode_index_png, find_prefix
 from encnet_core.errors import DataError
 from encnet_core.palette import voc_palette
+from encnet_core.paths import is_disk_full
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -170,7 +170,7 @@ def plan_synthetic(files: dict[str, Path], workdir: Path, params: dict[str, Any]
                 archive, num_train=num_train, num_val=num_val, size=size, seed=seed, progress=params.get("_progress")
             )
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise DataError(f"no space left on {workdir}: cannot write {archive.name}") from None
             raise DataError(f"cannot write {archive}: {exc.strerror or exc}") from None
     splits, classes = voc_items(archive, classes_required=True, limits=params.get("_limits"))
