@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.sampling import ShardSampler  # re-exported: it lives with the other samplers
 from encnet_core.errors import ConfigError
 
 log = logging.getLogger("encnet")
@@ -97,16 +97,3 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
-
-
-class ShardSampler(Sampler):
-    """Indices rank, rank + W, ... without padding: every sample is seen exactly once over all ranks."""
-
-    def __init__(self, size: int, info: DistInfo) -> None:
-        self.indices = list(range(info.rank, size, info.world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
