@@ -27,6 +27,7 @@ number to --out. A run whose result.json matches its configuration is reused, no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from encnet_core.data.hdf5 import read_info
 from encnet_core.data.prepare import PrepareOptions, prepare
 from encnet_core.data.synthetic import CONTEXT_PAIRS
 from encnet_core.engine.evaluate import EvaluateOptions, evaluate
+from encnet_core.engine.events import TrainEvent, TrainLog, TrainStart
 from encnet_core.engine.train import train
 
 RECIPE = "synthetic_cpu"
@@ -193,12 +195,12 @@ def run_one(variant: Variant, seed: int, data: Path, args: argparse.Namespace) -
     log(f"{variant.name} seed {seed}: training {config.model} for {config.iters} iterations")
     start_event: dict[str, Any] = {}
 
-    def callback(event: str, info: dict[str, Any]) -> None:
-        if event == "start":
-            start_event.update(info)
-        elif event == "log" and (info["iteration"] % 200 == 0 or info["iteration"] == info["total_iters"]):
-            log(f"  {variant.name} seed {seed}: iteration {info['iteration']}/{info['total_iters']}, "
-                f"loss {info['loss']:.3f}, {info['it_per_s']:.1f} it/s")  # fmt: skip
+    def callback(event: TrainEvent) -> None:
+        if isinstance(event, TrainStart):
+            start_event.update(dataclasses.asdict(event))
+        elif isinstance(event, TrainLog) and (event.iteration % 200 == 0 or event.iteration == event.total_iters):
+            log(f"  {variant.name} seed {seed}: iteration {event.iteration}/{event.total_iters}, "
+                f"loss {event.losses['loss']:.3f}, {event.it_per_s:.1f} it/s")  # fmt: skip
 
     load_before = os.getloadavg()
     wall_start = time.perf_counter()

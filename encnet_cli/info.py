@@ -10,7 +10,8 @@ from rich.table import Table
 from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json, safe_text
 from encnet_cli._progress import ProgressReporter
-from encnet_core.data.prepare import dataset_statistics, recompute_targets
+from encnet_core.data.hdf5 import dataset_statistics
+from encnet_core.data.prepare import recompute_targets
 from encnet_core.engine.model_files import MODEL_FORMATS, detect_format, peek_metadata
 
 

@@ -22,6 +22,15 @@ from rich.table import Table
 from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json, err_console
 from encnet_core.config import TrainConfig, list_recipes, parse_set_option, resolve_train_config
+from encnet_core.engine.events import (
+    Message,
+    SampleSkipped,
+    TrainEvent,
+    TrainLog,
+    TrainStart,
+    TrainStep,
+    Validated,
+)
 from encnet_core.engine.train import train as run_train
 
 
@@ -41,31 +50,36 @@ class _TrainDisplay:
         )
         self.task: Any = None
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
-        if event == "start":
-            self.progress.start()
-            err_console.print(
-                f"training on {data['device']} x{data['world_size']}: {data['total_iters']} iterations "
-                f"({data['iters_per_epoch']}/epoch, {data['epochs']} epochs), global batch {data['global_batch']}, "
-                f"lr {data['lr']:.3g}, {data['params'] / 1e6:.2f}M parameters"
-            )
-            self.task = self.progress.add_task("train", total=data["total_iters"], completed=data["iteration"], epoch=1, stats="")
-        elif event == "step" and self.task is not None:
-            self.progress.update(self.task, completed=data["iteration"])
-        elif event == "log" and self.task is not None:
-            parts = " ".join(f"{k} {data[k]:.3f}" for k in ("seg", "aux", "se") if k in data)
-            stats = (
-                f"loss {data['loss']:.3f} ({parts}) lr {data['lr']:.2e} {data['it_per_s']:.2f} it/s "
-                f"data {data['data_share']:.0%}"
-            )
-            self.progress.update(self.task, completed=data["iteration"], epoch=data["epoch"], stats=stats)
-        elif event == "val":
-            self.progress.console.print(
-                f"val epoch {data['epoch']} (it {data['iteration']}): pixAcc {data['pixAcc']:.4f} "
-                f"mIoU {data['mIoU']:.4f} (all-classes {data['mIoU_all']:.4f})"
-            )
-        elif event == "message":
-            self.progress.console.print(data["text"])
+    def __call__(self, event: TrainEvent) -> None:
+        match event:
+            case TrainStart():
+                self.progress.start()
+                err_console.print(
+                    f"training on {event.device} x{event.world_size}: {event.total_iters} iterations "
+                    f"({event.iters_per_epoch}/epoch, {event.epochs} epochs), global batch {event.global_batch}, "
+                    f"lr {event.lr:.3g}, {event.params / 1e6:.2f}M parameters"
+                )
+                self.task = self.progress.add_task("train", total=event.total_iters, completed=event.iteration, epoch=1, stats="")
+            case TrainStep() if self.task is not None:
+                self.progress.update(self.task, completed=event.iteration)
+            case TrainLog() if self.task is not None:
+                losses = event.losses
+                parts = " ".join(f"{k} {losses[k]:.3f}" for k in ("seg", "aux", "se") if k in losses)
+                stats = (
+                    f"loss {losses['loss']:.3f} ({parts}) lr {event.lr:.2e} {event.it_per_s:.2f} it/s "
+                    f"data {event.data_share:.0%}"
+                )
+                self.progress.update(self.task, completed=event.iteration, epoch=event.epoch, stats=stats)
+            case Validated():
+                metrics = event.metrics
+                self.progress.console.print(
+                    f"val epoch {event.epoch} (it {event.iteration}): pixAcc {metrics['pixAcc']:.4f} "
+                    f"mIoU {metrics['mIoU']:.4f} (all-classes {metrics['mIoU_all']:.4f})"
+                )
+            case Message():
+                self.progress.console.print(event.text)
+            case SampleSkipped():
+                self.progress.console.print(f"skipped bad sample: {event.sample}")
 
     def close(self) -> None:
         self.progress.stop()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, decode_png
+from torchvision.io import ImageReadMode, decode_image
 
 from encnet_core.constants import IGNORE_INDEX
-from encnet_core.data.hdf5 import open_h5, read_info, read_names
+from encnet_core.data.hdf5 import (
+    MaskError,
+    decode_mask_tensor,
+    decoder_message,
+    invalid_label,
+    open_h5,
+    read_info,
+    read_names,
+)
 from encnet_core.errors import ConfigError, DataError
 
 __all__ = [
@@ -83,48 +90,37 @@ def _missing_split(path: Path, split: str, available: list[str]) -> DataError:
     )
 
 
-def _reason(exc: BaseException) -> str:
-    """The first line of a decoder's message, without torchvision's C++ source location."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    line = re.sub(r"^\w+, \S+:\d+, ", "", text.splitlines()[0])
-    return line.split(". ")[0].removesuffix(".")  # "Unsupported image file. Only jpeg, png, ..." -> the first sentence
-
-
 def _read(
     images: h5py.Dataset, masks: h5py.Dataset | None, index: int, num_classes: int, check_labels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded image (3, H, W) uint8 and mask (H, W) int64; all IGNORE_INDEX without masks (unlabelled).
 
-    Raises ``_Unusable`` for an image or mask that does not decode, a mask that is not one 8-bit
-    channel of the image's size, or (with ``check_labels``) a label that is neither a class (0..C-1)
-    nor IGNORE_INDEX.
+    Raises ``_Unusable`` for an image that does not decode, a mask that ``decode_mask_tensor`` refuses
+    or that is not of the image's size, or (with ``check_labels``) a label that ``invalid_label`` finds.
     """
     try:
         image = decode_image(torch.from_numpy(images[index]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     except (RuntimeError, ValueError, OSError) as exc:
-        raise _Unusable(f"the image does not decode ({_reason(exc)})") from None
+        raise _Unusable(f"the image does not decode ({decoder_message(exc)})") from None
     if masks is None:
         return image, torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
     try:
-        raw = decode_png(torch.from_numpy(masks[index]), mode=ImageReadMode.UNCHANGED)  # (1, H, W) uint8
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise _Unusable(f"the mask is not a readable PNG ({_reason(exc)})") from None
-    if raw.shape[0] != 1 or raw.dtype != torch.uint8:
+        labels = decode_mask_tensor(masks[index])  # (H, W) uint8
+    except MaskError as exc:
+        if exc.detail is not None:
+            raise _Unusable(f"the mask is not a readable PNG ({exc.detail})") from None
         raise _Unusable(
-            f"the mask has {raw.shape[0]} channel(s) of {str(raw.dtype).removeprefix('torch.')}; "
-            "masks are single-channel 8-bit label maps"
-        )
-    if raw.shape[1:] != image.shape[1:]:
-        raise _Unusable(f"the mask is {raw.shape[1]}x{raw.shape[2]} but the image is {image.shape[1]}x{image.shape[2]}")
-    top = int((raw + 1).max()) if check_labels else 0  # uint8 wraps: IGNORE_INDEX (255) -> 0, label c -> c + 1
-    if top > num_classes:
+            f"the mask has {exc.channels} channel(s) of {exc.depth}; masks are single-channel 8-bit label maps"
+        ) from None
+    if labels.shape != image.shape[1:]:
+        raise _Unusable(f"the mask is {labels.shape[0]}x{labels.shape[1]} but the image is {image.shape[1]}x{image.shape[2]}")
+    bad = invalid_label(labels, num_classes) if check_labels else None
+    if bad is not None:
         raise _Unusable(
-            f"the mask has label {top - 1}, but the dataset has {num_classes} classes "
+            f"the mask has label {bad}, but the dataset has {num_classes} classes "
             f"(labels 0..{num_classes - 1}, {IGNORE_INDEX} = ignore)"
         )
-    return image, raw[0].to(torch.int64)
+    return image, labels.to(torch.int64)
 
 
 class HDF5SegmentationDataset(Dataset):

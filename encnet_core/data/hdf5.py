@@ -1,31 +1,42 @@
 """The encnet HDF5 dataset format, version 1: the one definition of its schema (docs/dataset-format.md).
 
-File attributes: ``format`` = "encnet-hdf5", ``format_version`` = 1, ``dataset``, ``classes`` (JSON
-list), ``palette`` (uint8 C x 3), ``ignore_index`` = 255, ``encnet_version``, ``sources`` (JSON).
-One group per split with ``images`` (vlen uint8: the source file's encoded bytes), ``masks`` (vlen
-uint8: PNG of the uint8 label map; absent for unlabelled splits), ``names`` (vlen str), ``sizes``
-(N, 2) int32 height/width, ``class_pixels`` (N, C) int64 and ``se_targets`` (N, C) uint8.
+File attributes: ``format`` = "encnet-hdf5", ``format_version`` = ``FORMAT_VERSION``, ``dataset``,
+``classes`` (JSON list), ``palette`` (uint8 C x 3), ``ignore_index`` = 255, ``encnet_version``,
+``sources`` (JSON), ``min_pixels``. One group per split with ``images`` (vlen uint8: the source file's
+encoded bytes), ``masks`` (vlen uint8: an 8-bit single-channel PNG of the label map; absent for
+unlabelled splits), ``names`` (vlen str), ``sizes`` (N, 2) int32 height/width, ``class_pixels`` (N, C)
+int64 and ``se_targets`` (N, C) uint8.
+
+The rules of the content live here too, for every writer and reader: ``encode_mask`` /
+``decode_mask_tensor`` (``decode_mask``) for masks, ``invalid_label`` (labels are 0..C-1 or 255),
+``class_pixel_counts`` and ``class_presence`` (``se_targets`` = ``class_pixels >= min_pixels``), and
+``dataset_statistics`` for ``encnet info``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from encnet_core import __version__
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import DataError
 from encnet_core.paths import AtomicFile, is_disk_full
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "FORMAT",
@@ -35,8 +46,14 @@ __all__ = [
     "HDF5Writer",
     "read_info",
     "encode_mask",
+    "MaskError",
     "decode_mask",
+    "decode_mask_tensor",
+    "decoder_message",
+    "invalid_label",
     "class_pixel_counts",
+    "class_presence",
+    "dataset_statistics",
     "open_h5",
     "read_names",
 ]
@@ -87,24 +104,105 @@ def encode_mask(labels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def decode_mask(data: bytes | np.ndarray) -> np.ndarray:
-    """The (H, W) uint8 label map stored by ``encode_mask``; DataError if it is not a single-channel PNG."""
-    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {0: ("grayscale", 1), 2: ("RGB", 3), 3: ("palette", 1), 4: ("LA", 2), 6: ("RGBA", 4)}  # name, channels
+_OTHER_FORMATS = {b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WebP"}
+
+
+class MaskError(DataError):
+    """A stored mask that is not an 8-bit single-channel PNG: ``detail`` says why it does not decode,
+    or (``detail`` None) ``channels`` and ``depth`` ("uint8", "uint16", "1-bit", ...) say what it holds."""
+
+    def __init__(self, message: str, detail: str | None = None, channels: int = 1, depth: str = "uint8") -> None:
+        super().__init__(message)
+        self.detail, self.channels, self.depth = detail, channels, depth
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MaskError, (str(self), self.detail, self.channels, self.depth))
+
+
+def _undecodable(detail: str) -> MaskError:
+    return MaskError(f"the mask does not decode ({detail})", detail)
+
+
+def decoder_message(exc: BaseException) -> str:
+    """The first line of a decoder's error, without torchvision's C++ source location; the first sentence."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = re.sub(r"^[^,]*, \S+:\d+, ", "", text.splitlines()[0])  # "decode_png, /.../decode_png.cpp:79, ..."
+    return line.split(". ")[0].removesuffix(".")  # "Unsupported image file. Only jpeg, png, ..." -> the first sentence
+
+
+@functools.cache
+def _torchvision_png() -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]]:
+    """torch and torchvision's PNG decoder, imported on first use (preparing a dataset never needs torch;
+    a cached call costs 0.1 us, an import statement in the decoder 8 us per mask)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_png
+
+    return torch, functools.partial(decode_png, mode=ImageReadMode.UNCHANGED)
+
+
+def decode_mask_tensor(data: bytes | np.ndarray) -> torch.Tensor:
+    """The (H, W) uint8 label map of a stored mask (what ``encode_mask`` wrote), decoded with torchvision.io.
+
+    The one mask decoder of every reader (the dataset, ``encnet targets``): a mask must be a PNG of
+    one 8-bit channel (grayscale, or palette indices); anything else raises `MaskError`.
+    """
+    torch, decode_png = _torchvision_png()
+    head = bytes(data[:26])  # signature and the IHDR chunk: bit depth at 24, colour type at 25
+    if head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or len(head) < 26:
+        other = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None)
+        raise _undecodable(f"a {other} file, not a PNG" if other else ("it is empty" if not head else "not an image file"))
+    depth, colour = head[24], head[25]
+    if colour not in _PNG_COLOUR_TYPES or depth not in (1, 2, 4, 8, 16):
+        raise _undecodable(f"PNG colour type {colour} with bit depth {depth} does not exist")
+    name, channels = _PNG_COLOUR_TYPES[colour]
+    if channels != 1 or depth != 8:
+        bits = {8: "uint8", 16: "uint16"}.get(depth, f"{depth}-bit")
+        kind = name if depth == 8 else f"{depth}-bit {name}"
+        raise MaskError(f"the mask is a {kind} image, not a single-channel label map", None, channels, bits)
+    if isinstance(data, np.ndarray) and data.flags.writeable:
+        encoded = torch.from_numpy(data)
+    else:
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.mode not in ("L", "P"):
-                raise DataError(f"the mask is a {img.mode} image, not a single-channel label map")
-            return np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise DataError("the mask does not decode (not an image file)") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise DataError(f"the mask does not decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        labels = decode_png(encoded)  # (1, H, W) uint8
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _undecodable(decoder_message(exc)) from None
+    return labels[0]
+
+
+def decode_mask(data: bytes | np.ndarray) -> np.ndarray:
+    """``decode_mask_tensor`` as a numpy (H, W) uint8 array."""
+    return decode_mask_tensor(data).numpy()
+
+
+def invalid_label(labels: np.ndarray | torch.Tensor, num_classes: int) -> int | None:
+    """The largest label of ``labels`` that is neither a class (0..C-1) nor IGNORE_INDEX, or None if all are.
+
+    ``labels``: (H, W), a uint8 torch tensor (the dataset's decoded masks) or a numpy array of any
+    integer type (``prepare``'s source labels).
+    """
+    if 0 in labels.shape:
+        return None
+    if isinstance(labels, np.ndarray) and labels.dtype != np.uint8:
+        bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
+        return int(labels[bad].max()) if bad.any() else None
+    top = int((labels + 1).max())  # uint8 wraps: IGNORE_INDEX (255) -> 0, label c -> c + 1
+    return top - 1 if top > num_classes else None
 
 
 def class_pixel_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C,) int64 pixel count per class, ignoring 255."""
     flat = labels.reshape(-1)
     return np.bincount(flat[flat < num_classes], minlength=num_classes)[:num_classes].astype(np.int64)
+
+
+def class_presence(class_pixels: np.ndarray, min_pixels: int) -> np.ndarray:
+    """``se_targets`` from ``class_pixels`` (any shape): 1 where a class has at least ``min_pixels`` pixels, uint8."""
+    return (np.asarray(class_pixels) >= min_pixels).astype(np.uint8)
 
 
 def _fail(path: Path, problem: str) -> DataError:
@@ -446,7 +544,7 @@ class HDF5Writer:
             if "masks" in group:
                 group["masks"][i] = np.frombuffer(sample.mask, dtype=np.uint8)
                 group["class_pixels"][i] = sample.class_pixels
-                group["se_targets"][i] = (sample.class_pixels >= self.min_pixels).astype(np.uint8)
+                group["se_targets"][i] = class_presence(sample.class_pixels, self.min_pixels)
         self._count += 1
 
     def add_all(self, samples: Iterable[Sample]) -> None:
@@ -491,3 +589,38 @@ class HDF5Writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(success=exc_type is None)
+
+
+def dataset_statistics(path: Path) -> dict[str, Any]:
+    """Splits, counts, and per class its pixel share and the fraction of images containing it."""
+    info = read_info(path)
+    result: dict[str, Any] = {
+        "path": str(path),
+        "dataset": info.dataset,
+        "format_version": FORMAT_VERSION,
+        "encnet_version": info.encnet_version,
+        "num_classes": info.num_classes,
+        "ignore_index": info.ignore_index,
+        "min_pixels": info.min_pixels,
+        "splits": {},
+    }
+    with open_h5(path) as handle:
+        for split, count in info.splits.items():
+            entry: dict[str, Any] = {"images": count, "labelled": info.labelled[split]}
+            if info.labelled[split] and count:
+                pixels = handle[split]["class_pixels"][...]
+                present = handle[split]["se_targets"][...]
+                total = max(int(pixels.sum()), 1)
+                sizes = handle[split]["sizes"][...].astype(np.int64)
+                entry["labelled_pixel_fraction"] = total / max(int((sizes[:, 0] * sizes[:, 1]).sum()), 1)
+                entry["classes"] = [
+                    {
+                        "index": c,
+                        "name": name,
+                        "pixel_share": float(pixels[:, c].sum()) / total,
+                        "image_fraction": float(present[:, c].mean()),
+                    }
+                    for c, name in enumerate(info.classes)
+                ]
+            result["splits"][split] = entry
+    return result

@@ -1,4 +1,4 @@
-"""``encnet prepare``, ``encnet targets`` and ``encnet info``: fetch, verify, convert, summarise.
+"""``encnet prepare`` and ``encnet targets``: fetch, verify, convert; recompute the stored targets.
 
 Conversion runs in a process pool (one worker per core by default). Each worker reads its items
 straight from the archives (or extracted files), checks them (decodable image, mask of the same size
@@ -39,8 +39,10 @@ from encnet_core.data.hdf5 import (
     HDF5Writer,
     Sample,
     class_pixel_counts,
+    class_presence,
     decode_mask,
     encode_mask,
+    invalid_label,
     open_h5,
     read_info,
 )
@@ -58,7 +60,6 @@ __all__ = [
     "PrepareResult",
     "prepare",
     "recompute_targets",
-    "dataset_statistics",
     "convert_item",
 ]
 
@@ -155,9 +156,9 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
             labels = item.decode_mask(_read(item.mask, limits))
             if labels.shape != (height, width):
                 raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but the image is {width}x{height}")
-            bad = (labels >= num_classes) & (labels != IGNORE_INDEX)
-            if bad.any():
-                raise DataError(f"label {int(labels[bad].max())} outside 0..{num_classes - 1} (and 255 ignore)")
+            bad = invalid_label(labels, num_classes)
+            if bad is not None:
+                raise DataError(f"label {bad} outside 0..{num_classes - 1} (and {IGNORE_INDEX} ignore)")
             sample.mask = encode_mask(labels)
             sample.class_pixels = class_pixel_counts(labels, num_classes)
         return sample
@@ -424,10 +425,9 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
                     labels = decode_mask(masks[i])
                 except DataError as exc:
                     raise DataError(f"{path}: mask of {split}/{names[i].decode()} (sample {i}): {exc}") from None
-                bad = (labels >= info.num_classes) & (labels != IGNORE_INDEX)
-                if bad.any():
-                    name = names[i].decode()
-                    raise DataError(f"{path}: mask of {split}/{name} has label {int(labels[bad].max())} >= {info.num_classes}")
+                bad = invalid_label(labels, info.num_classes)
+                if bad is not None:
+                    raise DataError(f"{path}: mask of {split}/{names[i].decode()} has label {bad} >= {info.num_classes}")
                 pixels[i] = class_pixel_counts(labels, info.num_classes)
                 if progress:
                     progress(f"targets {split}", i + 1, count, unit="items")
@@ -435,41 +435,7 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
     with open_h5(path, "r+") as handle:
         for split, pixels in new.items():
             handle[split]["class_pixels"][...] = pixels
-            handle[split]["se_targets"][...] = (pixels >= min_pixels).astype(np.uint8)
+            handle[split]["se_targets"][...] = class_presence(pixels, min_pixels)
         handle.attrs["min_pixels"] = min_pixels
     return {split: len(pixels) for split, pixels in new.items()}
 
-
-def dataset_statistics(path: Path) -> dict[str, Any]:
-    """Splits, counts, and per class its pixel share and the fraction of images containing it."""
-    info = read_info(path)
-    result: dict[str, Any] = {
-        "path": str(path),
-        "dataset": info.dataset,
-        "format_version": 1,
-        "encnet_version": info.encnet_version,
-        "num_classes": info.num_classes,
-        "ignore_index": info.ignore_index,
-        "min_pixels": info.min_pixels,
-        "splits": {},
-    }
-    with open_h5(path) as handle:
-        for split, count in info.splits.items():
-            entry: dict[str, Any] = {"images": count, "labelled": info.labelled[split]}
-            if info.labelled[split] and count:
-                pixels = handle[split]["class_pixels"][...]
-                present = handle[split]["se_targets"][...]
-                total = max(int(pixels.sum()), 1)
-                sizes = handle[split]["sizes"][...].astype(np.int64)
-                entry["labelled_pixel_fraction"] = total / max(int((sizes[:, 0] * sizes[:, 1]).sum()), 1)
-                entry["classes"] = [
-                    {
-                        "index": c,
-                        "name": name,
-                        "pixel_share": float(pixels[:, c].sum()) / total,
-                        "image_fraction": float(present[:, c].mean()),
-                    }
-                    for c, name in enumerate(info.classes)
-                ]
-            result["splits"][split] = entry
-    return result

@@ -4,6 +4,12 @@ Reproducibility: the data a step sees is a pure function of (seed, epoch, positi
 order is a seeded permutation, and each sample's augmentation is drawn from a generator seeded by
 (seed, epoch, index). Together with the saved RNG, optimizer and scheduler states this makes
 ``N iterations, stop, --resume, N more`` equal to ``2N`` in one go (on CPU, bit for bit).
+
+Read from the bottom up: ``train`` joins the process group and calls ``_train``, the loop, which
+gets everything it trains with from ``setup`` (one ``TrainSetup``), runs ``_train_step`` per batch,
+keeps the loss means in a ``LogWindow`` and ends each epoch in ``_end_of_epoch`` (validate, save).
+The parts live next door: sampling.py (data order and augmentation seeds), optim.py (SGD, poly),
+checkpoint.py (payload, resume, fine-tuning), events.py (what the caller is told).
 """
 
 from __future__ import annotations
@@ -15,57 +21,68 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from encnet_core.config import TrainConfig
 from encnet_core.data.dataset import (
     BadSample,
-    BadSampleError,
     CheckedBatches,
     CheckedSamples,
     HDF5SegmentationDataset,
     collate_checked,
 )
-from encnet_core.data.hdf5 import read_info
+from encnet_core.data.hdf5 import DatasetInfo, read_info
 from encnet_core.data.transforms import eval_transform, train_transform
 from encnet_core.engine.checkpoint import (
-    adapt_state_dict,
-    rng_state,
+    TrainState,
+    init_from_checkpoint,
+    resume_from,
+    resume_path,
     save_checkpoint,
-    set_rng_state,
+    training_payload,
 )
 from encnet_core.engine.device import autocast_context
 from encnet_core.engine.distributed import (
     DistInfo,
-    ShardSampler,
     all_reduce_sum,
     broadcast_flag,
     gather_lists,
     init_distributed,
     shutdown_distributed,
 )
+from encnet_core.engine.events import (
+    VAL_METRICS,
+    Callback,
+    Message,
+    SampleSkipped,
+    TrainEvent,
+    TrainLog,
+    TrainStart,
+    TrainStep,
+    Validated,
+)
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
-from encnet_core.engine.model_files import check_trusted, load_training_checkpoint, read_model_file
-from encnet_core.errors import CheckpointError, ConfigError, DataError, EncNetError
+from encnet_core.engine.model_files import check_trusted
+from encnet_core.engine.optim import PolySchedule, build_optimizer, build_scheduler, scaled_lr
+from encnet_core.engine.sampling import EpochSampler, SeededSamples, ShardSampler
+from encnet_core.errors import ConfigError, DataError, EncNetError
 from encnet_core.models import MODELS, EncNet, create_model
 from encnet_core.paths import check_output_dir
 
 log = logging.getLogger("encnet")
 
-__all__ = ["train", "TrainResult", "EpochSampler", "SeededSamples", "PolySchedule", "CLASS_SPECIFIC", "validate"]
-
-CLASS_SPECIFIC = ("head.conv6.1.", "head.encmodule.selayer.", "aux_head.4.", "head.4.")
-"""Parameter prefixes whose shape depends on the class count (re-initialised when fine-tuning)."""
-
-Callback = Callable[[str, dict[str, Any]], None]
+__all__ = [
+    "train", "TrainResult", "NonFiniteLoss", "setup", "TrainSetup", "LogWindow", "build_model", "validate",
+    "init_from_checkpoint", "EpochSampler", "SeededSamples", "PolySchedule",
+]  # fmt: skip
 
 
 class NonFiniteLoss(EncNetError):
@@ -76,96 +93,22 @@ class NonFiniteLoss(EncNetError):
 class TrainResult:
     """What a run produced."""
 
-    output_dir: Path
-    iteration: int
-    total_iters: int
-    epoch: int
-    best: dict[str, Any] | None
-    last_checkpoint: Path | None
-    best_checkpoint: Path | None
-    seconds: float
+    output_dir: Path  # the run folder
+    iteration: int  # iterations done
+    total_iters: int  # iterations of the whole run
+    epoch: int  # complete epochs done
+    best: dict[str, Any] | None  # the best validation record (None: no validation)
+    last_checkpoint: Path | None  # last.pt, once written
+    best_checkpoint: Path | None  # best.pt, once written
+    seconds: float  # wall time of the call
     stopped_by: str | None = None  # "SIGINT"/"SIGTERM" when interrupted
-    reinitialised: list[str] = field(default_factory=list)
-    images_per_second: float = 0.0
-    data_share: float = 0.0
+    reinitialised: list[str] = field(default_factory=list)  # layers --init-from re-initialised
+    images_per_second: float = 0.0  # training images per second of step time, over all processes
+    data_share: float = 0.0  # share of step time spent waiting for data
     skipped: list[dict[str, Any]] = field(default_factory=list)  # bad samples left out (--skip-bad), once each
 
 
-# ----------------------------------------------------------------------------- data order and augmentation
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` for this rank's share of a seeded per-epoch permutation.
-
-    Rank r takes positions r, r + W, r + 2W, ... (as DistributedSampler), whole batches only;
-    ``start_batch`` skips the batches a resumed run has already trained on.
-    """
-
-    def __init__(self, size: int, batch_size: int, info: DistInfo, seed: int) -> None:
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world = info.rank, info.world_size
-        self.batches_per_epoch = size // (batch_size * self.world)
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        used = self.batches_per_epoch * self.batch_size * self.world
-        mine = order[self.rank : used : self.world][self.start_batch * self.batch_size :]
-        return iter([(self.epoch, int(i)) for i in mine])
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so that ``view[(epoch, index)]`` draws its augmentation from a fixed seed.
-
-    Items are ``(image, mask, bad)`` for ``collate_checked``: a sample that raises ``BadSampleError``
-    comes back in ``bad`` as data (a DataLoader worker would re-raise it wrapped in a traceback). With
-    ``skip_bad`` the next good sample of the split takes its place, with the same seed, so batches keep
-    their size and the data a step sees stays a pure function of (seed, epoch, position).
-    """
-
-    def __init__(self, dataset: HDF5SegmentationDataset, seed: int, skip_bad: bool = False) -> None:
-        self.dataset, self.seed, self.skip_bad = dataset, seed, skip_bad
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, tuple[BadSample, ...]]:
-        epoch, index = key
-        bad: list[BadSample] = []
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (dropout) untouched
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63))
-            for step in range(len(self.dataset)):  # a bad sample fails while decoding, before any random draw
-                try:
-                    image, mask = self.dataset[(index + step) % len(self.dataset)]
-                    return image, mask, tuple(bad)
-                except BadSampleError as exc:
-                    bad.append(exc.sample)
-                    if not self.skip_bad:
-                        break
-        return None, None, tuple(bad)
-
-
-class PolySchedule:
-    """lr factor: linear warm-up, then (1 - it / total) ** power, per iteration (picklable for LambdaLR)."""
-
-    def __init__(self, total_iters: int, power: float = 0.9, warmup_iters: int = 0) -> None:
-        self.total_iters, self.power, self.warmup_iters = total_iters, power, warmup_iters
-
-    def __call__(self, iteration: int) -> float:
-        factor = max(0.0, 1.0 - iteration / self.total_iters) ** self.power
-        if iteration < self.warmup_iters:
-            factor *= (iteration + 1) / self.warmup_iters
-        return factor
-
-
-# ----------------------------------------------------------------------------- model set-up
+# ----------------------------------------------------------------------------- set-up
 
 
 def build_model(config: TrainConfig, num_classes: int) -> EncNet:
@@ -179,46 +122,165 @@ def build_model(config: TrainConfig, num_classes: int) -> EncNet:
     return create_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
 
 
-def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str], trust_code: bool = False) -> list[str]:
-    """Load weights for fine-tuning; class-specific layers that do not fit are re-initialised.
+@dataclass
+class TrainSetup:
+    """Everything a run trains with, as ``setup`` builds it."""
 
-    ``path``: a checkpoint, bare state_dict or export (TorchScript/pt2 only with ``trust_code``).
-    Returns the re-initialised parameter names. Any other missing or mis-shaped weight is an error.
+    config: TrainConfig  # the run's settings
+    data_info: DatasetInfo  # the dataset's classes, palette and splits
+    model: EncNet  # the bare model (what checkpoints save)
+    net: nn.Module  # what the steps call: the model, under DDP and/or torch.compile
+    sampler: EpochSampler  # the training order, set per epoch
+    train_loader: CheckedBatches  # training batches (bad samples raise or are skipped)
+    val_loader: CheckedBatches | None  # validation batches; None: no validation
+    optimizer: torch.optim.SGD  # backbone and head parameter groups
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # poly decay, stepped per iteration
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling; None otherwise
+    criterion: SegmentationLoss  # seg + aux + SE terms, weighted
+    state: TrainState  # iteration and best score (a resumed run's, or the start)
+    total_iters: int  # iterations of the whole run
+    iters_per_epoch: int  # global batches per epoch
+    total_epochs: int  # epochs of the whole run (the last one may be partial)
+    global_batch: int  # images per step over all processes
+    lr: float  # backbone lr after scaling by the global batch
+    reinitialised: list[str]  # layers --init-from re-initialised
+
+
+def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False) -> TrainSetup:
+    """Check the inputs, build data, model, optimiser and schedule, restore a resumed run's state.
+
+    Every check that can fail runs before the run folder is written; rank 0 writes config.toml.
     """
-    ckpt = read_model_file(path, trust_code=trust_code)
-    state = adapt_state_dict(ckpt["model"])
-    own = model.state_dict()
-    same_classes = ckpt.get("classes") in (None, classes)
-    reinit = []
-    for key in list(state):
-        if key.startswith(CLASS_SPECIFIC) and (not same_classes or key not in own or state[key].shape != own[key].shape):
-            reinit.append(key)
-            del state[key]
-    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        raise CheckpointError(
-            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the model needs {tuple(own[wrong[0]].shape)}; "
-            "is --model the architecture of this checkpoint?"
-        )
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(CLASS_SPECIFIC)]
-    if missing or result.unexpected_keys:
-        names = (missing or result.unexpected_keys)[:3]
-        raise CheckpointError(
-            f"{path} does not match model: {len(missing)} missing and {len(result.unexpected_keys)} unexpected "
-            f"weights (e.g. {', '.join(names)}); check --model and --lateral/--aux/--se-loss"
-        )
-    return sorted({k.rsplit(".", 1)[0] for k in reinit} | {k.rsplit(".", 1)[0] for k in result.missing_keys})
+    if config.model not in MODELS:
+        create_model(config.model, 1)  # the "unknown model" error, before anything is written
+    if config.init_from:
+        check_trusted(Path(config.init_from), trust_code)  # a program is refused before the run folder is written
+    out_dir = Path(config.output_dir)
+    check_output_dir(out_dir, "--output-dir")
+    data_info = read_info(Path(config.data), allow_truncated=config.skip_bad)
+    if config.amp == "fp16" and info.device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    sampler, train_loader, val_loader = _loaders(config, data_info, info)
+    iters_per_epoch = sampler.batches_per_epoch
+    total_iters = _run_length(config, iters_per_epoch)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(config.to_toml())
+    say = (lambda text: emit(Message(text))) if info.is_main else None
+    model, reinitialised = _model(config, data_info, info, say, trust_code)
+    global_batch = config.batch_size * info.world_size
+    lr = scaled_lr(config, global_batch)
+    optimizer = build_optimizer(model, config, lr)
+    scheduler = build_scheduler(optimizer, config, total_iters)
+    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+    state, path = TrainState(), resume_path(resume, out_dir)
+    if path is not None:
+        state = resume_from(path, config=config, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            total_iters=total_iters, classes=data_info.classes, ranks=info.world_size, say=say)  # fmt: skip
+    model, net = _parallel(model, config, info)
+    criterion = SegmentationLoss(config.se_weight if config.se_loss else 0.0, config.aux_weight if config.aux else 0.0)
+    return TrainSetup(
+        config=config, data_info=data_info, model=model, net=net, sampler=sampler, train_loader=train_loader,
+        val_loader=val_loader, optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion, state=state,
+        total_iters=total_iters, iters_per_epoch=iters_per_epoch, total_epochs=math.ceil(total_iters / iters_per_epoch),
+        global_batch=global_batch, lr=lr, reinitialised=reinitialised,
+    )  # fmt: skip
 
 
-def _optimizer(model: EncNet, config: TrainConfig, lr: float) -> torch.optim.SGD:
-    head = {id(p) for p in model.head_parameters()}
-    backbone = [p for p in model.parameters() if id(p) not in head and p.requires_grad]
-    heads = [p for p in model.head_parameters() if p.requires_grad]
-    groups = [{"params": heads, "lr": lr * config.head_lr_mult}]
-    if backbone:
-        groups.insert(0, {"params": backbone, "lr": lr})
-    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+def _loaders(
+    config: TrainConfig, data_info: DatasetInfo, info: DistInfo
+) -> tuple[EpochSampler, CheckedBatches, CheckedBatches | None]:
+    """The training sampler and loader, and the validation loader (None without a labelled validation split)."""
+    train_set = HDF5SegmentationDataset(
+        Path(config.data),
+        config.train_split,
+        train_transform(config.base_size, config.crop_size, (config.scale_min, config.scale_max), config.mean, config.std),
+        strict=not config.skip_bad,
+    )
+    if train_set.labelled_pixels() == 0:
+        raise DataError(
+            f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255 by its "
+            "class_pixels, which `encnet targets` recomputes): nothing to train on"
+        )
+    sampler = EpochSampler(len(train_set), config.batch_size, info, config.seed)
+    if sampler.batches_per_epoch == 0:
+        raise ConfigError(
+            f"the {config.train_split} split has {len(train_set)} images, fewer than one global batch "
+            f"({config.batch_size} x {info.world_size}); lower --batch-size"
+        )
+    workers = min(config.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
+    loader_args = {
+        "num_workers": workers,
+        "pin_memory": info.device.type == "cuda",
+        "persistent_workers": workers > 0,
+        "generator": torch.Generator().manual_seed(config.seed),
+        "collate_fn": collate_checked,  # bad samples travel as data: (batch, bad samples, missing)
+    }
+    train_loader = CheckedBatches(
+        DataLoader(SeededSamples(train_set, config.seed, config.skip_bad), config.batch_size, sampler=sampler, **loader_args),
+        Path(config.data), config.skip_bad, require_complete=True,
+    )  # fmt: skip
+    val_loader = None
+    if config.val_split and config.val_split in data_info.splits and data_info.labelled.get(config.val_split):
+        val_set = HDF5SegmentationDataset(
+            Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std), strict=not config.skip_bad
+        )
+        if val_set.labelled_pixels() == 0:
+            raise DataError(
+                f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255 by "
+                "its class_pixels); validate on another split or pass --val-split ''"
+            )
+        val_loader = CheckedBatches(
+            DataLoader(CheckedSamples(val_set), config.batch_size, sampler=ShardSampler(len(val_set), info), **loader_args),
+            Path(config.data), config.skip_bad,
+        )  # fmt: skip
+    elif config.val_split and info.is_main:
+        log.warning("no labelled %r split in %s: training without validation", config.val_split, config.data)
+    return sampler, train_loader, val_loader
+
+
+def _run_length(config: TrainConfig, iters_per_epoch: int) -> int:
+    """Total iterations: ``iters``, else ``epochs`` whole epochs."""
+    if config.iters:
+        return config.iters
+    if config.epochs:
+        return config.epochs * iters_per_epoch
+    raise ConfigError("give the run's length with --epochs or --iters")
+
+
+def _model(
+    config: TrainConfig, data_info: DatasetInfo, info: DistInfo, say: Callable[[str], None] | None, trust_code: bool
+) -> tuple[EncNet, list[str]]:
+    """The model, seeded, on its device: fine-tuned from ``init_from`` (with the re-initialised layers), frozen as asked."""
+    torch.manual_seed(config.seed)
+    model = build_model(config, data_info.num_classes)
+    reinitialised: list[str] = []
+    if config.init_from:
+        reinitialised = init_from_checkpoint(model, Path(config.init_from), data_info.classes, trust_code)
+        if reinitialised and say is not None:
+            say(f"re-initialised for {data_info.num_classes} classes: {', '.join(reinitialised)}")
+    if config.freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    model.to(info.device)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    return model, reinitialised
+
+
+def _parallel(model: EncNet, config: TrainConfig, info: DistInfo) -> tuple[EncNet, nn.Module]:
+    """The model (with SyncBatchNorm under torchrun on CUDA) and what the steps call (DDP, torch.compile)."""
+    if info.distributed and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif info.distributed and info.is_main:
+        log.warning("SyncBatchNorm needs CUDA: on CPU each process normalises with its own batch statistics")
+    net: nn.Module = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    return model, net
 
 
 def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
@@ -232,7 +294,131 @@ def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
                 module.eval()
 
 
-# ----------------------------------------------------------------------------- validation
+# ----------------------------------------------------------------------------- steps, records, validation
+
+
+def _train_step(run: TrainSetup, images: Tensor, masks: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """One SGD step on a batch (forward under autocast, fp16 loss scaling); returns the loss and its terms."""
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast_context(device, run.config.amp):
+        outputs = run.net(images)
+    loss, parts = run.criterion(outputs, masks)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        run.optimizer.step()
+    run.scheduler.step()
+    return loss, parts
+
+
+class LogWindow:
+    """The iterations since the last metrics record (summed loss terms, data wait, wall time), and run totals."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.non_finite = torch.zeros((), dtype=torch.bool, device=info.device)  # any non-finite loss yet (no sync per step)
+        self.sums: dict[str, Any] = {}  # loss term -> sum over the window's steps
+        self.steps, self.data_time, self.start = 0, 0.0, time.perf_counter()
+        self.total_data, self.total_step_time, self.total_images = 0.0, 0.0, 0  # over the whole run
+
+    def add(self, loss: Tensor, parts: dict[str, Tensor], images: int, data_time: float, step_time: float) -> None:
+        """One step: its loss and terms, the images over all processes, the seconds waited for data and in all."""
+        self.non_finite |= ~torch.isfinite(loss.detach())
+        for key, value in {"loss": loss.detach(), **parts}.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+        self.data_time += data_time
+        self.total_data += data_time
+        self.total_step_time += step_time
+        self.total_images += images
+
+    def check_finite(self, iteration: int, last_path: Path) -> None:
+        if bool(self.non_finite.item()):
+            raise NonFiniteLoss(
+                f"the loss became non-finite near iteration {iteration}; "
+                f"{'last.pt keeps the last good state; ' if last_path.exists() else ''}"
+                "lower --lr, use --amp bf16/off, or check the data"
+            )
+
+    def close(self, iteration: int, run: TrainSetup, epoch: int) -> TrainLog:
+        """The window's record, means over all processes; the next window starts now."""
+        elapsed = time.perf_counter() - self.start
+        sums = self.sums
+        if self.info.distributed:  # log the mean over all ranks, not rank 0's alone
+            keys = sorted(sums)
+            values = torch.stack([torch.as_tensor(sums[k], device=self.info.device).float() for k in keys])
+            sums = {k: v / self.info.world_size for k, v in zip(keys, all_reduce_sum(values, self.info), strict=True)}
+
+        def per_second(amount: float) -> float:
+            return amount / elapsed if elapsed > 0 else 0.0
+
+        event = TrainLog(
+            iteration, run.total_iters, epoch, run.optimizer.param_groups[0]["lr"], {k: float(v) / self.steps for k, v in sums.items()},
+            per_second(self.steps), per_second(self.steps * run.global_batch), per_second(self.data_time),
+        )  # fmt: skip
+        self.sums, self.steps, self.data_time, self.start = {}, 0, 0.0, time.perf_counter()
+        return event
+
+
+class _RunOutputs:
+    """What rank 0 writes and says: metrics.jsonl records, events, last.pt and best.pt (no-ops elsewhere)."""
+
+    def __init__(self, out_dir: Path, info: DistInfo, emit: Callback) -> None:
+        self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
+        self.is_main, self._emit = info.is_main, emit
+        self._file = (out_dir / "metrics.jsonl").open("a") if info.is_main else None
+
+    def __enter__(self) -> _RunOutputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(entry) + "\n")
+            self._file.flush()
+
+    def emit(self, event: TrainEvent) -> None:
+        if self.is_main:
+            self._emit(event)
+
+    def save(self, path: Path, run: TrainSetup, metrics: dict[str, Any] | None) -> None:
+        if self.is_main:
+            epoch = run.state.iteration // run.iters_per_epoch
+            save_checkpoint(training_payload(run.model, run.optimizer, run.scheduler, run.scaler, run.config,
+                                             run.data_info, run.state, epoch, metrics), path)  # fmt: skip
+
+    def watch_skips(self, run: TrainSetup, info: DistInfo) -> None:
+        """--skip-bad: each bad sample once, in metrics.jsonl and on screen (other ranks: in their log)."""
+
+        def skip(sample: BadSample) -> None:
+            if self.is_main:
+                self.record({"type": "skipped", "iteration": run.state.iteration, **sample.to_dict()})
+                self.emit(SampleSkipped(sample))
+            else:
+                log.warning("rank %d: skipped bad sample: %s", info.rank, sample)
+
+        run.train_loader.on_skip = skip
+        if run.val_loader is not None:
+            run.val_loader.on_skip = skip
+
+    def all_skipped(self, run: TrainSetup, info: DistInfo) -> list[BadSample]:
+        """The bad samples every rank left out; rank 0 records the other ranks' ones now."""
+        skipped = {**run.train_loader.skipped, **(run.val_loader.skipped if run.val_loader else {})}
+        for sample in gather_lists(list(skipped.values()), info):  # under torchrun, the other ranks' too
+            if (sample.split, sample.index) not in skipped:
+                skipped[(sample.split, sample.index)] = sample
+                self.record({"type": "skipped", "iteration": run.state.iteration, **sample.to_dict()})
+        return list(skipped.values())
 
 
 @torch.no_grad()
@@ -253,7 +439,22 @@ def validate(model: nn.Module, loader: Iterable, num_classes: int, info: DistInf
     return metrics
 
 
-# ----------------------------------------------------------------------------- the run
+def _end_of_epoch(run: TrainSetup, out: _RunOutputs, info: DistInfo) -> None:
+    """After an epoch (or the run's last iteration): validate when due and at the end, keep best.pt, save last.pt."""
+    state, config = run.state, run.config
+    completed = state.iteration // run.iters_per_epoch
+    epoch_done = state.iteration % run.iters_per_epoch == 0
+    due = config.val_every and epoch_done and completed % config.val_every == 0
+    metrics = None
+    if run.val_loader is not None and (state.iteration >= run.total_iters or due):
+        metrics = validate(run.net, run.val_loader, run.data_info.num_classes, info, config.amp)
+        event = Validated(state.iteration, completed, {k: metrics[k] for k in VAL_METRICS})
+        out.record(event.record())
+        out.emit(event)
+        if metrics["score"] > state.best_score:
+            state.best_score, state.best_metrics = metrics["score"], event.record()
+            out.save(out.best_path, run, state.best_metrics)
+    out.save(out.last_path, run, metrics)
 
 
 class _StopFlag:
@@ -277,29 +478,7 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _checkpoint_payload(model, optimizer, scheduler, scaler, config, info_ds, epoch, iteration, metrics, best_score):
-    core = model.module if hasattr(model, "module") else model
-    core = getattr(core, "_orig_mod", core)
-    return {
-        "model_config": core.config,
-        "model": core.state_dict(),
-        "classes": info_ds.classes,
-        "palette": info_ds.palette.tolist(),
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "base_size": config.base_size,
-        "crop_size": config.crop_size,
-        "train_config": config.to_dict(),
-        "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": epoch,
-        "iteration": iteration,
-        "rng": rng_state(),
-        "metrics": metrics,
-        "best_score": best_score,
-    }
+# ----------------------------------------------------------------------------- the run
 
 
 def train(
@@ -307,11 +486,11 @@ def train(
 ) -> TrainResult:
     """Run (or resume) a training run described by ``config``; see ``encnet train --help``.
 
-    ``trust_code`` lets ``config.init_from`` be a TorchScript/pt2 program (opening one runs its code);
-    it is a parameter, not a config field, so no recipe or saved config.toml can turn it on.
-    ``resume`` needs a training checkpoint and never opens a program.
+    ``callback`` gets rank 0's events (engine/events.py). ``trust_code`` lets ``config.init_from`` be a
+    TorchScript/pt2 program (opening one runs its code); it is a parameter, not a config field, so no
+    recipe or saved config.toml can turn it on. ``resume`` needs a training checkpoint and never opens a program.
     """
-    emit = callback or (lambda event, data: None)
+    emit = callback or (lambda event: None)
     info = init_distributed(config.device)
     try:
         return _train(config, resume, emit, info, trust_code)
@@ -321,326 +500,55 @@ def train(
 
 def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False) -> TrainResult:
     start_time = time.perf_counter()
-    if config.model not in MODELS:
-        create_model(config.model, 1)  # the "unknown model" error, before anything is written
-    if config.init_from:
-        check_trusted(Path(config.init_from), trust_code)  # a program is refused before the run folder is written
-    out_dir = Path(config.output_dir)
-    check_output_dir(out_dir, "--output-dir")
-    data_info = read_info(Path(config.data), allow_truncated=config.skip_bad)
-    num_classes = data_info.num_classes
-    device = info.device
-    if config.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-
-    # data
-    train_set = HDF5SegmentationDataset(
-        Path(config.data),
-        config.train_split,
-        train_transform(config.base_size, config.crop_size, (config.scale_min, config.scale_max), config.mean, config.std),
-        strict=not config.skip_bad,
-    )
-    if train_set.labelled_pixels() == 0:
-        raise DataError(
-            f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255 by its "
-            "class_pixels, which `encnet targets` recomputes): nothing to train on"
-        )
-    sampler = EpochSampler(len(train_set), config.batch_size, info, config.seed)
-    if sampler.batches_per_epoch == 0:
-        raise ConfigError(
-            f"the {config.train_split} split has {len(train_set)} images, fewer than one global batch "
-            f"({config.batch_size} x {info.world_size}); lower --batch-size"
-        )
-    workers = min(config.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
-    loader_args = {
-        "num_workers": workers,
-        "pin_memory": device.type == "cuda",
-        "persistent_workers": workers > 0,
-        "generator": torch.Generator().manual_seed(config.seed),
-    }
-    loader_args["collate_fn"] = collate_checked  # bad samples travel as data: (batch, bad samples, missing)
-    train_loader = CheckedBatches(
-        DataLoader(SeededSamples(train_set, config.seed, config.skip_bad), config.batch_size, sampler=sampler, **loader_args),
-        Path(config.data), config.skip_bad, require_complete=True,
-    )  # fmt: skip
-    val_loader = None
-    if config.val_split and config.val_split in data_info.splits and data_info.labelled.get(config.val_split):
-        val_set = HDF5SegmentationDataset(
-            Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std), strict=not config.skip_bad
-        )
-        if val_set.labelled_pixels() == 0:
-            raise DataError(
-                f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255 by "
-                "its class_pixels); validate on another split or pass --val-split ''"
-            )
-        val_loader = CheckedBatches(
-            DataLoader(CheckedSamples(val_set), config.batch_size, sampler=ShardSampler(len(val_set), info), **loader_args),
-            Path(config.data), config.skip_bad,
-        )  # fmt: skip
-    elif config.val_split and info.is_main:
-        log.warning("no labelled %r split in %s: training without validation", config.val_split, config.data)
-
-    iters_per_epoch = sampler.batches_per_epoch
-    if config.iters:
-        total_iters = config.iters
-    elif config.epochs:
-        total_iters = config.epochs * iters_per_epoch
-    else:
-        raise ConfigError("give the run's length with --epochs or --iters")
-    total_epochs = math.ceil(total_iters / iters_per_epoch)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.toml").write_text(config.to_toml())
-
-    # model
-    torch.manual_seed(config.seed)
-    model = build_model(config, num_classes)
-    reinitialised: list[str] = []
-    if config.init_from:
-        reinitialised = init_from_checkpoint(model, Path(config.init_from), data_info.classes, trust_code)
-        if reinitialised and info.is_main:
-            emit("message", {"text": f"re-initialised for {num_classes} classes: {', '.join(reinitialised)}"})
-    if config.freeze_backbone:
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-    model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
-    global_batch = config.batch_size * info.world_size
-    lr = config.lr * global_batch / 16
-    optimizer = _optimizer(model, config, lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PolySchedule(total_iters, config.poly_power, config.warmup_iters))
-    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
-
-    # resume
-    iteration, best_score, best_metrics = 0, -1.0, None
-    resume_path = _resume_path(resume, out_dir)
-    if resume_path is not None:
-        ckpt = load_training_checkpoint(resume_path)
-        if ckpt.get("model_config", {}).get("name") != config.model or ckpt.get("classes") != data_info.classes:
-            raise CheckpointError(f"{resume_path} is a run of another model or dataset; use --init-from to fine-tune from it")
-        _check_resume_settings(ckpt, resume_path, config, model, info.world_size, emit if info.is_main else None)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scheduler.lr_lambdas[0] = PolySchedule(total_iters, config.poly_power, config.warmup_iters)
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        iteration = int(ckpt["iteration"])
-        best_score = float(ckpt.get("best_score", -1.0))
-        best_metrics = ckpt.get("best_metrics")
-        set_rng_state(ckpt["rng"])
-        if iteration >= total_iters:
-            raise ConfigError(f"{resume_path} already reached iteration {iteration}; raise --iters/--epochs to train longer")
-        if info.is_main:
-            emit("message", {"text": f"resumed from {resume_path} at iteration {iteration}/{total_iters}"})
-
-    if info.distributed and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif info.distributed and info.is_main:
-        log.warning("SyncBatchNorm needs CUDA: on CPU each process normalises with its own batch statistics")
-    net: nn.Module = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
-    criterion = SegmentationLoss(config.se_weight if config.se_loss else 0.0, config.aux_weight if config.aux else 0.0)
-
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    metrics_file = (out_dir / "metrics.jsonl").open("a") if info.is_main else None
-
-    def record(entry: dict[str, Any]) -> None:
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(entry) + "\n")
-            metrics_file.flush()
-
-    def save(path: Path, metrics: dict[str, Any] | None) -> None:
-        if info.is_main:
-            payload = _checkpoint_payload(
-                model, optimizer, scheduler, scaler, config, data_info, iteration // iters_per_epoch, iteration, metrics, best_score
-            )
-            payload["best_metrics"] = best_metrics
-            save_checkpoint(payload, path)
-
-    def skip(sample: BadSample) -> None:  # --skip-bad: each bad sample once, in metrics.jsonl and on screen
-        if info.is_main:
-            record({"type": "skipped", "iteration": iteration, **sample.to_dict()})
-            emit("message", {"text": f"skipped bad sample: {sample}"})
-        else:
-            log.warning("rank %d: skipped bad sample: %s", info.rank, sample)
-
-    train_loader.on_skip = skip
-    if val_loader is not None:
-        val_loader.on_skip = skip
-
-    if info.is_main:
-        emit("start", {"total_iters": total_iters, "iteration": iteration, "iters_per_epoch": iters_per_epoch,
-                       "epochs": total_epochs, "device": str(device), "world_size": info.world_size,
-                       "lr": lr, "global_batch": global_batch, "params": sum(p.numel() for p in model.parameters())})  # fmt: skip
-
-    stopped_by = None
-    bad_loss = torch.zeros((), dtype=torch.bool, device=device)
-    sums: dict[str, torch.Tensor] = {}
-    window_start, window_data, window_steps = time.perf_counter(), 0.0, 0
-    total_data, total_step_time, total_images = 0.0, 0.0, 0
-    with _StopFlag() as stop:
-        while iteration < total_iters and stopped_by is None:
-            epoch, position = divmod(iteration, iters_per_epoch)
-            sampler.set_epoch(epoch, position)
-            _set_train_mode(net, config)
-            fetch_start = time.perf_counter()
-            for images, masks in train_loader:
-                data_time = time.perf_counter() - fetch_start
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast_context(device, config.amp):
-                    outputs = net(images)
-                loss, parts = criterion(outputs, masks)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                scheduler.step()
-                bad_loss |= ~torch.isfinite(loss.detach())
-                iteration += 1
-                for key, value in {"loss": loss.detach(), **parts}.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                window_data += data_time
-                total_data += data_time
-                total_step_time += time.perf_counter() - fetch_start
-                total_images += images.shape[0] * info.world_size
-                window_steps += 1
-                last_of_epoch = iteration % iters_per_epoch == 0 or iteration >= total_iters
-                if window_steps >= config.log_every or last_of_epoch or stop.signal:
-                    if bool(bad_loss.item()):
-                        raise NonFiniteLoss(
-                            f"the loss became non-finite near iteration {iteration}; "
-                            f"{'last.pt keeps the last good state; ' if last_path.exists() else ''}"
-                            "lower --lr, use --amp bf16/off, or check the data"
-                        )
-                    elapsed = time.perf_counter() - window_start
-                    if info.distributed:  # log the mean over all ranks, not rank 0's alone
-                        keys = sorted(sums)
-                        stacked = all_reduce_sum(torch.stack([torch.as_tensor(sums[k], device=device).float() for k in keys]), info)
-                        sums = {k: v / info.world_size for k, v in zip(keys, stacked, strict=True)}
-                    entry = {
-                        "type": "train",
-                        "iteration": iteration,
-                        "epoch": epoch + 1,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        **{k: float(v) / window_steps for k, v in sums.items()},
-                        "it_per_s": window_steps / elapsed if elapsed > 0 else 0.0,
-                        "images_per_s": window_steps * global_batch / elapsed if elapsed > 0 else 0.0,
-                        "data_share": window_data / elapsed if elapsed > 0 else 0.0,
-                    }
-                    if info.is_main:
-                        record(entry)
-                        emit("log", {**entry, "total_iters": total_iters})
-                    sums, window_data, window_steps, window_start = {}, 0.0, 0, time.perf_counter()
-                elif info.is_main:
-                    emit("step", {"iteration": iteration, "total_iters": total_iters})
-                if broadcast_flag(stop.signal is not None, info):
-                    stopped_by = stop.signal or "signal"
-                    break
-                if last_of_epoch:
-                    break
+    run = setup(config, resume, emit, info, trust_code)
+    state, window, stopped_by = run.state, LogWindow(info), None
+    with _RunOutputs(Path(config.output_dir), info, emit) as out:
+        out.watch_skips(run, info)
+        out.emit(TrainStart(run.total_iters, state.iteration, run.iters_per_epoch, run.total_epochs, str(info.device),
+                            info.world_size, run.lr, run.global_batch, sum(p.numel() for p in run.model.parameters())))  # fmt: skip
+        with _StopFlag() as stop:
+            while state.iteration < run.total_iters and stopped_by is None:
+                epoch, position = divmod(state.iteration, run.iters_per_epoch)
+                run.sampler.set_epoch(epoch, position)
+                _set_train_mode(run.net, config)
                 fetch_start = time.perf_counter()
-            if stopped_by is not None:
-                break
-            completed = iteration // iters_per_epoch
-            epoch_done = iteration % iters_per_epoch == 0
-            finished = iteration >= total_iters
-            metrics = None
-            due = config.val_every and epoch_done and completed % config.val_every == 0
-            if val_loader is not None and (finished or due):
-                metrics = validate(net, val_loader, num_classes, info, config.amp)
-                entry = {"type": "val", "iteration": iteration, "epoch": completed,
-                         **{k: metrics[k] for k in ("pixAcc", "mIoU", "mIoU_all", "mean_acc", "fwIoU", "score")}}  # fmt: skip
-                record(entry)
-                if info.is_main:
-                    emit("val", entry)
-                if metrics["score"] > best_score:
-                    best_score, best_metrics = metrics["score"], entry
-                    save(best_path, entry)
-            save(last_path, metrics)
-    if stopped_by is not None:
-        save(last_path, None)
-        if info.is_main:
-            emit("message", {"text": f"{stopped_by}: saved {last_path} at iteration {iteration}; continue with --resume auto"})
-    skipped = {**train_loader.skipped, **(val_loader.skipped if val_loader else {})}
-    for sample in gather_lists(list(skipped.values()), info):  # under torchrun, the other ranks' too
-        if (sample.split, sample.index) not in skipped:
-            skipped[(sample.split, sample.index)] = sample
-            record({"type": "skipped", "iteration": iteration, **sample.to_dict()})
-    if metrics_file is not None:
-        metrics_file.close()
-    seconds = time.perf_counter() - start_time
+                for images, masks in run.train_loader:
+                    data_time = time.perf_counter() - fetch_start
+                    loss, parts = _train_step(run, images, masks, info.device)
+                    state.iteration += 1
+                    window.add(loss, parts, images.shape[0] * info.world_size, data_time, time.perf_counter() - fetch_start)
+                    last_of_epoch = state.iteration % run.iters_per_epoch == 0 or state.iteration >= run.total_iters
+                    if window.steps >= config.log_every or last_of_epoch or stop.signal:
+                        window.check_finite(state.iteration, out.last_path)
+                        logged = window.close(state.iteration, run, epoch + 1)
+                        out.record(logged.record())
+                        out.emit(logged)
+                    else:
+                        out.emit(TrainStep(state.iteration, run.total_iters))
+                    if broadcast_flag(stop.signal is not None, info):
+                        stopped_by = stop.signal or "signal"
+                        break
+                    if last_of_epoch:
+                        break
+                    fetch_start = time.perf_counter()
+                if stopped_by is None:
+                    _end_of_epoch(run, out, info)
+        if stopped_by is not None:
+            out.save(out.last_path, run, None)
+            out.emit(Message(f"{stopped_by}: saved {out.last_path} at iteration {state.iteration}; continue with --resume auto"))
+        skipped = out.all_skipped(run, info)
     return TrainResult(
-        output_dir=out_dir,
-        iteration=iteration,
-        total_iters=total_iters,
-        epoch=iteration // iters_per_epoch,
-        best=best_metrics,
-        last_checkpoint=last_path if last_path.exists() else None,
-        best_checkpoint=best_path if best_path.exists() else None,
-        seconds=seconds,
+        output_dir=Path(config.output_dir),
+        iteration=state.iteration,
+        total_iters=run.total_iters,
+        epoch=state.iteration // run.iters_per_epoch,
+        best=state.best_metrics,
+        last_checkpoint=out.last_path if out.last_path.exists() else None,
+        best_checkpoint=out.best_path if out.best_path.exists() else None,
+        seconds=time.perf_counter() - start_time,
         stopped_by=stopped_by,
-        reinitialised=reinitialised,
-        images_per_second=total_images / total_step_time if total_step_time else 0.0,
-        data_share=total_data / total_step_time if total_step_time else 0.0,
-        skipped=[sample.to_dict() for sample in skipped.values()],
+        reinitialised=run.reinitialised,
+        images_per_second=window.total_images / window.total_step_time if window.total_step_time else 0.0,
+        data_share=window.total_data / window.total_step_time if window.total_step_time else 0.0,
+        skipped=[sample.to_dict() for sample in skipped],
     )
-
-
-# Settings that an exact continuation needs unchanged (the run length may change; it is the point of resuming).
-EXACT_RESUME_SETTINGS = (
-    "data", "train_split", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
-    "warmup_iters", "crop_size", "base_size", "scale_min", "scale_max", "se_loss", "se_weight", "aux",
-    "aux_weight", "amp", "seed", "freeze_backbone", "freeze_bn", "mean", "std",
-)  # fmt: skip
-
-
-def _check_resume_settings(
-    ckpt: dict[str, Any], path: Path, config: TrainConfig, model: EncNet, ranks: int, emit: Callback | None
-) -> None:
-    """Refuse a resume whose model differs from the checkpoint's; say which settings break the exact resume."""
-    saved_model = ckpt.get("model_config") or {}
-    changed = sorted(k for k in set(saved_model) | set(model.config) if saved_model.get(k) != model.config.get(k))
-    if changed:
-        detail = ", ".join(f"{k} {saved_model.get(k)!r} -> {model.config.get(k)!r}" for k in changed[:4])
-        raise CheckpointError(
-            f"{path} was trained with other model settings ({detail}); resume with the run's settings, "
-            "or fine-tune from it with --init-from"
-        )
-    if emit is None:
-        return
-    saved = ckpt.get("train_config") or {}
-    now = config.to_dict()
-    differ = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in EXACT_RESUME_SETTINGS if k in saved and saved[k] != now.get(k)]
-    if ckpt.get("world_size") not in (None, ranks):
-        differ.append(f"processes {ckpt['world_size']} -> {ranks}")
-    if differ:
-        emit("message", {"text": f"warning: resuming with changed settings ({'; '.join(differ)}): "
-                                 "the run continues but is no longer an exact continuation of the interrupted one"})  # fmt: skip
-
-
-def _resume_path(resume: str | None, out_dir: Path) -> Path | None:
-    if not resume:
-        return None
-    if resume == "auto":
-        path = out_dir / "last.pt"
-        if not path.exists():
-            log.info("--resume auto: no %s yet, starting a new run", path)
-            return None
-        return path
-    path = Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"--resume {path}: no such checkpoint")
-    return path

@@ -23,8 +23,8 @@ from encnet_core.config import TrainConfig
 from encnet_core.data.hdf5 import read_info
 from encnet_core.engine import train as train_module
 from encnet_core.engine.distributed import DistInfo
+from encnet_core.engine.events import VAL_METRICS, Message, TrainEvent, TrainLog, TrainStep, Validated
 from encnet_core.engine.train import (
-    CLASS_SPECIFIC,
     EpochSampler,
     NonFiniteLoss,
     PolySchedule,
@@ -64,11 +64,11 @@ def _assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def _stop_at(iteration: int) -> Callable[[str, dict[str, Any]], None]:
+def _stop_at(iteration: int) -> Callable[[TrainEvent], None]:
     """A callback that interrupts the run (as `kill -TERM` would) once ``iteration`` is done."""
 
-    def callback(event: str, data: dict[str, Any]) -> None:
-        if event in ("step", "log") and data["iteration"] == iteration:
+    def callback(event: TrainEvent) -> None:
+        if isinstance(event, (TrainStep, TrainLog)) and event.iteration == iteration:
             signal.raise_signal(signal.SIGTERM)
 
     return callback
@@ -185,7 +185,7 @@ def test_interrupt_and_resume_equals_one_run(make_config: Callable[..., TrainCon
     messages: list[str] = []
     resume = "auto" if workers == 0 else str(stopped.last_checkpoint)  # both spellings
     resumed = train(
-        config, resume=resume, callback=lambda e, d: messages.append(d["text"]) if e == "message" else None
+        config, resume=resume, callback=lambda e: messages.append(e.text) if isinstance(e, Message) else None
     )
     assert resumed.iteration == 18 and any("resumed from" in m and "iteration 9/18" in m for m in messages)
 
@@ -275,7 +275,7 @@ def test_init_from_reinitialises_class_layers_only(
     state = model.state_dict()
     assert state.keys() == source.keys()
     for key, value in state.items():
-        if key.startswith(CLASS_SPECIFIC):  # new shape, fresh initialisation
+        if key.startswith(model.classifier_prefixes()):  # new shape, fresh initialisation
             assert value.shape[0] == 3 and source[key].shape[0] == 14, key
             assert torch.equal(value, fresh[key]), key
         else:  # everything else: the source weights (BatchNorm statistics included)
@@ -308,6 +308,37 @@ def test_init_from_another_architecture_is_a_checkpoint_error(short_run: TrainRe
     # --resume (not --init-from) with another model's run says which option to use
     with pytest.raises(CheckpointError, match="use --init-from"):
         train(make_config("resume_other", iters=2), resume=str(fcn.last_checkpoint))
+
+
+def test_init_from_se_checkpoint_without_se_drops_the_se_layer(tmp_path: Path) -> None:
+    """Fine-tuning with --no-se-loss from a checkpoint with the SE layer drops that layer, keeps the rest."""
+    torch.manual_seed(0)
+    source = build_model(TrainConfig(model="encnet_tiny"), 3)
+    torch.save(source.state_dict(), tmp_path / "se.pt")
+    model = build_model(TrainConfig(model="encnet_tiny", se_loss=False), 3)
+    assert not model.has_se
+    assert init_from_checkpoint(model, tmp_path / "se.pt", ["a", "b", "c"]) == ["head.encmodule.selayer"]
+    expected = {k: v for k, v in source.state_dict().items() if not k.startswith("head.encmodule.selayer.")}
+    _assert_same(model.state_dict(), expected)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+def test_events_come_in_order_and_logs_equal_the_metrics_records(make_config) -> None:
+    events: list[TrainEvent] = []
+    result = train(make_config("events", iters=6, log_every=3, val_every=1), callback=events.append)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["TrainStart", "TrainStep", "TrainStep", "TrainLog", "TrainStep", "TrainStep", "TrainLog", "Validated"]
+    start = events[0]
+    assert (start.total_iters, start.iteration, start.iters_per_epoch, start.epochs) == (6, 0, 6, 1)
+    assert (start.world_size, start.global_batch, start.lr) == (1, 4, pytest.approx(0.05 * 4 / 16))
+    assert [e.iteration for e in events[1:]] == [1, 2, 3, 4, 5, 6, 6]
+    lines = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [e.record() for e in events if isinstance(e, (TrainLog, Validated))]
+    assert result.best == events[-1].record() and set(events[-1].metrics) == set(VAL_METRICS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        start.iteration = 1
 
 
 # ----------------------------------------------------------------------------- bf16 and non-finite loss
@@ -344,8 +375,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_config, monke
     last = Path(config.output_dir) / "last.pt"
     saved: dict[str, bytes] = {}
 
-    def keep_copy(event: str, data: dict[str, Any]) -> None:
-        if event == "step" and data["iteration"] == 7:
+    def keep_copy(event: TrainEvent) -> None:
+        if isinstance(event, TrainStep) and event.iteration == 7:
             saved["bytes"] = last.read_bytes()
 
     with pytest.raises(
