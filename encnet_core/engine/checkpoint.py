@@ -211,15 +211,14 @@ def training_payload(
     """
     core = model.module if hasattr(model, "module") else model
     core = getattr(core, "_orig_mod", core)
+    # the model's metadata (its "training" summary stays None: readers derive it from the training state)
+    metadata = ModelMetadata(
+        model_config=core.config, classes=data_info.classes, palette=data_info.palette.tolist(), mean=config.mean,
+        std=config.std, base_size=config.base_size, crop_size=config.crop_size, encnet_version=__version__,
+    )  # fmt: skip
     return {
-        "model_config": core.config,
+        **metadata.to_dict(),
         "model": core.state_dict(),
-        "classes": data_info.classes,
-        "palette": data_info.palette.tolist(),
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "base_size": config.base_size,
-        "crop_size": config.crop_size,
         "train_config": config.to_dict(),
         "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
         "optimizer": optimizer.state_dict(),
