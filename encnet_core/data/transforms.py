@@ -26,6 +26,7 @@ from encnet_core.constants import (
 from encnet_core.errors import ConfigError
 
 __all__ = [
+    "normalize_image",
     "PadToSize",
     "PlainMask",
     "RandomLongSideResize",
@@ -96,11 +97,35 @@ class PlainMask(v2.Transform):
         return mask.to(torch.int64)
 
 
+def normalize_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 RGB (..., 3, H, W) -> float32 ``(image / 255 - mean) / std`` on the image's device.
+
+    The one normalisation of encnet: training and validation (the pipelines below) and inference
+    (``LoadedModel.normalize``) all call it. Returns a new tensor; ``image`` is left as it is.
+    """
+    x = image.to(torch.float32, copy=True).div_(255)
+    x = x.sub_(torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1))
+    return x.div_(torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1))
+
+
+class _Normalize(v2.Transform):
+    """``normalize_image`` as a paired transform: the image is normalised, the mask passes through."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(normalize_image(inpt.as_subclass(torch.Tensor), self.mean, self.std), like=inpt)
+
+
 class _ContiguousImage(v2.Transform):
     """Lay the image out as (C, H, W) in memory; values are unchanged.
 
     torchvision.io decodes into an (H, W, C) buffer and the resize keeps that layout (its uint8 kernel is
-    fastest on it), but ``Normalize``'s per-channel broadcast runs about 4x slower on it than on a
+    fastest on it), but the normalisation's per-channel broadcast runs about 4x slower on it than on a
     contiguous image; copying the uint8 crop first is cheaper than normalising the strided one.
     """
 
@@ -111,13 +136,8 @@ class _ContiguousImage(v2.Transform):
 
 
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    """uint8 image -> float32 in [0, 1] -> (x - mean) / std; the mask becomes a plain int64 tensor."""
-    return [
-        _ContiguousImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-        PlainMask(),
-    ]
+    """uint8 image -> float32 (x / 255 - mean) / std (``normalize_image``); the mask becomes a plain int64 tensor."""
+    return [_ContiguousImage(), _Normalize(mean, std), PlainMask()]
 
 
 def train_transform(

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from encnet_core.data.transforms import normalize_image
 from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from encnet_core.engine.device import autocast_context
 from encnet_core.engine.metadata import ModelMetadata
@@ -95,11 +96,8 @@ class LoadedModel:
         return len(self.classes)
 
     def normalize(self, image: Tensor) -> Tensor:
-        """uint8 (3, H, W) or (N, 3, H, W) RGB -> normalised float32 on the model's device."""
-        x = image.to(self.device, non_blocking=True).float() / 255.0
-        mean = torch.tensor(self.mean, device=self.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(-1, 1, 1)
-        return (x - mean) / std
+        """uint8 (3, H, W) or (N, 3, H, W) RGB -> normalised float32 on the model's device (as in training)."""
+        return normalize_image(image.to(self.device, non_blocking=True), self.mean, self.std)
 
     @property
     def pad_value(self) -> tuple[float, float, float]:

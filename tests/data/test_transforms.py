@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from encnet_core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.data.transforms import (
@@ -156,3 +157,28 @@ def test_plain_mask_squeezes_channel() -> None:
 def test_train_transform_rejects_bad_sizes(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         train_transform(**kwargs)
+
+
+def test_one_normalisation_for_training_and_inference() -> None:
+    """normalize_image is what the training pipelines and LoadedModel.normalize compute: the earlier
+    inference formula exactly, torchvision's ToDtype + Normalize (training until now) to float rounding."""
+    from encnet_core.data.transforms import normalize_image
+    from encnet_core.engine.model_files import LoadedModel
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (2, 3, 9, 11), dtype=torch.uint8, generator=generator)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ours = normalize_image(image, mean, std)
+    assert ours.dtype == torch.float32 and ours.shape == image.shape
+    earlier_inference = (image.float() / 255.0 - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    assert torch.equal(ours, earlier_inference)
+    earlier_training = v2.Normalize(list(mean), list(std))(v2.ToDtype(torch.float32, scale=True)(image))
+    torch.testing.assert_close(ours, earlier_training, rtol=1e-6, atol=1e-6)
+    model = LoadedModel(run=lambda x: (x, None), classes=["a"], palette=np.zeros((1, 3), np.uint8), mean=mean,
+                        std=std, base_size=8, crop_size=8, device=torch.device("cpu"), source="checkpoint")  # fmt: skip
+    assert torch.equal(model.normalize(image), ours)
+    float_image = image.float()
+    normalize_image(float_image, mean, std)
+    assert torch.equal(float_image, image.float())  # the input is left as it is
+    pipeline, _ = normalize_only(mean, std)(tv_tensors.Image(image[0]), tv_tensors.Mask(torch.zeros(9, 11, dtype=torch.int64)))
+    assert torch.equal(pipeline.as_subclass(torch.Tensor), ours[0])
