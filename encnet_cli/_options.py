@@ -45,9 +45,9 @@ def _check_device(value: str | None) -> str | None:
 
 
 def _complete_device(incomplete: str) -> list[str]:
-    import torch
+    from encnet_core.engine.device import device_names  # here: completion should not wait for torch at import
 
-    names = ["auto", "cpu", "cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    names = device_names()
     return [n for n in names if n.startswith(incomplete)]
 
 

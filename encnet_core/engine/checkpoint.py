@@ -28,6 +28,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from encnet_core import __version__
+from encnet_core.engine.device import accelerator_rng_state, set_accelerator_rng_state
 from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError, ConfigError, ModelError
 from encnet_core.models import EncNet, convert_pytorch_encoding_state_dict, create_model
@@ -168,8 +169,8 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},  # fmt: skip
         "python": repr(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if (cuda := accelerator_rng_state()) is not None:
+        state["cuda"] = cuda
     return state
 
 
@@ -180,8 +181,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import ast
 
     random.setstate(_to_tuple(ast.literal_eval(state["python"])))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_accelerator_rng_state(state.get("cuda"))
 
 
 def _to_tuple(value: Any) -> Any:

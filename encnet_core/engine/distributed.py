@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from encnet_core.engine.device import resolve_device
+from encnet_core.engine.device import is_cuda, process_device, resolve_device
 from encnet_core.engine.sampling import ShardSampler  # re-exported: it lives with the other samplers
-from encnet_core.errors import ConfigError
 
 log = logging.getLogger("encnet")
 
@@ -51,18 +50,8 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         return DistInfo(device=resolve_device(device_name))
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and not device_name.startswith("cpu")
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was given but no CUDA GPU is visible to PyTorch; use --device cpu")
-    if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs are visible")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
+    device = process_device(device_name, local_rank)
+    backend = "nccl" if is_cuda(device) else "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)

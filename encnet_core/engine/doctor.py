@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from encnet_core import __version__
-from encnet_core.engine.device import autocast_context, resolve_device, synchronize
+from encnet_core.engine.device import autocast_context, environment, resolve_device, synchronize
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.errors import ConfigError
 from encnet_core.models import create_model
@@ -48,8 +48,7 @@ def run_doctor(
         "encnet": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        **environment(),  # cuda_available, gpus
         "device": str(device),
         "amp": amp,
         "model": model_name,

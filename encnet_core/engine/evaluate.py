@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from encnet_core.data.dataset import BadSample, BadSampleError, CheckedSamples, HDF5SegmentationDataset
 from encnet_core.data.hdf5 import read_info
+from encnet_core.engine.device import pin_memory
 from encnet_core.engine.distributed import (
     DistInfo,
     ShardSampler,
@@ -127,7 +128,7 @@ def evaluate_loaded(
     sampler = ShardSampler(count, info)
     loader = DataLoader(
         CheckedSamples(dataset), batch_size=None, sampler=sampler, num_workers=options.workers, collate_fn=_image_and_mask,
-        pin_memory=info.device.type == "cuda",
+        pin_memory=pin_memory(info.device),
     )  # fmt: skip
     inference = options.inference
     if inference.pad_value == (0.0, 0.0, 0.0):

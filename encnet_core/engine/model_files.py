@@ -37,7 +37,7 @@ from torch import Tensor
 
 from encnet_core.data.transforms import normalize_image
 from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from encnet_core.engine.device import autocast_context
+from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
 from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError
 
@@ -270,7 +270,7 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
         import onnxruntime
     except ImportError:
         raise CheckpointError(f"{path} is an ONNX model: install onnxruntime (pip install 'encnet[onnx]')") from None
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+    providers = onnx_providers(device)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -350,7 +350,7 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
         )
     meta = ModelMetadata.from_dict(ckpt, path)
     model = model_from_checkpoint(ckpt, path).float().to(device).eval()
-    if device.type == "cuda":
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
     has_se = model.has_se
 

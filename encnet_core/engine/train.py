@@ -48,7 +48,15 @@ from encnet_core.engine.checkpoint import (
     save_checkpoint,
     training_payload,
 )
-from encnet_core.engine.device import autocast_context
+from encnet_core.engine.device import (
+    autocast_context,
+    channels_last,
+    check_amp,
+    grad_scaler,
+    is_cuda,
+    pin_memory,
+    prepare_for_training,
+)
 from encnet_core.engine.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -158,8 +166,7 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
     out_dir = Path(config.output_dir)
     check_output_dir(out_dir, "--output-dir")
     data_info = read_info(Path(config.data), allow_truncated=config.skip_bad)
-    if config.amp == "fp16" and info.device.type != "cuda":
-        raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    check_amp(info.device, config.amp)
     sampler, train_loader, val_loader = _loaders(config, data_info, info)
     iters_per_epoch = sampler.batches_per_epoch
     total_iters = _run_length(config, iters_per_epoch)
@@ -172,7 +179,7 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
     lr = scaled_lr(config, global_batch)
     optimizer = build_optimizer(model, config, lr)
     scheduler = build_scheduler(optimizer, config, total_iters)
-    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+    scaler = grad_scaler(config.amp)
     state, path = TrainState(), resume_path(resume, out_dir)
     if path is not None:
         state = resume_from(path, config=config, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -211,7 +218,7 @@ def _loaders(
     workers = min(config.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
     loader_args = {
         "num_workers": workers,
-        "pin_memory": info.device.type == "cuda",
+        "pin_memory": pin_memory(info.device),
         "persistent_workers": workers > 0,
         "generator": torch.Generator().manual_seed(config.seed),
         "collate_fn": collate_checked,  # bad samples travel as data: (batch, bad samples, missing)
@@ -263,21 +270,21 @@ def _model(
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     model.to(info.device)
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    prepare_for_training(info.device)
+    if channels_last(info.device):
         model.to(memory_format=torch.channels_last)
     return model, reinitialised
 
 
 def _parallel(model: EncNet, config: TrainConfig, info: DistInfo) -> tuple[EncNet, nn.Module]:
     """The model (with SyncBatchNorm under torchrun on CUDA) and what the steps call (DDP, torch.compile)."""
-    if info.distributed and info.device.type == "cuda":
+    if info.distributed and is_cuda(info.device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif info.distributed and info.is_main:
         log.warning("SyncBatchNorm needs CUDA: on CPU each process normalises with its own batch statistics")
     net: nn.Module = model
     if info.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if is_cuda(info.device) else None)
     if config.compile:
         net = torch.compile(net)
     return model, net
@@ -301,7 +308,7 @@ def _train_step(run: TrainSetup, images: Tensor, masks: Tensor, device: torch.de
     """One SGD step on a batch (forward under autocast, fp16 loss scaling); returns the loss and its terms."""
     images = images.to(device, non_blocking=True)
     masks = masks.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if channels_last(device):
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast_context(device, run.config.amp):
         outputs = run.net(images)
