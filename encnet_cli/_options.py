@@ -104,20 +104,3 @@ TrustCode = Annotated[
         "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
     ),
 ]
-TrustCodeOption = typer.Option(
-    False,
-    "--trust-code",
-    help="Open TorchScript and pt2 models: they are programs, and loading them runs code from the file. "
-    "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
-)
-
-# Old-style defaults, kept until every command uses the Annotated aliases above.
-ScalesOption = typer.Option(None, "--scales", help=SCALES_HELP)
-SlideOption = typer.Option(False, "--slide", help="Sliding-window inference at the image's own size.")
-FlipOption = typer.Option(False, "--flip", help="Add horizontally flipped views.")
-CropOption = typer.Option(None, "--crop-size", help="Window side for sliding/multi-scale (default: the model's training crop).")
-BaseOption = typer.Option(None, "--base-size", help="Long side at scale 1.0 (default: the model's training base size).")
-StrideOption = typer.Option(2 / 3, "--stride-rate", help="Window stride as a fraction of the crop.")
-MergeOption = typer.Option(Merge.prob, "--merge", help="Merge views by averaging softmax probabilities (prob) or summing logits (logits).")
-DeviceOption = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.", callback=_check_device, autocompletion=_complete_device)
-AmpOption = typer.Option(Amp.off, "--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA).")

@@ -22,16 +22,16 @@ def evaluate(
     model: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or exported model."),
     data: Path = typer.Argument(..., help="Prepared dataset (.h5)."),
     split: str = typer.Option("val", "--split", help="Split to evaluate."),
-    scales: str = opt.ScalesOption,
-    slide: bool = opt.SlideOption,
-    flip: bool = opt.FlipOption,
-    crop_size: int = opt.CropOption,
-    base_size: int = opt.BaseOption,
-    stride_rate: float = opt.StrideOption,
-    merge: str = opt.MergeOption,
+    scales: opt.Scales = None,
+    slide: opt.Slide = False,
+    flip: opt.Flip = False,
+    crop_size: opt.Crop = None,
+    base_size: opt.Base = None,
+    stride_rate: opt.Stride = 2 / 3,
+    merge: opt.MergeOpt = opt.Merge.prob,
     batch_size: int = typer.Option(8, "--batch-size", help="Views per forward pass."),
-    device: str = opt.DeviceOption,
-    amp: str = opt.AmpOption,
+    device: opt.Device = "auto",
+    amp: opt.AmpOpt = opt.Amp.off,
     workers: int = typer.Option(2, "--workers", "-j", help="Image decoding workers."),
     save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images; a name that would leave the folder (absolute, '..') is rejected before any work."),
     confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG."),
@@ -42,7 +42,7 @@ def evaluate(
         help="Skip samples that do not decode or break the format (listed in the output and under 'skipped' in --json) instead of stopping at the first.",
     ),  # fmt: skip
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    trust_code: bool = opt.TrustCodeOption,
+    trust_code: opt.TrustCode = False,
 ) -> None:
     """Evaluate a model: pixAcc, mIoU (two conventions), mean accuracy, fwIoU and per-class IoU.
 
@@ -59,7 +59,7 @@ def evaluate(
         )
 
     options = EvaluateOptions(
-        split=split, device=device, amp=amp, workers=workers,
+        split=split, device=device, amp=opt.value(amp), workers=workers,
         save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
         skip_bad=skip_bad,
     )  # fmt: skip

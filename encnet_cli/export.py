@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -11,17 +12,19 @@ from encnet_cli import _options as opt
 from encnet_cli._output import console, emit_json, safe_text
 from encnet_core.engine.export import FORMATS, export_model
 
+_Format = StrEnum("Format", {name: name for name in FORMATS})  # choices from the library's list of formats
+
 
 def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or an export (not ONNX)."),
     out: Path = typer.Argument(..., help="File to write."),
-    fmt: str = typer.Option("weights", "--format", "-f", help=f"One of {', '.join(FORMATS)}."),
+    fmt: _Format = typer.Option("weights", "--format", "-f", help="Export format (safetensors: no pickle, no code; torchscript/pt2: programs)."),
     half: bool = typer.Option(False, "--half", help="Store float16 weights (half the size; fp16 inference on GPUs)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload the export and compare it with the PyTorch model."),
     hash_name: bool = typer.Option(False, "--hash-name", help="Append the first 8 hex digits of the file's sha256 to its name."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    trust_code: bool = opt.TrustCodeOption,
+    trust_code: opt.TrustCode = False,
 ) -> None:
     """Export a trained model with its metadata (classes, palette, normalisation, sizes, training summary).
 
@@ -30,7 +33,7 @@ def export(
     others open only with --trust-code.
     """
     result = export_model(
-        checkpoint, out, fmt, half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code
+        checkpoint, out, opt.value(fmt), half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code
     )
     summary = {
         "path": str(result.path),

@@ -65,7 +65,7 @@ def _print_model(meta: dict) -> None:
 def info(
     path: Path = typer.Argument(..., help="A prepared dataset (.h5), a checkpoint or an exported model."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    trust_code: bool = opt.TrustCodeOption,
+    trust_code: opt.TrustCode = False,
 ) -> None:
     """Print a dataset's splits and per-class statistics, or a model's metadata.
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json, err_console
+from encnet_cli._output import console, emit_json, err_console, safe_text
 from encnet_core.config import TrainConfig, list_recipes, parse_set_option, resolve_train_config
 from encnet_core.engine.events import (
     Message,
@@ -77,9 +76,9 @@ class _TrainDisplay:
                     f"mIoU {metrics['mIoU']:.4f} (all-classes {metrics['mIoU_all']:.4f})"
                 )
             case Message():
-                self.progress.console.print(event.text)
+                self.progress.console.print(safe_text(event.text))  # messages hold paths and names from files
             case SampleSkipped():
-                self.progress.console.print(f"skipped bad sample: {event.sample}")
+                self.progress.console.print(f"skipped bad sample: {safe_text(event.sample)}")
 
     def close(self) -> None:
         self.progress.stop()
@@ -91,7 +90,7 @@ def _skipped_text(skipped: list[dict[str, Any]]) -> str | None:
         return None
     shown = ", ".join(f"{s['split']} {s['index']} ({s['name']!r})" for s in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-    return escape(f"{len(skipped)} bad sample(s): {shown}{more}; reasons in metrics.jsonl")
+    return safe_text(f"{len(skipped)} bad sample(s): {shown}{more}; reasons in metrics.jsonl")
 
 
 def _complete_recipe(incomplete: str) -> list[str]:

@@ -49,7 +49,7 @@ def _command_lines(text: str) -> list[str]:
     for line in lines:
         line = re.sub(r"^\$\s*", "", line.split(" #")[0])
         for start in ("encnet ", "python -m encnet_cli ", "torchrun "):
-            if line.startswith(start) or f" -m encnet_cli " in line:
+            if line.startswith(start) or " -m encnet_cli " in line:
                 found.append(line)
                 break
     return found

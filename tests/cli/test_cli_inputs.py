@@ -198,3 +198,20 @@ def test_export_output_path_is_checked_first(tiny: tuple[Path, Path], tmp_path: 
     assert "is a file, not a folder" in one_error_line(run("export", ckpt, a_file / "m.pt"))
     assert "exists; pass --overwrite" in one_error_line(run("export", ckpt, a_file))
     assert a_file.read_text() == "keep" and list(folder.iterdir()) == []
+
+
+def test_skipped_sample_with_markup_in_its_name_prints_as_written(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    data, _ = tiny
+    bad = tmp_path / "bad.h5"
+    shutil.copy(data, bad)
+    with h5py.File(bad, "r+") as handle:
+        handle["train/names"][1] = "[/]x\x1b[2J"
+        handle["train/masks"][1] = np.frombuffer(b"garbage", np.uint8)
+    result = run("train", bad, "-o", tmp_path / "run", "--iters", "2", "--skip-bad", *TRAIN)
+    assert result.exit_code == 0, result.output
+    assert "[/]x\\x1b[2J" in result.output and "\x1b[2J" not in result.output

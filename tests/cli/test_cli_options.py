@@ -1,0 +1,138 @@
+"""Options as a user meets them: choices are usage errors (one line, exit 2), every training setting has a
+flag or --set, --help shows each default, and the layering defaults < recipe < --config < --set < flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import typer
+from helpers import make_synthetic
+from typer.testing import CliRunner
+
+from encnet_cli.main import app
+from encnet_core.config import TrainConfig
+
+runner = CliRunner()
+TINY = ["--model", "encnet_tiny", "--batch-size", "2", "--crop-size", "32", "--base-size", "48", "-j", "0",
+        "--device", "cpu", "--no-progress", "--val-split", ""]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("options"), 4, 2, size=32)
+
+
+def run(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def usage_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "m.pt", "in", "-o", "out", "--amp", "fp17"], "'fp17' is not one of 'off', 'bf16', 'fp16'"),
+        (["evaluate", "m.pt", "d.h5", "--merge", "mean"], "'mean' is not one of 'prob', 'logits'"),
+        (["predict", "m.pt", "in", "-o", "out", "--format", "rgb"], "'rgb' is not one of 'color', 'index'"),
+        (["export", "m.pt", "out.onnx", "--format", "tflite"], "'tflite' is not one of"),
+        (["train", "d.h5", "--amp", "fp8"], "'fp8' is not one of"),
+        (["train", "d.h5", "--device", "gpu"], "'gpu' is not a device"),
+        (["doctor", "--amp", "bf17"], "is not one of"),
+        (["train", "d.h5", "--bogus"], "No such option: --bogus"),
+        (["trian"], "No such command 'trian'"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str], message: str) -> None:
+    line = usage_line(run(*args))
+    assert message in line and "--help" in line
+
+
+def test_every_training_setting_is_a_flag_or_set(data: Path, tmp_path: Path) -> None:
+    command = typer.main.get_command(app).commands["train"]
+    flags = {p.name for p in command.params}
+    flags |= {"compile"} if "compile_model" in flags else set()
+    without_flag = {f for f in TrainConfig.__dataclass_fields__ if f not in flags} - {"data"}
+    assert without_flag <= {"mean", "std", "recipe"}, without_flag  # these go through --set (recipe: --recipe)
+    out = tmp_path / "run"
+    result = run("train", data, *TINY, "--iters", "1", "-o", out, "--set", "mean=[0.5, 0.5, 0.5]",
+                 "--set", "std=[0.25,0.25,0.25]", "--set", "head_lr_mult=5", "--set", "amp=bf16")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert saved["mean"] == [0.5, 0.5, 0.5] and saved["std"] == [0.25, 0.25, 0.25]
+    assert saved["head_lr_mult"] == 5 and saved["amp"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["--set", "lr=abc"], "--set: lr must be a number, got 'abc'"),
+        (["--set", "nosuch=1"], "--set: unknown setting(s) nosuch"),
+        (["--set", "lr"], "--set takes key=value"),
+        (["--set", "lr=0.1", "--set", "lr=0.2"], "--set lr is given twice"),
+        (["--set", "lr=0.1", "--lr", "0.2"], "lr is given both as --lr and in --set"),
+        (["--set", "mean=[1]"], "mean must be a list of 3 numbers"),
+    ],
+)
+def test_bad_set_is_one_line(data: Path, tmp_path: Path, sets: list[str], message: str) -> None:
+    result = run("train", data, *TINY, "--iters", "1", "-o", tmp_path / "run", *sets)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_length_of_a_higher_layer_replaces_the_lower_one(data: Path, tmp_path: Path) -> None:
+    """The synthetic_cpu recipe sets iters = 1200; --epochs on the command line replaces it."""
+    out = tmp_path / "run"
+    args = ["--recipe", "synthetic_cpu", *TINY, "--epochs", "1", "-o", out]
+    result = run("train", data, *args)
+    assert result.exit_code == 0, result.output
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert saved["epochs"] == 1 and "iters" not in saved and saved["model"] == "encnet_tiny"
+
+
+def test_help_shows_every_default() -> None:
+    """Typer prints the default of every option that has one; train's flags default to None ("not given",
+    so the recipe/config layers can speak) and say TrainConfig's default in their help instead."""
+    group = typer.main.get_command(app)
+    missing = []
+    for name, command in group.commands.items():
+        for param in command.params:
+            if param.param_type_name != "option" or param.name == "help":
+                continue
+            help_text = param.help or ""
+            if "[default" in help_text:  # rich markup would swallow it
+                missing.append(f"{name} {param.opts[0]} (bracketed default in help)")
+            if param.default is not None and param.show_default is False:
+                missing.append(f"{name} {param.opts[0]} (default hidden)")
+            field = TrainConfig.__dataclass_fields__.get(param.name.replace("compile_model", "compile"))
+            if name == "train" and field is not None and field.default not in (None, False) and "(default:" not in help_text:
+                missing.append(f"train {param.opts[0]} (TrainConfig default {field.default!r} not in help)")
+    assert not missing, missing
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert "Images per process and step (default: 8)." in result.output
+    assert "(default: runs/MODEL-DATASTEM)" in result.output
+    result = runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
+    assert "[default: 400.0]" in result.output  # typer's own default display survives
+
+
+def test_shell_completion_offers_choices_and_recipes() -> None:
+    import os
+    import subprocess
+    import sys
+
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_ENCNET_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
+        script = "from encnet_cli.main import main; main()"
+        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True).stdout.split()
+
+    assert complete("encnet predict m --amp ") == ["off", "bf16", "fp16"]
+    assert complete("encnet train d --recipe pcontext") == ["pcontext_resnet101s", "pcontext_resnet50s"]
+    assert complete("encnet eva") == ["evaluate"]
