@@ -12,9 +12,7 @@ when read), plus the weights and the training state::
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import pickle
 import random
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from encnet_core.engine.device import accelerator_rng_state, set_accelerator_rng
 from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError, ConfigError, ModelError
 from encnet_core.models import EncNet, convert_pytorch_encoding_state_dict, create_model
+from encnet_core.paths import atomic_write, is_disk_full
 
 if TYPE_CHECKING:
     from encnet_core.config import TrainConfig
@@ -41,6 +40,7 @@ log = logging.getLogger("encnet")
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "encnet-checkpoint"
+CHECKPOINT_VERSION = 1  # the "version" every checkpoint written by save_checkpoint carries
 
 
 class _RecordingFile:
@@ -82,27 +83,20 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     left on <dir>"), any other OS error one "cannot write" `CheckpointError`.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     recorder: _RecordingFile | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as raw:
+        with atomic_write(path) as tmp, open(tmp, "wb") as raw:
             recorder = _RecordingFile(raw)
-            torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "encnet_version": __version__, **payload}, recorder)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "encnet_version": __version__,
+                        **payload}, recorder)  # fmt: skip
     except (OSError, RuntimeError) as exc:
         error = recorder.error if recorder is not None and recorder.error is not None else exc
         if not isinstance(error, OSError):
             raise
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(error):
             kept = "the previous one is intact" if path.exists() else "nothing was written"
             raise CheckpointError(f"no space left on {path.parent}: {path.name} was not saved ({kept})") from None
         raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.lexists(tmp):
-            tmp.unlink()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

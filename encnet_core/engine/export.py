@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.engine.model_files import METADATA_NAME, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 from encnet_core.models import EncNet
-from encnet_core.paths import check_output_file
+from encnet_core.paths import AtomicFile, check_output_file
 
 log = logging.getLogger("encnet")
 
@@ -162,7 +161,8 @@ def export_model(
     wrapper = ExportWrapper(model).eval()
     sample = _sample(sample_size or min(int(metadata["crop_size"]), 128), dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # keep the suffix: pt2 needs ".pt2"
+    file = AtomicFile(out, keep_suffix=True)  # keep the suffix: pt2 needs ".pt2"
+    tmp = file.tmp
     meta_json = json.dumps(metadata)
     try:
         try:
@@ -176,12 +176,12 @@ def export_model(
             diff = _verify(wrapper, tmp, sample, half, tolerance)
         if hash_name:
             digest = _sha256(tmp)[:8]
-            out = out.with_name(f"{out.stem}-{digest}{out.suffix}")
+            out = file.target = out.with_name(f"{out.stem}-{digest}{out.suffix}")
             if out.exists() and not overwrite:
                 raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-        os.replace(tmp, out)
+        file.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        file.discard()
     return ExportResult(out, fmt, out.stat().st_size, _sha256(out), diff, metadata)
 
 
