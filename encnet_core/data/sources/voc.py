@@ -14,7 +14,7 @@ from encnet_core.data.download import RemoteFile
 from encnet_core.data.sources import Item, Source, SourcePlan, decode_index_png, find_prefix
 from encnet_core.errors import DataError
 from encnet_core.palette import voc_palette
-from encnet_core.paths import is_disk_full
+from encnet_core.paths import atomic_write, is_disk_full
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -102,8 +102,9 @@ def extract_once(
         members = [n for n in arc.names() if wanted(n)]
     safe_extract(archive, dest, members, limits=limits)
     try:
-        (dest / ".members").write_text("\n".join(members))
-        marker.write_text(tag)
+        for path, text in ((dest / ".members", "\n".join(members)), (marker, tag)):  # the marker last: it says done
+            with atomic_write(path) as tmp:
+                tmp.write_text(text)
     except OSError as exc:
         raise DataError(f"cannot write {dest}: {exc.strerror or exc}") from None
     return members
