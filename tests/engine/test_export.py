@@ -164,4 +164,6 @@ def test_cli_export_info_and_predict_with_export(checkpoint: Path, tmp_path: Pat
     assert mask.mode == "P" and mask.size == (40, 30)
     assert mask.getpalette()[:6] == PALETTE[0] + PALETTE[1]  # the export's palette was used
     result = runner.invoke(app, ["export", str(checkpoint), str(tmp_path / "x.bin"), "--format", "tflite"])
-    assert result.exit_code == 1 and "--format must be one of" in result.output
+    # a choice typo is a usage error (issue 11: exit 2, one line listing the formats)
+    assert result.exit_code == 2 and "'tflite' is not one of 'weights', 'safetensors'" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
