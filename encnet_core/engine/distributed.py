@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -59,7 +60,11 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
 
 
 def shutdown_distributed(info: DistInfo) -> None:
+    """Tear the process group down once every rank is here: no rank closes its connections while
+    another still has work in flight on them (gloo aborts the process then)."""
     if info.distributed and dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a peer that already failed: tear down anyway
+            dist.barrier()
         dist.destroy_process_group()
 
 
