@@ -22,9 +22,10 @@ class Amp(StrEnum):
 
 
 class Merge(StrEnum):
-    """How the views of multi-scale/flip/sliding inference are merged."""
+    """How the views of multi-scale/flip/sliding inference are merged (engine/inference.py explains each)."""
 
     prob = "prob"
+    reference = "reference"
     logits = "logits"
 
 
@@ -92,7 +93,12 @@ Base = Annotated[Optional[int], typer.Option("--base-size", help="Long side at s
 Stride = Annotated[float, typer.Option("--stride-rate", help="Window stride as a fraction of the crop.", show_default="2/3")]
 MergeOpt = Annotated[
     Merge,
-    typer.Option("--merge", help="Merge views by averaging softmax probabilities (prob) or summing logits (logits)."),
+    typer.Option(
+        "--merge",
+        help="Merge views: prob averages softmax probabilities (as mmsegmentation); reference is PyTorch-Encoding's "
+        "MultiEvalModule (exp of a window's logits plus its flip's, averaged over windows, summed over scales); "
+        "logits sums logits the same way without the exp (not the reference's).",
+    ),
 ]
 Device = Annotated[str, device_option()]
 AmpOpt = Annotated[Amp, typer.Option("--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA).")]

@@ -7,8 +7,20 @@
   becomes ``ceil(base_size * scale)`` (aspect kept); if that fits in the crop the image is padded to
   the crop and run once, otherwise it is slid over as above; results are resized to the image.
 
-``flip`` adds the horizontally flipped view of every view. Views are merged by averaging softmax
-probabilities (``merge="prob"``, default) or by summing logits like the reference (``merge="logits"``).
+``flip`` adds the horizontally flipped view of every view. How views are merged (``merge``):
+
+* ``"prob"`` (default, like mmsegmentation): the mean over all views of the softmax probabilities;
+* ``"reference"``: PyTorch-Encoding's ``MultiEvalModule`` (``encoding/models/sseg/base.py``) to float
+  rounding: each window scores ``exp(logits(x) + flip(logits(flip(x))))`` (``module_inference``: the
+  flip pair's logits are summed *before* the exponential), windows are averaged where they overlap,
+  and the per-scale results, resized to the image, are summed. The exponential is taken in float32
+  as the reference does, so it overflows to inf where a flip pair's logits sum past about 88.7;
+* ``"logits"``: the same sums without the exponential (logits summed over flips and scales,
+  averaged over windows). It is *not* the reference's merge: a sum of logits ranks classes like a
+  product of every view's probabilities, while the reference multiplies only a window's flip pair
+  and then adds over windows and scales, a sum dominated by the views with the largest logits; with
+  more than one scale or window their argmaxes differ.
+
 All views of one image have the crop's shape (whole-image mode aside), so they are batched together,
 ``batch_size`` at a time, across windows, flips and scales.
 """
@@ -26,10 +38,11 @@ from torch import Tensor
 from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE
 from encnet_core.errors import ConfigError
 
-__all__ = ["InferenceConfig", "infer", "ModelFn", "window_starts", "parse_scales"]
+__all__ = ["InferenceConfig", "infer", "ModelFn", "window_starts", "parse_scales", "MERGES"]
 
 MAX_SIDE = 16384  # largest crop, base size or scaled side accepted (pixels)
 MAX_SCALE = 8.0  # largest multi-scale factor accepted
+MERGES = ("prob", "reference", "logits")  # see the module docstring
 
 ModelFn = Callable[[Tensor], Tensor]
 """(N, 3, h, w) normalised images -> (N, C, h, w) logits."""
@@ -45,14 +58,14 @@ class InferenceConfig:
     crop_size: int = DEFAULT_CROP_SIZE  # window side
     base_size: int = DEFAULT_BASE_SIZE  # long side at scale 1.0 (multi-scale)
     stride_rate: float = 2 / 3  # window stride / crop_size
-    merge: str = "prob"  # "prob": average softmax probabilities; "logits": sum logits (reference)
+    merge: str = "prob"  # "prob": mean softmax; "reference": PyTorch-Encoding's exp-sum; "logits": logit sums
     batch_size: int = 8  # views per forward pass
     align_corners: bool = True  # bilinear resizing of images and scores (reference: True)
     pad_value: tuple[float, ...] = (0.0, 0.0, 0.0)  # per-channel value of padding, in normalised units
 
     def __post_init__(self) -> None:
-        if self.merge not in ("prob", "logits"):
-            raise ConfigError(f"--merge must be prob or logits, got {self.merge!r}")
+        if self.merge not in MERGES:
+            raise ConfigError(f"--merge must be one of {', '.join(MERGES)}, got {self.merge!r}")
         if not 0 < self.stride_rate <= 1:
             raise ConfigError(f"--stride-rate must be in (0, 1], got {self.stride_rate}")
         if not 8 <= self.crop_size <= MAX_SIDE:
@@ -103,17 +116,23 @@ def _pad(image: Tensor, height: int, width: int, value: Sequence[float]) -> Tens
 
 
 class _Accumulator:
-    """Runs queued views in batches and adds their scores into per-scale canvases."""
+    """Runs queued views in batches and adds their scores into per-scale canvases.
+
+    ``count`` counts views (prob, logits) or windows (reference: a window and its flip are one
+    score, as in the reference's ``module_inference``).
+    """
 
     def __init__(self, model: ModelFn, config: InferenceConfig) -> None:
         self.model, self.config = model, config
-        self.queue: list[tuple[Tensor, Tensor, Tensor, int, int, int, int, bool]] = []
+        self.queue: list[tuple[Tensor, tuple[Tensor, Tensor, int, int, int, int], bool]] = []
+        self.pending: Tensor | None = None  # reference merge: a window's logits, waiting for its flip's
 
     def add(self, view: Tensor, canvas: Tensor, count: Tensor, y0: int, y1: int, x0: int, x1: int) -> None:
         """Queue ``view`` (3, crop, crop) whose region [y0:y1, x0:x1] of ``canvas`` it predicts."""
-        self.queue.append((view, canvas, count, y0, y1, x0, x1, False))
-        if self.config.flip:
-            self.queue.append((view.flip(-1), canvas, count, y0, y1, x0, x1, True))
+        target = (canvas, count, y0, y1, x0, x1)
+        self.queue.append((view, target, False))
+        if self.config.flip:  # right after its window: the reference merge pairs them in order
+            self.queue.append((view.flip(-1), target, True))
         if len(self.queue) >= self.config.batch_size:
             self.flush(full_only=True)
 
@@ -124,13 +143,23 @@ class _Accumulator:
         for start in range(0, end, size):
             chunk = self.queue[start : start + size]
             logits = self.model(torch.stack([v[0] for v in chunk])).float()  # (n, C, crop, crop)
-            scores = logits.softmax(1) if self.config.merge == "prob" else logits
-            for score, (_, canvas, count, y0, y1, x0, x1, flipped) in zip(scores, chunk, strict=True):
-                if flipped:
-                    score = score.flip(-1)
-                canvas[:, y0:y1, x0:x1] += score[:, : y1 - y0, : x1 - x0]
-                count[y0:y1, x0:x1] += 1
+            for logit, (_, target, flipped) in zip(logits, chunk, strict=True):
+                self._merge(logit.flip(-1) if flipped else logit, target, flipped)
         del self.queue[:end]
+
+    def _merge(self, logit: Tensor, target: tuple[Tensor, Tensor, int, int, int, int], flipped: bool) -> None:
+        canvas, count, y0, y1, x0, x1 = target
+        merge = self.config.merge
+        if merge == "reference":
+            if self.config.flip and not flipped:
+                self.pending = logit
+                return
+            score = (self.pending + logit).exp() if flipped else logit.exp()  # exp(l(x) + flip(l(flip x)))
+            self.pending = None
+        else:
+            score = logit.softmax(0) if merge == "prob" else logit
+        canvas[:, y0:y1, x0:x1] += score[:, : y1 - y0, : x1 - x0]
+        count[y0:y1, x0:x1] += 1
 
 
 def _tile(acc: _Accumulator, image: Tensor, canvas: Tensor, count: Tensor, config: InferenceConfig) -> None:
@@ -151,8 +180,9 @@ def _tile(acc: _Accumulator, image: Tensor, canvas: Tensor, count: Tensor, confi
 def infer(model: ModelFn, image: Tensor, num_classes: int, config: InferenceConfig) -> Tensor:
     """Merged class scores (C, H, W) for one normalised image (3, H, W); argmax(0) is the prediction.
 
-    With ``merge="prob"`` the result is the mean probability over views; with ``"logits"`` the sum
-    over scales (and flips) of the window-averaged logits, as the reference.
+    ``merge="prob"``: the mean probability over views. ``"reference"``: the reference's
+    ``MultiEvalModule`` scores, the sum over scales of the window-averaged ``exp(logits + flipped
+    logits)``. ``"logits"``: the same sum without the exponential.
     """
     _, H, W = image.shape
     device = image.device
@@ -160,6 +190,8 @@ def infer(model: ModelFn, image: Tensor, num_classes: int, config: InferenceConf
     if config.scales is None and not config.slide:  # whole image
         views = torch.stack([image, image.flip(-1)]) if config.flip else image[None]
         logits = model(views).float()
+        if config.merge == "reference":
+            return (logits[0] + logits[1].flip(-1)).exp() if config.flip else logits[0].exp()
         scores = logits.softmax(1) if config.merge == "prob" else logits
         total = scores[0] + (scores[1].flip(-1) if config.flip else 0)
         return total / len(views) if config.merge == "prob" else total
@@ -178,10 +210,10 @@ def infer(model: ModelFn, image: Tensor, num_classes: int, config: InferenceConf
         _tile(acc, resized, canvas, count, config)
         canvases.append((canvas, count))
     acc.flush()
-    views_per_pixel = 2 if config.flip else 1
+    # logits: count holds views, and the reference sums a window's flip pair: x2 turns the mean back into that sum
+    pair_sum = 2 if config.flip and config.merge == "logits" else 1
     for canvas, count in canvases:
-        # windows are averaged; flips averaged (prob) or summed (logits, as the reference adds them)
-        scale_scores = canvas / count.clamp_min(1) * (views_per_pixel if config.merge == "logits" else 1)
+        scale_scores = canvas / count.clamp_min(1) * pair_sum if pair_sum > 1 else canvas / count.clamp_min(1)
         if scale_scores.shape[-2:] != (H, W):
             scale_scores = F.interpolate(scale_scores[None], (H, W), mode="bilinear", align_corners=config.align_corners)[0]
         total += scale_scores
