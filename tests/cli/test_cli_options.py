@@ -39,7 +39,7 @@ def usage_line(result) -> str:
     ("args", "message"),
     [
         (["predict", "m.pt", "in", "-o", "out", "--amp", "fp17"], "'fp17' is not one of 'off', 'bf16', 'fp16'"),
-        (["evaluate", "m.pt", "d.h5", "--merge", "mean"], "'mean' is not one of 'prob', 'logits'"),
+        (["evaluate", "m.pt", "d.h5", "--merge", "mean"], "'mean' is not one of 'prob', 'reference', 'logits'"),
         (["predict", "m.pt", "in", "-o", "out", "--format", "rgb"], "'rgb' is not one of 'color', 'index'"),
         (["export", "m.pt", "out.onnx", "--format", "tflite"], "'tflite' is not one of"),
         (["train", "d.h5", "--amp", "fp8"], "'fp8' is not one of"),
