@@ -59,12 +59,14 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, device, backend)
 
 
-def shutdown_distributed(info: DistInfo) -> None:
-    """Tear the process group down once every rank is here: no rank closes its connections while
-    another still has work in flight on them (gloo aborts the process then)."""
+def shutdown_distributed(info: DistInfo, completed: bool = False) -> None:
+    """Tear the process group down. ``completed``: this rank finished its work normally, so wait for
+    every rank first (no rank closes its connections while another still has work in flight on them).
+    After an error, no barrier: the rank exits at once and torchrun stops the others."""
     if info.distributed and dist.is_initialized():
-        with contextlib.suppress(RuntimeError):  # a peer that already failed: tear down anyway
-            dist.barrier()
+        if completed:
+            with contextlib.suppress(RuntimeError):  # a peer that already failed: tear down anyway
+                dist.barrier()
         dist.destroy_process_group()
 
 

@@ -499,10 +499,13 @@ def train(
     """
     emit = callback or (lambda event: None)
     info = init_distributed(config.device)
+    completed = False
     try:
-        return _train(config, resume, emit, info, trust_code)
+        result = _train(config, resume, emit, info, trust_code)
+        completed = True
+        return result
     finally:
-        shutdown_distributed(info)
+        shutdown_distributed(info, completed)
 
 
 def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False) -> TrainResult:
