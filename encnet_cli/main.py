@@ -12,7 +12,7 @@ from rich.text import Text
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
-from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train
+from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train, weights
 from encnet_cli._output import err_console, safe_text
 from encnet_core import __version__
 from encnet_core.errors import EncNetError
@@ -26,7 +26,7 @@ class EncNetGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UsageError as exc:
-            command = f"{ctx.command_path} {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx is not ctx else ctx.command_path
+            command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path  # "encnet weights pull" too
             err_console.print(
                 Text.assemble(("error: ", "bold red"), safe_text(exc.format_message(), markup=False), f" (see {command} --help)"),
                 highlight=False, soft_wrap=True,
@@ -88,6 +88,7 @@ app.command("export")(export.export)
 app.command("info")(info.info)
 app.command("models")(models.models)
 app.command("doctor")(doctor.doctor)
+app.add_typer(weights.app, name="weights")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,7 +147,7 @@ def train(
     trust_code: opt.TrustCode = False,
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the heads only."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn", help="Keep BatchNorm statistics fixed (tiny batches)."),
-    backbone_weights: str = typer.Option(None, "--backbone-weights", help="ImageNet weights: a local state_dict file or 'imagenet'."),
+    backbone_weights: str = typer.Option(None, "--backbone-weights", help="ImageNet weights: a local state_dict file, 'imagenet' (torchvision's), or the reference's by name: resnet50s, resnet101s, resnet152s (see encnet weights list)."),
     compile_model: bool = typer.Option(None, "--compile", help="torch.compile the model."),
     skip_bad: bool = typer.Option(
         None, "--skip-bad",

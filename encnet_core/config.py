@@ -60,7 +60,7 @@ class TrainConfig:
     init_from: str | None = None  # encnet or PyTorch-Encoding checkpoint to start from
     freeze_backbone: bool = False  # train only the heads (backbone weights and BN statistics fixed)
     freeze_bn: bool = False  # keep every BatchNorm in eval mode (fixed statistics), e.g. for tiny batches
-    backbone_weights: str | None = None  # local ImageNet state_dict file or "imagenet"
+    backbone_weights: str | None = None  # local ImageNet state_dict file, "imagenet", or a zoo backbone name (resnet50s, ...)
     compile: bool = False  # torch.compile the model
     mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation mean (RGB, 0..1)
     std: tuple[float, float, float] = IMAGENET_STD  # normalisation std

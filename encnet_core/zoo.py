@@ -27,12 +27,67 @@ file that exists wins, a zoo name is pulled on first use.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from encnet_core.constants import IMAGENET_MEAN, IMAGENET_STD
+import numpy as np
+import torch
+from torch import Tensor
 
-__all__ = ["ZooModel", "ZOO", "REFERENCE_REPO", "MIRROR_ENV", "published", "get", "list_models"]
+from encnet_core import __version__
+from encnet_core.constants import IMAGENET_MEAN, IMAGENET_STD
+from encnet_core.data.archives import ArchiveLimits, open_archive, safe_extract
+from encnet_core.data.download import (
+    HASH_ALGOS,
+    check_timeout,
+    check_url,
+    default_cache_dir,
+    download,
+    file_hashes,
+)
+from encnet_core.errors import (
+    ArchiveError,
+    ChecksumError,
+    ConfigError,
+    DownloadError,
+    EncNetError,
+    ModelError,
+)
+from encnet_core.palette import voc_palette
+from encnet_core.paths import atomic_write, is_disk_full
+from encnet_core.progress import ProgressCallback
+
+log = logging.getLogger("encnet")
+
+__all__ = [
+    "ZooModel",
+    "ZOO",
+    "DATASET_LABELS",
+    "REFERENCE_REPO",
+    "MIRROR_ENV",
+    "ZOO_HEADER",
+    "published",
+    "get",
+    "list_models",
+    "repo_url",
+    "cache_dir",
+    "cache_path",
+    "is_cached",
+    "pull",
+    "add",
+    "resolve",
+    "backbone_state_dict",
+    "describe",
+]
 
 REFERENCE_REPO = "https://s3.us-west-1.wasabisys.com/encoding"
 """``encoding_repo_url`` of the reference's model_store.py: the zips lie under ``{repo}/models/``."""
@@ -132,4 +187,381 @@ def published(name: str) -> dict[str, Any] | None:
         "flip": True,
         "protocol": _PROTOCOL,
         "source": entry.source,
+    }
+
+
+# ----------------------------------------------------------------------------- class names of the datasets
+
+
+def _pcontext_labels() -> tuple[list[str], np.ndarray]:
+    from encnet_core.data.sources.pcontext import CONTEXT59
+
+    classes = [name for _, name in CONTEXT59]  # the reference's _mapping sorted: the same order (by labels.txt id)
+    return classes, voc_palette(len(classes) + 1)[1:]  # as `encnet prepare pcontext` stores them
+
+
+def _ade20k_labels() -> tuple[list[str], np.ndarray]:
+    from encnet_core.data.sources.ade20k import ADE20K_CLASSES
+
+    return list(ADE20K_CLASSES), voc_palette(len(ADE20K_CLASSES) + 1)[1:]  # as `encnet prepare ade20k` stores them
+
+
+DATASET_LABELS: dict[str, Callable[[], tuple[list[str], np.ndarray]]] = {
+    "pcontext": _pcontext_labels,
+    "ade20k": _ade20k_labels,
+}
+"""Dataset name -> (class names, (C, 3) uint8 palette) that a zoo model of that dataset carries."""
+
+
+# ----------------------------------------------------------------------------- where files come from and go
+
+ZOO_HEADER = "encnet.zoo"
+"""safetensors header key of a cached zoo file: JSON with the zoo name, kind, sha1 of the source .pth, URL."""
+
+MAX_PTH_BYTES = 2 << 30  # largest .pth read from a published zip (ResNet-152s EncNet: about 0.3 GB)
+
+
+def repo_url(mirror: str | None = None) -> str:
+    """Where the zips are: ``mirror``, else ``$ENCNET_WEIGHTS_MIRROR``, else the reference's repository."""
+    url = mirror or os.environ.get(MIRROR_ENV) or REFERENCE_REPO
+    option = "--mirror" if mirror else MIRROR_ENV if os.environ.get(MIRROR_ENV) else "the zoo URL"
+    return check_url(url.strip(), option)
+
+
+def cache_dir() -> Path:
+    """``<cache>/weights``, with ``<cache>`` = ``$ENCNET_CACHE``, else ``$XDG_CACHE_HOME/encnet``, else ``~/.cache/encnet``."""
+    return default_cache_dir() / "weights"
+
+
+def _entry(name: str) -> ZooModel:
+    entry = get(name)
+    if entry is None:
+        raise ModelError(f"unknown zoo model {name!r}; `encnet weights list` shows the names: {', '.join(ZOO)}")
+    return entry
+
+
+def cache_path(name: str) -> Path:
+    """The cached safetensors file of zoo model ``name`` (it may not exist yet)."""
+    return cache_dir() / f"{_entry(name).stem}.safetensors"
+
+
+def is_cached(name: str) -> bool:
+    """Whether zoo model ``name`` is in the cache (a pull or add completed; partial files never count)."""
+    return cache_path(name).is_file()
+
+
+def _parse_checksum(text: str) -> tuple[str, str]:
+    """``ALGO:HEX`` (md5, sha1, sha256) -> (algo, lower-case hex); ConfigError if malformed."""
+    algo, colon, digest = text.strip().partition(":")
+    algo, digest = algo.strip().lower(), digest.strip().lower()
+    if not colon or algo not in HASH_ALGOS:
+        raise ConfigError(f"bad --checksum value {text!r}: expected ALGO:HEX with ALGO one of {', '.join(HASH_ALGOS)}, e.g. sha1:4de91d59...")
+    length = hashlib.new(algo, usedforsecurity=False).digest_size * 2
+    if not re.fullmatch(rf"[0-9a-f]{{{length}}}", digest):
+        raise ConfigError(f"bad --checksum value {text!r}: a {algo} digest has {length} hexadecimal digits")
+    return algo, digest
+
+
+def _expected(entry: ZooModel, checksum: str | None) -> tuple[str, str, str]:
+    """(algo, hex, who vouches) of the .pth: the published sha1, or the user's ``--checksum``."""
+    if checksum:
+        return (*_parse_checksum(checksum), "--checksum")
+    return "sha1", entry.sha1, "the reference publishes"
+
+
+# ----------------------------------------------------------------------------- converting a .pth
+
+
+def _fits(state: dict[str, Tensor], own: dict[str, Tensor], what: str, source: str) -> None:
+    """``state`` has exactly ``own``'s keys and shapes (a strict load), else one ModelError."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        key = wrong[0]
+        raise ModelError(
+            f"{source} does not fit {what}: {key} has shape {tuple(state[key].shape)}, expected {tuple(own[key].shape)} "
+            f"({len(wrong)} mismatches)"
+        )
+    if missing or unexpected:
+        names = (missing or unexpected)[:3]
+        raise ModelError(
+            f"{source} does not fit {what}: {len(missing)} missing and {len(unexpected)} unexpected weights (e.g. {', '.join(names)})"
+        )
+
+
+def _convert(entry: ZooModel, pth: Path, source: str) -> dict[str, Tensor]:
+    """The .pth's state_dict (read with weights_only=True) under encnet's names, checked to fit strictly."""
+    from encnet_core.engine.checkpoint import load_checkpoint
+    from encnet_core.models import convert_pytorch_encoding_state_dict, create_model
+    from encnet_core.models.backbones import build_backbone
+
+    try:
+        state = load_checkpoint(pth)["model"]  # torch.load(weights_only=True); a {"state_dict": ...} wrapper is unwrapped
+    except EncNetError as exc:
+        raise ModelError(f"{source}: {str(exc).removeprefix(f'{pth} ').removeprefix(f'{pth}: ')}") from None
+    if entry.kind == "segmentation":
+        state = convert_pytorch_encoding_state_dict(state)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            classes, _ = DATASET_LABELS[entry.dataset]()
+            own = create_model(entry.model, len(classes), **entry.arguments).state_dict()
+    else:
+        cleaned = {}
+        for key, value in state.items():
+            for prefix in ("module.", "pretrained."):
+                key = key.removeprefix(prefix)
+            if not key.startswith("fc."):  # the ImageNet classifier: a segmentation backbone has none
+                cleaned[key] = value
+        state = cleaned
+        with torch.device("meta"):
+            own = build_backbone(entry.model).state_dict()
+    _fits(state, own, f"{entry.model}{' ' + str(entry.arguments) if entry.arguments else ''}", source)
+    return state
+
+
+def _metadata(entry: ZooModel) -> dict[str, Any]:
+    """ModelMetadata of a segmentation entry, as the reference builds that model (model_files reads it back)."""
+    from encnet_core.engine.metadata import ModelMetadata
+
+    classes, palette = DATASET_LABELS[entry.dataset]()
+    return ModelMetadata(
+        model_config={"name": entry.model, "num_classes": len(classes), **entry.arguments},
+        classes=tuple(classes),
+        palette=tuple(tuple(int(v) for v in row) for row in palette),
+        mean=entry.mean,
+        std=entry.std,
+        base_size=entry.base_size,
+        crop_size=entry.crop_size,
+        encnet_version=__version__,
+        export_format="safetensors",
+    ).to_dict()
+
+
+def _write_cache(entry: ZooModel, state: dict[str, Tensor], provenance: dict[str, Any]) -> Path:
+    """Write the cache file atomically: the state_dict as safetensors, metadata in its header."""
+    from safetensors.torch import save
+
+    from encnet_core.engine.model_files import METADATA_NAME
+
+    header = {"format": "pt", ZOO_HEADER: json.dumps({"name": entry.name, "kind": entry.kind, **provenance})}
+    if entry.kind == "segmentation":
+        header[METADATA_NAME] = json.dumps(_metadata(entry))
+    target = cache_path(entry.name)
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    try:
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(save(tensors, metadata=header))  # save_file would make it 0600
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DownloadError(f"no space left on {target.parent}: {entry.name} was not cached") from None
+        raise DownloadError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return target
+
+
+def _pth_member(zip_path: Path, entry: ZooModel, what: str) -> str:
+    """The .pth member of a published zip: ``{stem}.pth`` (or the only .pth it holds)."""
+    with open_archive(zip_path, ArchiveLimits(max_member_bytes=MAX_PTH_BYTES)) as archive:
+        names = archive.names()
+    wanted = f"{entry.stem}.pth"
+    if wanted in names:
+        return wanted
+    pths = [n for n in names if n.endswith(".pth")]
+    if len(pths) == 1:
+        return pths[0]
+    raise ArchiveError(f"{what} holds no {wanted} (members: {', '.join(names[:5]) or 'none'}); it is not the published zip")
+
+
+def _install(entry: ZooModel, pth: Path, checksum: str | None, source: str, origin: str, progress: ProgressCallback | None) -> Path:
+    """Check the .pth's checksum, convert it, check the fit, write the cache file; returns its path."""
+    algo, want, vouch = _expected(entry, checksum)
+    hashes = file_hashes(pth, progress=progress)
+    if hashes[algo] != want:
+        raise ChecksumError(
+            f"{source} has {algo} {hashes[algo]} but {vouch} {want} for {entry.name}, so nothing was cached: "
+            f"try again or another --mirror, or pass --checksum {algo}:{hashes[algo]} if you trust this file"
+        )
+    state = _convert(entry, pth, source)
+    return _write_cache(entry, state, {"sha1": hashes["sha1"], "origin": origin})
+
+
+def _extract_pth(zip_path: Path, entry: ZooModel, work: Path, what: str) -> Path:
+    member = _pth_member(zip_path, entry, what)
+    (path,) = safe_extract(zip_path, work, [member], limits=ArchiveLimits(max_member_bytes=MAX_PTH_BYTES))
+    return path
+
+
+def _offline_advice(entry: ZooModel) -> str:
+    return (
+        f"if you are offline or the file moved, pass --mirror URL (or set {MIRROR_ENV}) to a server with "
+        f"models/{entry.stem}.zip, or get {entry.stem}.pth elsewhere and run `encnet weights add {entry.name} FILE.pth`"
+    )
+
+
+# ----------------------------------------------------------------------------- pull, add, resolve
+
+
+def pull(
+    name: str,
+    mirror: str | None = None,
+    checksum: str | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    timeout: float = 30.0,
+    retries: int = 5,
+    force: bool = False,
+) -> Path:
+    """The cached safetensors file of zoo model ``name``, downloaded and converted first if needed.
+
+    Downloads ``{repo}/models/{stem}.zip`` (``repo``: ``mirror``, ``$ENCNET_WEIGHTS_MIRROR`` or the
+    reference's) with encnet's resumable, retrying ``download`` (``timeout`` seconds per attempt and
+    read), extracts its ``.pth`` (size-capped), checks it against the published sha1 (or
+    ``checksum``, ``ALGO:HEX``), converts it and caches it (see the module docstring). The zip and
+    the extracted .pth are deleted afterwards, and after a checksum or conversion failure too: a
+    failed pull leaves nothing usable in the cache (an interrupted download keeps its ``.part`` file,
+    which the next pull resumes). A cached file is returned without any network access unless ``force``.
+    """
+    entry = _entry(name)
+    check_timeout(timeout)
+    target = cache_path(entry.name)
+    if checksum:
+        _parse_checksum(checksum)  # a malformed value fails before any download
+    if target.is_file() and not force:
+        return target
+    url = entry.url(repo_url(mirror))
+    work = cache_dir() / "downloads"
+    zip_path = work / f"{entry.stem}.zip"
+    try:
+        try:
+            download(url, zip_path, progress=progress, timeout=timeout, retries=retries)
+        except ChecksumError:
+            raise
+        except DownloadError as exc:
+            text = str(exc)
+            if not text.startswith(f"cannot download {url}"):  # a local problem (disk full): its own message
+                raise
+            detail = text.removeprefix(f"cannot download {url}").removeprefix(": ").split("; run the command again")[0]
+            raise DownloadError(f"cannot download {url} ({detail}); {_offline_advice(entry)}") from None
+        pth = _extract_pth(zip_path, entry, work / entry.stem, f"the zip downloaded from {url}")
+        path = _install(entry, pth, checksum, f"{entry.stem}.pth from {url}", url, progress)
+    except BaseException:
+        zip_path.unlink(missing_ok=True)  # a bad download is never reused (a .part of an interrupted one is kept)
+        raise
+    finally:
+        shutil.rmtree(work / entry.stem, ignore_errors=True)
+    zip_path.unlink(missing_ok=True)
+    return path
+
+
+def add(name: str, file: Path, checksum: str | None = None, progress: ProgressCallback | None = None) -> Path:
+    """Cache zoo model ``name`` from a local ``.pth`` (or the published ``.zip``) instead of downloading it.
+
+    The file must have the published sha1 (or ``checksum``) and convert strictly, exactly as a pull;
+    the file itself is left untouched. Returns the cached safetensors file.
+    """
+    entry = _entry(name)
+    file = Path(file)
+    if checksum:
+        _parse_checksum(checksum)
+    if not file.is_file():
+        raise ConfigError(f"{file} does not exist: pass the {entry.stem}.pth (or .zip) file of {entry.name}")
+    if not _is_published_zip(file):
+        return _install(entry, file, checksum, str(file), str(file.resolve()), progress)
+    work = cache_dir() / "downloads" / entry.stem
+    try:
+        pth = _extract_pth(file, entry, work, str(file))
+        return _install(entry, pth, checksum, f"{pth.name} in {file}", str(file.resolve()), progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_published_zip(file: Path) -> bool:
+    """A zip holding a .pth member (a torch.save file is a zip too, but holds data.pkl, no .pth)."""
+    if not zipfile.is_zipfile(file):
+        return False
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return any(n.endswith(".pth") for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def _looks_like_name(text: str) -> bool:
+    return "/" not in text and os.sep not in text and not text.endswith((".pt", ".pth", ".safetensors"))
+
+
+class _LogProgress:
+    """Download progress as a log line per 10% (resolve runs inside commands that show their own progress)."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    def __call__(self, description: str, done: int, total: int | None, *, unit: str) -> None:
+        if not total or not description.startswith("downloading"):
+            return
+        percent = 100 * done // total
+        if percent >= self._next.get(description, 10):
+            self._next[description] = percent // 10 * 10 + 10
+            log.info("%s: %d%% of %.1f MB", description, percent, total / 1e6)
+
+
+def resolve(name_or_path: str | Path, kind: str = "segmentation", progress: ProgressCallback | None = None) -> Path:
+    """What a MODEL (or ``--backbone-weights``) argument names: an existing file wins; a zoo name is
+    pulled on first use (mirror from ``$ENCNET_WEIGHTS_MIRROR``) and its cached file returned;
+    anything else comes back as a Path for the caller to report as missing.
+
+    A zoo name of the other ``kind`` (a backbone given as a MODEL, or the reverse) is a ModelError.
+    """
+    path = Path(name_or_path)
+    text = str(name_or_path)
+    if path.exists() or not _looks_like_name(text):
+        return path
+    entry = get(text)
+    if entry is None:
+        return path
+    if entry.kind != kind:
+        if entry.kind == "backbone":
+            raise ModelError(
+                f"{entry.name} is an ImageNet backbone, not a segmentation model: train from it with "
+                f"`encnet train --model encnet_{entry.model} --backbone-weights {entry.name}`"
+            )
+        raise ModelError(f"{entry.name} is a segmentation model, not a backbone: pass it as the MODEL, or to --init-from")
+    if is_cached(entry.name):
+        return cache_path(entry.name)
+    log.info("%s is not cached yet: downloading %s", entry.name, entry.url(repo_url()))
+    path = pull(entry.name, progress=progress or _LogProgress())
+    log.info("cached %s at %s", entry.name, path)
+    return path
+
+
+def backbone_state_dict(name: str) -> tuple[ZooModel, dict[str, Tensor]]:
+    """The zoo backbone ``name`` (pulled on first use) and its cached state_dict (backbone names, no fc)."""
+    from safetensors.torch import load_file
+
+    path = resolve(name, kind="backbone")
+    try:
+        return _entry(name), load_file(str(path))
+    except Exception as exc:  # SafetensorError: a damaged cache file
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cached backbone {path} is unreadable ({detail}): delete it and run again") from None
+
+
+def describe(entry: ZooModel, mirror: str | None = None) -> dict[str, Any]:
+    """One zoo entry as plain data (``encnet weights list --json``): the table's facts plus cache state and URL."""
+    classes = len(DATASET_LABELS[entry.dataset]()[0]) if entry.dataset in DATASET_LABELS else None
+    return {
+        "name": entry.name,
+        "kind": entry.kind,
+        "dataset": entry.dataset,
+        "classes": classes,
+        "model": entry.model,
+        "arguments": dict(entry.arguments),
+        "base_size": entry.base_size if entry.kind == "segmentation" else None,
+        "crop_size": entry.crop_size if entry.kind == "segmentation" else None,
+        "pixAcc": entry.pixacc,
+        "mIoU": entry.miou,
+        "source": entry.source,
+        "sha1": entry.sha1,
+        "url": entry.url(repo_url(mirror)),
+        "cached": is_cached(entry.name),
+        "path": str(cache_path(entry.name)),
     }

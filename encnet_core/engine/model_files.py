@@ -17,6 +17,8 @@ Which files are opened how:
 
 Every metadata dict, whatever the format, goes through ``ModelMetadata.from_dict`` (engine/metadata.py).
 ``detect_format`` also tells a prepared dataset (HDF5) from a model file (what ``encnet info`` dispatches on).
+Each reader first passes its path through ``model_path``: a zoo name (``encnet_resnet50s_pcontext``)
+becomes the cached safetensors file, pulled on first use; a file that exists always wins.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "load_model",
     "peek_metadata",
     "detect_format",
+    "model_path",
     "model_format",
     "read_model_file",
     "check_trusted",
@@ -105,13 +108,22 @@ class LoadedModel:
         return tuple(-m / s for m, s in zip(self.mean, self.std, strict=True))  # type: ignore[return-value]
 
 
+def model_path(path: Path | str) -> Path:
+    """The file a MODEL argument names: an existing path as is, a zoo name (``encnet weights list``) as
+    its cached file, pulled on first use (encnet_core/zoo.py). Every reader below starts here, so
+    each command that takes a MODEL accepts a zoo name without code of its own."""
+    from encnet_core import zoo  # zoo imports the model builders, which import this package's modules
+
+    return zoo.resolve(path)
+
+
 def detect_format(path: Path) -> str:
     """What ``path`` holds: "dataset" (a prepared dataset: HDF5), one of ``MODEL_FORMATS``, or "unknown" (no file).
 
     A ``.h5``/``.hdf5`` name or HDF5 content is a dataset; any other file is a model file, its
     format decided from the content (see ``model_format``).
     """
-    path = Path(path)
+    path = model_path(path)
     if not path.is_file():
         return "unknown"
     if path.suffix.lower() in (".h5", ".hdf5") or h5py.is_hdf5(path):
@@ -125,7 +137,7 @@ def model_format(path: Path) -> str:
     Decided from the content (a renamed file is recognised); reads the first bytes and, for zip
     archives, the member list only.
     """
-    path = Path(path)
+    path = model_path(path)
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     with path.open("rb") as handle:
@@ -293,7 +305,7 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
     A bare state_dict comes back as ``{"model": sd}``. TorchScript/pt2 programs need ``trust_code``;
     ONNX files cannot be read back into weights.
     """
-    path = Path(path)
+    path = model_path(path)
     fmt = model_format(path)
     if fmt == "checkpoint":
         return load_checkpoint(path)
@@ -335,7 +347,7 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
     TorchScript and pt2 files are programs: without ``trust_code`` they are refused before any loader
     touches them.
     """
-    path = Path(path)
+    path = model_path(path)
     fmt = model_format(path)
     if fmt in CODE_FORMATS:
         _refuse_untrusted(path, fmt, trust_code)
@@ -370,7 +382,7 @@ def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
     the metadata comes from the archive's ``extra/encnet.json``; with ``trust_code`` the program is
     also opened, which checks that it loads.
     """
-    path = Path(path)
+    path = model_path(path)
     fmt = model_format(path)
     if fmt == "checkpoint":
         ckpt = load_checkpoint(path)

@@ -44,7 +44,7 @@ OVERRIDES: dict[str, str] = {
     "head_channels": "width of the EncHead (512 in the paper)",
     "align_corners": "bilinear upsampling mode of the logits (reference: True)",
     "dropout": "dropout before the classifiers",
-    "backbone_weights": "local state_dict file or 'imagenet' (torchvision weights, needs network)",
+    "backbone_weights": "local state_dict file, 'imagenet' (torchvision's, needs network) or a zoo backbone: resnet50s, resnet101s, resnet152s (the reference's, pulled once into the cache)",
 }
 _ENC_ONLY = {"lateral", "num_codes", "se_loss", "head_channels"}
 
