@@ -38,10 +38,10 @@ with h5py.File(data) as f:
 PY
 $encnet predict "$out/run/best.pt" "$out/images" --output "$out/predictions" --overlay --device "$device"
 
-echo "== 5/6 export: TorchScript, checked against PyTorch"
-$encnet export "$out/run/best.pt" "$out/encnet_demo.ts" --format torchscript --overwrite
-# a TorchScript file is a program: --trust-code because we just wrote it (share weights as --format safetensors)
-$encnet evaluate "$out/encnet_demo.ts" "$out/synthetic.h5" --trust-code --device "$device" --json "$out/eval-export.json" --no-progress > /dev/null
+echo "== 5/6 export: safetensors (code-free, safe to share), checked against PyTorch"
+$encnet export "$out/run/best.pt" "$out/encnet_demo.safetensors" --format safetensors --overwrite
+# safetensors holds tensors and JSON only: every command opens it without --trust-code
+$encnet evaluate "$out/encnet_demo.safetensors" "$out/synthetic.h5" --device "$device" --json "$out/eval-export.json" --no-progress > /dev/null
 
 echo "== 6/6 summary"
 $bin/python - "$out" "$(( $(date +%s) - start ))" <<'PY'
@@ -55,7 +55,7 @@ print(f"dataset      {out / 'synthetic.h5'}")
 print(f"checkpoint   {out / 'run' / 'best.pt'}")
 print(f"single scale pixAcc {single['pixAcc']:.4f}  mIoU {single['mIoU']:.4f}")
 print(f"multi-scale  pixAcc {multi['pixAcc']:.4f}  mIoU {multi['mIoU']:.4f}  (scales 0.75,1.0,1.25 + flip)")
-print(f"export       {out / 'encnet_demo.ts'}  mIoU {export['mIoU']:.4f} (same model, TorchScript)")
+print(f"export       {out / 'encnet_demo.safetensors'}  mIoU {export['mIoU']:.4f} (same model, safetensors)")
 print(f"predictions  {out / 'predictions'} (masks, overlays, predictions.json)")
 print(f"time         {seconds // 60} min {seconds % 60} s")
 PY
