@@ -29,6 +29,13 @@ class Merge(StrEnum):
     logits = "logits"
 
 
+class Protocol(StrEnum):
+    """Evaluation protocols: the options as given, or PyTorch-Encoding's (engine/evaluate.py PROTOCOLS)."""
+
+    none = "none"
+    reference = "reference"
+
+
 class MaskFormat(StrEnum):
     """Mask PNGs written by predict."""
 
@@ -98,6 +105,16 @@ MergeOpt = Annotated[
         help="Merge views: prob averages softmax probabilities (as mmsegmentation); reference is PyTorch-Encoding's "
         "MultiEvalModule (exp of a window's logits plus its flip's, averaged over windows, summed over scales); "
         "logits sums logits the same way without the exp (not the reference's).",
+    ),
+]
+ProtocolOpt = Annotated[
+    Protocol,
+    typer.Option(
+        "--protocol",
+        help="reference: evaluate as PyTorch-Encoding's test.py --eval for the data's dataset (scales 0.5..1.75, "
+        "flip, --merge reference, stride 2/3, black padding, the model's base/crop size; its mIoU is mIoU_all) and, "
+        "for a zoo MODEL, print the published numbers beside; --scales, --slide, --flip, --merge, --stride-rate, "
+        "--crop-size and --base-size are refused with it.",
     ),
 ]
 Device = Annotated[str, device_option()]

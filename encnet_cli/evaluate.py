@@ -19,6 +19,7 @@ from encnet_core.paths import check_output_file
 
 
 def evaluate(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or exported model."),
     data: Path = typer.Argument(..., help="Prepared dataset (.h5)."),
     split: str = typer.Option("val", "--split", help="Split to evaluate."),
@@ -29,6 +30,7 @@ def evaluate(
     base_size: opt.Base = None,
     stride_rate: opt.Stride = 2 / 3,
     merge: opt.MergeOpt = opt.Merge.prob,
+    protocol: opt.ProtocolOpt = opt.Protocol.none,
     batch_size: int = typer.Option(8, "--batch-size", help="Views per forward pass."),
     device: opt.Device = "auto",
     amp: opt.AmpOpt = opt.Amp.off,
@@ -47,8 +49,11 @@ def evaluate(
     """Evaluate a model: pixAcc, mIoU (two conventions), mean accuracy, fwIoU and per-class IoU.
 
     Single-scale whole image by default; --slide, --scales and --flip select the reference's
-    sliding-window and multi-scale procedures. Under torchrun each rank evaluates a disjoint share.
+    sliding-window and multi-scale procedures, --merge reference its way of merging them, and
+    --protocol reference all of its evaluation at once. Under torchrun each rank evaluates a disjoint share.
     """
+    if protocol is opt.Protocol.reference:
+        _check_protocol_flags(ctx)
     if json_file is not None and str(json_file) != "-":
         check_output_file(json_file, "--json")
     check_trusted(model, trust_code)
@@ -61,7 +66,7 @@ def evaluate(
     options = EvaluateOptions(
         split=split, device=device, amp=opt.value(amp), workers=workers,
         save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
-        skip_bad=skip_bad,
+        skip_bad=skip_bad, protocol=opt.value(protocol),
     )  # fmt: skip
     is_main = int(os.environ.get("RANK", "0")) == 0
     with ProgressReporter(enabled=progress and is_main and str(json_file) != "-") as reporter:
@@ -72,9 +77,13 @@ def evaluate(
         emit_json(result, json_file)
         if str(json_file) == "-":
             return
-    used = result["inference"]["scales"]
-    mode = "multi-scale " + ",".join(str(s) for s in used) if used else ("sliding window" if slide else "whole image")
-    table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, {mode}{', flip' if flip else ''})")
+    used = result["inference"]
+    scales_used, flipped = used["scales"], used["flip"]
+    mode = "multi-scale " + ",".join(str(s) for s in scales_used) if scales_used else ("sliding window" if used["slide"] else "whole image")
+    mode += (", flip" if flipped else "") + (f", merge {used['merge']}" if scales_used or used["slide"] or flipped else "")
+    if "protocol" in result:
+        mode += ", reference protocol"
+    table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, {mode})")
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("accuracy", justify="right")
@@ -86,8 +95,48 @@ def evaluate(
         f"mIoU_all {result['mIoU_all']:.4f} (reference: all classes)  mean acc {result['mean_acc']:.4f}  "
         f"fwIoU {result['fwIoU']:.4f}  ({result['seconds']:.1f}s)"
     )
+    if "protocol" in result:
+        _print_protocol(result["protocol"], split)
     if result["skipped"]:
         console.print(f"skipped {len(result['skipped'])} bad sample(s), not scored:", style="yellow", highlight=False)
         for bad in result["skipped"]:
             text = f"  split {bad['split']!r} sample {bad['index']} ({bad['name']!r}): {bad['reason']}"
             console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+_FIXED_BY_PROTOCOL = ("scales", "slide", "flip", "merge", "stride_rate", "crop_size", "base_size")  # set by --protocol reference
+
+
+def _check_protocol_flags(ctx: typer.Context) -> None:
+    """--protocol reference with an inference option it sets itself is a usage error (exit 2), not a silent override."""
+    given = [name for name in _FIXED_BY_PROTOCOL if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise typer.BadParameter(
+            f"--protocol reference sets {flags} itself (as the reference's test.py, with the model's base/crop size); "
+            "drop them, or evaluate without --protocol",
+            param_hint="'--protocol'",
+        )
+
+
+def _print_protocol(protocol: dict, split: str) -> None:
+    """The reference's two numbers as measured, and the published ones for a zoo MODEL."""
+    published = protocol["published"]
+    table = Table(title=f"reference protocol, {protocol['dataset']}")
+    table.add_column("")
+    table.add_column("pixAcc %", justify="right")
+    table.add_column("mIoU % (all classes: mIoU_all)", justify="right")
+    table.add_row("measured", f"{100 * protocol['pixAcc']:.2f}", f"{100 * protocol['mIoU']:.2f}")
+    if published is not None:
+        table.add_row(f"published ({published['split']})", f"{100 * published['pixAcc']:.1f}", f"{100 * published['mIoU']:.1f}")
+    console.print(table)
+    if not protocol["known_dataset"]:
+        console.print(
+            f"dataset {protocol['dataset']!r} is not one the reference evaluates; used its test.py scales for every "
+            "dataset but Cityscapes", style="yellow", markup=False, highlight=False,
+        )  # fmt: skip
+    if published is not None and (published["dataset"], published["split"]) != (protocol["dataset"], split):
+        console.print(
+            f"the published numbers are for split {published['split']!r} of {published['dataset']!r}; this is split "
+            f"{split!r} of {protocol['dataset']!r}", style="yellow", markup=False, highlight=False,
+        )  # fmt: skip

@@ -1,4 +1,10 @@
-"""``encnet evaluate``: metrics of a model on a prepared split, at the labels' full resolution."""
+"""``encnet evaluate``: metrics of a model on a prepared split, at the labels' full resolution.
+
+``protocol="reference"`` evaluates as PyTorch-Encoding's ``experiments/segmentation/test.py --eval``
+does (see ``PROTOCOLS``): its scales for the dataset, flip, ``MultiEvalModule``'s merge
+(``merge="reference"``), stride 2/3, black padding, the model's base/crop size, and its mIoU over all
+classes (``mIoU_all``).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +38,69 @@ from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir, check_output_file
 from encnet_core.progress import ProgressCallback
 
-__all__ = ["EvaluateOptions", "evaluate", "evaluate_loaded", "confusion_image"]
+__all__ = [
+    "EvaluateOptions",
+    "evaluate",
+    "evaluate_loaded",
+    "confusion_image",
+    "ReferenceProtocol",
+    "PROTOCOLS",
+    "PROTOCOL_NAMES",
+    "reference_protocol",
+    "protocol_inference",
+]
+
+PROTOCOL_NAMES = ("none", "reference")  # --protocol choices
+
+
+@dataclass(frozen=True)
+class ReferenceProtocol:
+    """How PyTorch-Encoding evaluates one dataset (``experiments/segmentation/test.py --eval``).
+
+    Read from the reference (commit ac748410; the same in 1.2.1): test.py builds
+    ``MultiEvalModule(model, nclass, scales=scales)`` with ``scales`` as below and MultiEvalModule's
+    defaults ``flip=True`` and ``stride_rate = 2/3`` (``encoding/models/sseg/base.py``); ``pad_image``
+    pads with ``-mean/std`` (black); images are resized with ``align_corners=True``; base and crop size
+    are the model's (``MultiEvalModule.__init__`` takes ``module.base_size/crop_size``: for the zoo
+    models the builders' 520/480, ADE20K ResNet-101s 640/576, as test.py used them when the numbers
+    were published, v0.5.0; since v1.0 test.py --model-zoo overwrites them with its --base-size/--crop-size,
+    default 520/480); the metric is ``utils.SegmentationMetric``, whose mIoU is ``IoU.mean()`` over all
+    classes (``metrics.py``).
+    """
+
+    dataset: str  # the prepared file's dataset name this applies to ("*": any other)
+    scales: tuple[float, ...]  # test.py's `scales` for the dataset
+    source: str  # where the scales were read
+    flip: bool = True  # MultiEvalModule(flip=True): test.py keeps the default
+    merge: str = "reference"  # MultiEvalModule.forward / module_inference
+    stride_rate: float = 2 / 3  # MultiEvalModule.forward
+    miou: str = "mIoU_all"  # get_pixacc_miou: IoU.mean() over all classes, an empty one counting 0
+
+
+_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+_TEST_PY = "PyTorch-Encoding experiments/segmentation/test.py: scales for every dataset but 'citys'"
+PROTOCOLS: dict[str, ReferenceProtocol] = {
+    name: ReferenceProtocol(name, _SCALES, f"{_TEST_PY} (test.py --dataset {ref})")
+    for name, ref in (("pcontext", "pcontext"), ("ade20k", "ade20k"), ("voc", "pascal_voc"), ("voc-aug", "pascal_aug"))
+}
+"""The reference's protocol per prepared dataset (``DatasetInfo.dataset``). Its only other case,
+Cityscapes (``citys``: 0.75 .. 2.25), is a dataset encnet does not prepare."""
+_DEFAULT_PROTOCOL = ReferenceProtocol("*", _SCALES, _TEST_PY)
+
+
+def reference_protocol(dataset: str) -> ReferenceProtocol:
+    """The reference's protocol for ``dataset``; test.py's non-Cityscapes one for a dataset it does not know."""
+    return PROTOCOLS.get(dataset, _DEFAULT_PROTOCOL)
+
+
+def protocol_inference(inference: InferenceConfig, protocol: ReferenceProtocol, model: LoadedModel) -> InferenceConfig:
+    """``inference`` with all the protocol fixes replaced: scales, flip, merge, stride, the model's
+    base/crop size, black padding, ``align_corners``; only ``batch_size`` is kept."""
+    return replace(
+        inference, scales=protocol.scales, slide=False, flip=protocol.flip, merge=protocol.merge,
+        stride_rate=protocol.stride_rate, crop_size=model.crop_size, base_size=model.base_size,
+        align_corners=True, pad_value=tuple(model.pad_value),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,8 +117,11 @@ class EvaluateOptions:
     limit: int | None = None  # evaluate only the first N images (quick checks)
     skip_bad: bool = False  # skip (and list) samples that do not decode or break the format, instead of stopping
     trust_code: bool = False  # open TorchScript/pt2 models (programs: loading runs code from the file)
+    protocol: str = "none"  # "reference": PyTorch-Encoding's test.py protocol for the data's dataset (replaces `inference` but its batch size)
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.limit is not None and self.limit < 1:
@@ -131,7 +202,10 @@ def evaluate_loaded(
         pin_memory=pin_memory(info.device),
     )  # fmt: skip
     inference = options.inference
-    if inference.pad_value == (0.0, 0.0, 0.0):
+    protocol = reference_protocol(dataset_info.dataset) if options.protocol == "reference" else None
+    if protocol is not None:
+        inference = protocol_inference(inference, protocol, model)
+    elif inference.pad_value == (0.0, 0.0, 0.0):
         inference = replace(inference, pad_value=model.pad_value)
     confusion = ConfusionMatrix(model.num_classes, info.device)
     if options.save_predictions is not None:
@@ -182,6 +256,17 @@ def evaluate_loaded(
         "seconds": seconds,
         "confusion_matrix": confusion.matrix.cpu().tolist(),
     }
+    if protocol is not None:
+        result["protocol"] = {
+            "name": "reference",
+            "dataset": dataset_info.dataset,
+            "known_dataset": dataset_info.dataset in PROTOCOLS,
+            "source": protocol.source,
+            "miou_convention": protocol.miou,
+            "pixAcc": metrics["pixAcc"],
+            "mIoU": metrics[protocol.miou],  # the reference's mIoU
+            "published": None,  # filled by evaluate() when MODEL is a zoo name
+        }
     if options.confusion is not None and info.is_main:
         confusion_image(confusion.matrix.cpu().numpy(), model.classes).save(options.confusion)
     return result
@@ -209,9 +294,18 @@ def evaluate(
             options = replace(options, inference=inference_for(model))
         result = evaluate_loaded(model, data, options, info, progress)
         result["model"] = str(model_path)
+        if "protocol" in result:
+            result["protocol"]["published"] = _published(model_path)
         return result
     finally:
         shutdown_distributed(info)
+
+
+def _published(model: Path | str) -> dict[str, Any] | None:
+    """The reference's published numbers when ``model`` names a zoo model (a file that exists wins, as in zoo.resolve)."""
+    from encnet_core import zoo
+
+    return None if Path(model).exists() else zoo.published(str(model))
 
 
 def check_evaluate_outputs(options: EvaluateOptions) -> None:

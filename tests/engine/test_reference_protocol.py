@@ -342,3 +342,93 @@ def test_against_torch_encoding_itself(monkeypatch: pytest.MonkeyPatch, h: int, 
     assert torch.equal(transcribed, expected)  # the transcription is the reference, bit for bit
     _, rel_diff, agree = compare(got, expected)
     assert rel_diff < 5e-5 and agree >= 0.999, (rel_diff, agree)
+
+
+
+# ------------------------------------------------------------------------ evaluate(protocol="reference")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(synthetic dataset: 6 val images at 48 px, encnet_tiny checkpoint after 2 iterations: base 48, crop 32)."""
+    from helpers import make_synthetic, train_tiny
+
+    folder = tmp_path_factory.mktemp("reference_protocol")
+    data = make_synthetic(folder, 8, 6)
+    torch.manual_seed(0)
+    return data, train_tiny(data, folder)
+
+
+def _val_split(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(RGB (H, W, 3), labels (H, W)) decoded with PIL straight from the HDF5 file."""
+    import io
+
+    import h5py
+    from PIL import Image
+
+    with h5py.File(path, "r") as handle:
+        group = handle["val"]
+        return [
+            (np.asarray(Image.open(io.BytesIO(group["images"][i].tobytes())).convert("RGB")),
+             np.asarray(Image.open(io.BytesIO(group["masks"][i].tobytes()))))
+            for i in range(group["names"].shape[0])
+        ]  # fmt: skip
+
+
+def test_evaluate_protocol_reference_equals_the_references_test_py(tiny: tuple[Path, Path]) -> None:
+    # test.py --eval: MultiEvalModule(model, nclass, scales=0.5..1.75) with its flip, the model's
+    # base/crop and black padding, on the full-size image (ToTensor + Normalize), then SegmentationMetric
+    from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from encnet_core.engine.evaluate import EvaluateOptions, evaluate
+
+    data, checkpoint = tiny
+    ckpt = load_checkpoint(checkpoint)
+    net = model_from_checkpoint(ckpt).eval()
+    module = ReferenceModule(lambda x: net(x)["out"], base_size=ckpt["base_size"], crop_size=ckpt["crop_size"])
+    module.mean, module.std = list(ckpt["mean"]), list(ckpt["std"])
+    assert (module.base_size, module.crop_size) == (48, 32)  # so 0.5 runs one padded window, 1.0+ slide
+    outputs, targets = [], []
+    for rgb, labels in _val_split(data):
+        image = (torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255 - torch.tensor(module.mean).view(3, 1, 1)) / torch.tensor(module.std).view(3, 1, 1)
+        with torch.no_grad():
+            outputs.append(multi_eval_module(module, len(ckpt["classes"]), image[None], SCALES, flip=True))
+        target = torch.from_numpy(labels.astype(np.int64))[None]
+        targets.append(torch.where(target == IGNORE_INDEX, -1, target))
+    pix_acc, miou = reference_metrics(outputs, targets, len(ckpt["classes"]))
+
+    result = evaluate(checkpoint, data, EvaluateOptions(device="cpu", workers=0, protocol="reference"))
+    assert result["inference"] == {
+        "scales": list(SCALES), "slide": False, "flip": True, "merge": "reference",
+        "crop_size": 32, "base_size": 48, "stride_rate": 2 / 3,
+    }  # fmt: skip
+    protocol = result["protocol"]
+    assert protocol["miou_convention"] == "mIoU_all" and protocol["published"] is None
+    assert protocol["dataset"] == "synthetic" and protocol["known_dataset"] is False
+    assert protocol["pixAcc"] == pytest.approx(pix_acc, abs=1e-12) and protocol["mIoU"] == pytest.approx(miou, abs=1e-12)
+    assert protocol["mIoU"] == result["mIoU_all"]
+    # the old claim, --merge logits with the same settings, measures something else
+    from dataclasses import replace
+
+    from encnet_core.engine.inference import InferenceConfig as Config
+
+    logits = evaluate(checkpoint, data, EvaluateOptions(device="cpu", workers=0, inference=replace(
+        Config(**{**result["inference"], "scales": SCALES}), merge="logits", pad_value=black_pad())))  # fmt: skip
+    assert logits["confusion_matrix"] != result["confusion_matrix"]
+
+
+def test_protocol_table_and_overrides() -> None:
+    from encnet_core.engine.evaluate import PROTOCOLS, EvaluateOptions, protocol_inference, reference_protocol
+    from encnet_core.errors import ConfigError
+
+    assert set(PROTOCOLS) == {"pcontext", "ade20k", "voc", "voc-aug"}
+    for protocol in [*PROTOCOLS.values(), reference_protocol("folder")]:
+        assert protocol.scales == SCALES and protocol.flip and protocol.merge == "reference"
+        assert protocol.stride_rate == 2 / 3 and protocol.miou == "mIoU_all"
+    given = InferenceConfig(scales=(1.0,), slide=True, flip=False, merge="prob", stride_rate=0.5, crop_size=64, base_size=80, batch_size=3, align_corners=False)
+    model = types.SimpleNamespace(crop_size=576, base_size=640, pad_value=black_pad())  # as encnet_resnet101s_ade
+    config = protocol_inference(given, PROTOCOLS["ade20k"], model)
+    assert (config.scales, config.slide, config.flip, config.merge, config.stride_rate) == (SCALES, False, True, "reference", 2 / 3)
+    assert (config.crop_size, config.base_size, config.batch_size, config.align_corners) == (576, 640, 3, True)
+    assert config.pad_value == black_pad()
+    with pytest.raises(ConfigError, match="--protocol"):
+        EvaluateOptions(protocol="paper")
