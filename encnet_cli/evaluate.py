@@ -20,7 +20,7 @@ from encnet_core.paths import check_output_file
 
 def evaluate(
     ctx: typer.Context,
-    model: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or exported model."),
+    model: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt), exported model, or a zoo name (encnet weights list; pulled on first use)."),
     data: Path = typer.Argument(..., help="Prepared dataset (.h5)."),
     split: str = typer.Option("val", "--split", help="Split to evaluate."),
     scales: opt.Scales = None,

@@ -16,7 +16,7 @@ _Format = StrEnum("Format", {name: name for name in FORMATS})  # choices from th
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt) or an export (not ONNX)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt), an export (not ONNX), or a zoo name (encnet weights list)."),
     out: Path = typer.Argument(..., help="File to write."),
     fmt: _Format = typer.Option("weights", "--format", "-f", help="Export format (safetensors: no pickle, no code; torchscript/pt2: programs)."),
     half: bool = typer.Option(False, "--half", help="Store float16 weights (half the size; fp16 inference on GPUs)."),

@@ -63,7 +63,7 @@ def _print_model(meta: dict) -> None:
 
 
 def info(
-    path: Path = typer.Argument(..., help="A prepared dataset (.h5), a checkpoint or an exported model."),
+    path: Path = typer.Argument(..., help="A prepared dataset (.h5), a checkpoint, an exported model, or a zoo name (encnet weights list)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     trust_code: opt.TrustCode = False,
 ) -> None:

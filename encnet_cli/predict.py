@@ -17,7 +17,7 @@ from encnet_core.engine.predict import predict as run_predict
 
 
 def predict(
-    model: Path = typer.Argument(..., help="Training checkpoint or exported model."),
+    model: Path = typer.Argument(..., help="Training checkpoint, exported model, or a zoo name (encnet weights list; pulled on first use)."),
     inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths); refused if it is, contains or holds an input, skipped when inside an input folder."),
     mask_format: opt.MaskFormat = typer.Option(opt.MaskFormat.color, "--format", help="Mask PNGs: color (palette) or index (label values)."),

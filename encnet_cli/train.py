@@ -143,7 +143,7 @@ def train(
     val_every: int = typer.Option(None, "--val-every", help=f"Validate every N epochs; 0 = only at the end{_d('val_every')}."),
     log_every: int = typer.Option(None, "--log-every", help=f"Iterations per metrics.jsonl record{_d('log_every')}."),
     resume: str = typer.Option(None, "--resume", help="'auto' (the run folder's last.pt, if any) or a checkpoint path."),
-    init_from: Path = typer.Option(None, "--init-from", help="Fine-tune from an encnet or PyTorch-Encoding checkpoint, or an export."),
+    init_from: Path = typer.Option(None, "--init-from", help="Fine-tune from an encnet or PyTorch-Encoding checkpoint, an export, or a zoo name (encnet weights list)."),
     trust_code: opt.TrustCode = False,
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone", help="Train the heads only."),
     freeze_bn: bool = typer.Option(None, "--freeze-bn", help="Keep BatchNorm statistics fixed (tiny batches)."),
