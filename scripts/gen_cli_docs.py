@@ -31,6 +31,16 @@ def _option_row(param) -> str:
     return f"| {names} | {help_text.replace('|', '/')} | {shown} |"
 
 
+def _commands(group, ctx, prefix: str = ""):
+    """(name, command) of every command, a sub-app's as "weights pull" (in the order --help lists them)."""
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if hasattr(command, "list_commands"):  # a Typer sub-app (a click group)
+            yield from _commands(command, typer.Context(command, info_name=name, parent=ctx), f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
 def render() -> str:
     group = typer.main.get_command(app)
     ctx = typer.Context(group, info_name="encnet")
@@ -41,8 +51,7 @@ def render() -> str:
         "Every command also prints this with `--help`. Global options: `encnet [--version] [-v/--verbose] [-q/--quiet] COMMAND`.",
         "",
     ]
-    for name in group.list_commands(ctx):
-        command = group.get_command(ctx, name)
+    for name, command in _commands(group, ctx):
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         options = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
         usage = " ".join(

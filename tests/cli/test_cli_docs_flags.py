@@ -33,8 +33,9 @@ def _options() -> tuple[dict[str, set[str]], set[str]]:
     per_command: dict[str, set[str]] = {}
     for name, command in group.commands.items():
         flags = {"--help", "-h"}
-        for param in command.params:
-            flags |= set(param.opts) | set(param.secondary_opts)
+        for sub in getattr(command, "commands", {}).values() or [command]:  # a sub-app (weights): its commands' flags
+            for param in sub.params:
+                flags |= set(param.opts) | set(param.secondary_opts)
         per_command[name] = flags
     root = {o for p in group.params for o in (*p.opts, *p.secondary_opts)}
     return per_command, root
