@@ -295,7 +295,7 @@ def check_options(source_name: str, options: PrepareOptions) -> None:
     """Check every user input of ``prepare`` without doing any work (``prepare`` runs this first too)."""
     source = get_source(source_name)
     _check_options(source, options)
-    _resolve_remote_options(source.remotes, options)
+    _resolve_remote_options(source.files(options.params), options)
 
 
 @_sigterm_unwinds()
@@ -319,7 +319,8 @@ def prepare(
 
     source = get_source(source_name)
     _check_options(source, options)
-    remote_options = _resolve_remote_options(source.remotes, options)
+    remotes = source.files(options.params)
+    remote_options = _resolve_remote_options(remotes, options)
     out = Path(options.out)
     root = Path(options.root) if options.root else default_cache_dir()
     try:
@@ -334,7 +335,7 @@ def prepare(
     files: dict[str, Path] = {}
     provenance: list[dict[str, Any]] = []
     hashes_by_file: dict[str, dict[str, str]] = {}
-    for remote in source.remotes:
+    for remote in remotes:
         opts = remote_options[remote.name]
         path, hashes = fetch(
             remote,
@@ -346,7 +347,7 @@ def prepare(
             verify=options.verify,
             progress=progress,
             warn=_warn,
-            check=check,
+            check=source.file_checks.get(remote.name, check),  # an archive unless the source says otherwise
             timeout=options.timeout,
         )
         files[remote.name] = path

@@ -10,7 +10,7 @@ class names and the palette. ``encnet_core.data.prepare`` does the rest, the sam
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,12 @@ class Source:
     remotes: tuple[RemoteFile, ...]
     plan: Callable[[dict[str, Path], Path, dict[str, Any]], SourcePlan]
     check: Callable[[dict[str, Any]], None] | None = None  # raises ConfigError for bad parameters
+    remotes_for: Callable[[dict[str, Any]], tuple[RemoteFile, ...]] | None = None  # files by parameters (else remotes)
+    file_checks: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)  # non-archive file -> its check
+
+    def files(self, params: Mapping[str, Any]) -> tuple[RemoteFile, ...]:
+        """The remote files a run with these parameters needs."""
+        return self.remotes if self.remotes_for is None else self.remotes_for(dict(params))
 
 
 def decode_index_png(raw: bytes) -> np.ndarray:
