@@ -144,7 +144,7 @@ def test_pcontext_maps_label_ids_to_59_classes(
 ) -> None:
     urls = {built.name: http_server.serve(built.path) for built in (voc2010_tar, context_tgz)}
     result, warnings = run(
-        "pcontext", tmp_path, urls=urls, checksums={**md5(voc2010_tar), **md5(context_tgz)}
+        "pcontext", tmp_path, urls=urls, checksums={**md5(voc2010_tar), **md5(context_tgz)}, params={"labels": "mat"}
     )
 
     assert result.classes == [name for _, name in fx.CONTEXT59]
@@ -171,7 +171,8 @@ def test_pcontext_refuses_a_different_label_file(
     )
     with pytest.raises(DataError, match="labels.txt names id 284 'people', expected 'person'"):
         run(
-            "pcontext", tmp_path, archives={"": voc2010_tar.path, "trainval.tar.gz": other.path}, verify=False
+            "pcontext", tmp_path, archives={"": voc2010_tar.path, "trainval.tar.gz": other.path}, verify=False,
+            params={"labels": "mat"},
         )
     assert not (tmp_path / "out.h5").exists()
 
