@@ -17,12 +17,14 @@ from encnet_core.data.download import parse_checksum_option, parse_url_option
 from encnet_core.data.prepare import PrepareOptions, check_options
 from encnet_core.data.prepare import prepare as run_prepare
 from encnet_core.data.sources import SOURCES
+from encnet_core.data.sources.pcontext import DEFAULT_LABELS, LABEL_SOURCES
 from encnet_core.errors import ConfigError
 
 log = logging.getLogger("encnet")
 _DEFAULT_LIMITS = ArchiveLimits()
 
 SourceName = Enum("SourceName", {name.replace("-", "_"): name for name in SOURCES}, type=str)  # type: ignore[misc]
+LabelSource = Enum("LabelSource", {name: name for name in LABEL_SOURCES}, type=str)  # type: ignore[misc]
 
 
 def _archive_option(text: str) -> tuple[str, Path]:
@@ -48,6 +50,7 @@ def prepare(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and record) corrupt images and bad masks instead of stopping."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     min_pixels: int = typer.Option(1, "--min-pixels", help="Pixels a class needs in an image to count as present (se_targets)."),
+    labels: LabelSource = typer.Option(None, "--labels", help=f"pcontext: label source, json (trainval_merged.json painted as the reference's detail API does; PyTorch-Encoding's masks) or mat (trainval.tar.gz's .mat label maps). Default {DEFAULT_LABELS}; see docs/datasets.md."),
     images: Path = typer.Option(None, "--images", help="folder: image folder (with train, val and optional test subfolders, or flat)."),
     masks: Path = typer.Option(None, "--masks", help="folder: mask folder mirroring --images (.png)."),
     classes: Path = typer.Option(None, "--classes", help="folder: class list file, one 'name [R G B]' per line."),
@@ -69,8 +72,12 @@ def prepare(
     folder_opts = {"--images": images, "--masks": masks, "--classes": classes}
     if name != "folder" and any(v is not None for v in folder_opts.values()):
         raise ConfigError(f"{', '.join(k for k, v in folder_opts.items() if v is not None)} only apply to `prepare folder`")
+    if labels is not None and name != "pcontext":
+        raise ConfigError("--labels only applies to `prepare pcontext`")
     params: dict = {}
-    if name == "folder":
+    if name == "pcontext":
+        params = {"labels": labels.value if labels is not None else DEFAULT_LABELS}
+    elif name == "folder":
         params = {"images": images, "masks": masks, "classes": classes, "val_fraction": val_fraction, "seed": seed}
     elif name == "synthetic":
         params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
