@@ -9,7 +9,8 @@
 
 ``flip`` adds the horizontally flipped view of every view. How views are merged (``merge``):
 
-* ``"prob"`` (default, like mmsegmentation): the mean over all views of the softmax probabilities;
+* ``"prob"`` (default, like mmsegmentation): softmax probabilities averaged over the views covering
+  a pixel (windows and flips), then over scales;
 * ``"reference"``: PyTorch-Encoding's ``MultiEvalModule`` (``encoding/models/sseg/base.py``) to float
   rounding: each window scores ``exp(logits(x) + flip(logits(flip(x))))`` (``module_inference``: the
   flip pair's logits are summed *before* the exponential), windows are averaged where they overlap,
