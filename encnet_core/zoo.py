@@ -27,6 +27,7 @@ file that exists wins, a zoo name is pulled on first use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,6 +430,38 @@ def pull(
         return target
     url = entry.url(repo_url(mirror))
     work = cache_dir() / "downloads"
+    with _locked(work / f"{entry.stem}.lock"):  # ranks of one torchrun job pull once, not into one .part at once
+        if target.is_file() and not force:
+            return target  # another process cached it while this one waited
+        return _pull_locked(entry, url, work, checksum, progress, timeout, retries)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (POSIX ``flock``; elsewhere no lock)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - held for the block
+    except OSError as exc:
+        raise DownloadError(f"cannot write {path.parent}: {exc.strerror or exc}") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def _pull_locked(
+    entry: ZooModel, url: str, work: Path, checksum: str | None, progress: ProgressCallback | None, timeout: float, retries: int
+) -> Path:
     zip_path = work / f"{entry.stem}.zip"
     try:
         try:
@@ -464,14 +497,16 @@ def add(name: str, file: Path, checksum: str | None = None, progress: ProgressCa
         _parse_checksum(checksum)
     if not file.is_file():
         raise ConfigError(f"{file} does not exist: pass the {entry.stem}.pth (or .zip) file of {entry.name}")
-    if not _is_published_zip(file):
-        return _install(entry, file, checksum, str(file), str(file.resolve()), progress)
-    work = cache_dir() / "downloads" / entry.stem
-    try:
-        pth = _extract_pth(file, entry, work, str(file))
-        return _install(entry, pth, checksum, f"{pth.name} in {file}", str(file.resolve()), progress)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    downloads = cache_dir() / "downloads"
+    with _locked(downloads / f"{entry.stem}.lock"):
+        if not _is_published_zip(file):
+            return _install(entry, file, checksum, str(file), str(file.resolve()), progress)
+        work = downloads / entry.stem
+        try:
+            pth = _extract_pth(file, entry, work, str(file))
+            return _install(entry, pth, checksum, f"{pth.name} in {file}", str(file.resolve()), progress)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _is_published_zip(file: Path) -> bool:

@@ -130,6 +130,21 @@ def test_cache_is_reused_without_a_request(http_server, zoo_cache: Path, monkeyp
     assert len(http_server.state.requests) == 2
 
 
+def test_concurrent_pulls_download_once(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks of one torchrun job resolving the same name: one download, the others wait and reuse it."""
+    import threading
+
+    published = zf.tiny_segmentation(monkeypatch)
+    mirror = zf.serve(http_server, published)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(zoo.pull(published.entry.name, mirror=mirror))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 3 and len(set(results)) == 1 and len(http_server.state.requests) == 1
+
+
 def test_mirror_from_the_environment(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     published = zf.tiny_segmentation(monkeypatch)
     monkeypatch.setenv(zoo.MIRROR_ENV, zf.serve(http_server, published, under="/env-mirror"))
