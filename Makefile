@@ -13,10 +13,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The reference implementation's wheel (read by tests/engine/test_reference_protocol.py, never installed)
+REFERENCE_WHEEL := .cache/reference/torch_encoding-1.2.1-py2.py3-none-any.whl
+
+$(REFERENCE_WHEEL): $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --dest .cache/reference torch-encoding==1.2.1
+
 install: $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+test: $(STAMP) $(REFERENCE_WHEEL)
+	ENCNET_TORCH_ENCODING=$(REFERENCE_WHEEL) $(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check encnet_core encnet_cli tests benchmarks
