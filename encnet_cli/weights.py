@@ -62,7 +62,7 @@ def _report(name: str, path: Path, as_json: bool, verb: str) -> None:
     if as_json:
         emit_json({"name": name, "path": str(path), "bytes": path.stat().st_size}, None)
     else:
-        console.print(f"{verb} {safe_text(name)}: {safe_text(path)}", highlight=False)
+        console.print(f"{verb} {safe_text(name)}: {safe_text(path)}", highlight=False, soft_wrap=True)
 
 
 @app.command("pull")
