@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
 from encnet_core.data.dataset import BadSample, BadSampleError, CheckedSamples, HDF5SegmentationDataset
@@ -42,7 +41,6 @@ __all__ = [
     "EvaluateOptions",
     "evaluate",
     "evaluate_loaded",
-    "confusion_image",
     "ReferenceProtocol",
     "PROTOCOLS",
     "PROTOCOL_NAMES",
@@ -175,8 +173,13 @@ def evaluate_loaded(
     options: EvaluateOptions,
     info: DistInfo,
     progress: ProgressCallback | None = None,
+    *,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an already loaded model; this rank's share, confusion matrices summed over ranks."""
+    """Evaluate an already loaded model; this rank's share, confusion matrices summed over ranks.
+
+    ``model_name`` names the model in the --confusion picture's title (default: its format).
+    """
     if options.limit is not None and options.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {options.limit}")
     dataset_info = read_info(data, allow_truncated=options.skip_bad)
@@ -268,7 +271,10 @@ def evaluate_loaded(
             "published": None,  # filled by evaluate() when MODEL is a zoo name
         }
     if options.confusion is not None and info.is_main:
-        confusion_image(confusion.matrix.cpu().numpy(), model.classes).save(options.confusion)
+        from encnet_core.viz import write_confusion
+
+        title = f"model {model_name or model.source}, data {data.name} split {options.split!r} ({result['images']} images)"
+        write_confusion(confusion.matrix.cpu().numpy(), model.classes, options.confusion, title)
     return result
 
 
@@ -292,7 +298,7 @@ def evaluate(
         model = load_model(model_path, info.device, options.amp, trust_code=options.trust_code)
         if inference_for is not None:
             options = replace(options, inference=inference_for(model))
-        result = evaluate_loaded(model, data, options, info, progress)
+        result = evaluate_loaded(model, data, options, info, progress, model_name=Path(model_path).name)
         result["model"] = str(model_path)
         if "protocol" in result:
             result["protocol"]["published"] = _published(model_path)
@@ -319,24 +325,3 @@ def check_evaluate_outputs(options: EvaluateOptions) -> None:
 def _save_palette_png(prediction: torch.Tensor, palette: np.ndarray, path: Path) -> None:
     with atomic_write(path, fsync=False) as tmp:  # a prediction is cheap to make again: no fsync
         tmp.write_bytes(palette_png(prediction.to(torch.uint8).cpu().numpy(), palette))
-
-
-def confusion_image(matrix: np.ndarray, classes: list[str], cell: int = 0) -> Image.Image:
-    """A row-normalised confusion matrix (rows: label, columns: prediction) as a heat map with class names."""
-    C = len(classes)
-    cell = cell or max(6, min(40, 1200 // max(C, 1)))
-    rows = matrix.sum(1, keepdims=True)
-    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=np.float64), where=rows > 0)
-    margin = 8 + min(160, 7 * max(len(c) for c in classes)) if cell >= 10 else 8
-    size = margin + C * cell + 8
-    img = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(img)
-    for r in range(C):
-        for c in range(C):
-            v = norm[r, c]
-            colour = (int(255 * (1 - v)), int(255 * (1 - 0.6 * v)), 255) if r != c else (int(255 * (1 - v)), 255, int(255 * (1 - v)))
-            x, y = margin + c * cell, margin + r * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour, outline=(230, 230, 230))
-        if cell >= 10:
-            draw.text((4, margin + r * cell + cell // 2 - 5), classes[r][:22], fill="black")
-    return img

@@ -23,6 +23,7 @@ from encnet_core.errors import ConfigError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.progress import ProgressCallback
+from encnet_core.viz import draw_legend, legend_entries
 
 __all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
 
@@ -181,6 +182,15 @@ def _write_output(path: Path, data: bytes | Image.Image, **save_options: Any) ->
             data.save(tmp, **save_options)
 
 
+def overlay_image(rgb: np.ndarray, labels: np.ndarray, model: LoadedModel, alpha: float) -> Image.Image:
+    """The class colours blended over ``rgb`` at opacity ``alpha``, with a legend of the classes present
+    (swatch and name, most pixels first) in the top-left corner."""
+    colours = model.palette[labels]  # (H, W, 3)
+    blended = (rgb.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).round()
+    picture = Image.fromarray(blended.astype(np.uint8))
+    return draw_legend(picture, legend_entries(labels, model.classes, model.palette))[0]
+
+
 def predict(
     model: LoadedModel, inputs: list[Path], options: PredictOptions, progress: ProgressCallback | None = None
 ) -> PredictResult:
@@ -254,9 +264,7 @@ def _predict_batch(
         mask = palette_png(labels, model.palette) if options.mask_format == "color" else Image.fromarray(labels, mode="L")
         _write_output(options.output / f"{stem}.png", mask)
         if options.overlay:
-            colours = model.palette[labels]  # (H, W, 3)
-            blended = (rgb.astype(np.float32) * (1 - options.alpha) + colours.astype(np.float32) * options.alpha).round()
-            _write_output(options.output / f"{stem}_overlay.jpg", Image.fromarray(blended.astype(np.uint8)), quality=92)
+            _write_output(options.output / f"{stem}_overlay.jpg", overlay_image(rgb, labels, model, options.alpha), quality=92)
         counts = np.bincount(labels.reshape(-1), minlength=model.num_classes)[: model.num_classes]
         share = counts / max(labels.size, 1)
         entry: dict[str, Any] = {

@@ -134,7 +134,7 @@ def test_limit_predictions_and_confusion_png(tiny: Tiny, tmp_path: Path) -> None
         assert png.getpalette()[: 3 * 256] == pil_palette(ref.palette)
         assert np.array_equal(np.asarray(png), ref.logits(rgb).argmax(0).numpy())
     with Image.open(tmp_path / "cm.png") as cm:
-        assert cm.format == "PNG" and cm.width == cm.height > len(CLASSES)
+        assert cm.format == "PNG" and cm.width >= 500 and cm.height >= 500  # matplotlib figure (tests/test_viz.py: content)
 
 
 def test_multi_scale_flip_evaluation_matches_infer(tiny: Tiny) -> None:
