@@ -27,22 +27,38 @@ def _autocast_enabled(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
+def _flush_subnormals(t: Tensor) -> Tensor:
+    """``t`` with every entry of magnitude at most ``finfo.tiny`` (the subnormals) set to 0.
+
+    A nearly one-hot soft assignment has many subnormal entries (and so has its gradient), and x86
+    CPUs multiply those in slow microcode: every GEMM with such an operand runs several times slower.
+    Zeroing them changes every result by less than 1e-38 absolute. Done here, in the kernel, not with
+    the calling thread's flush-to-zero mode, which the BLAS worker threads do not share.
+    """
+    return F.hardshrink(t, torch.finfo(t.dtype).tiny)
+
+
 def _encode(feats: Tensor, codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """E (B, K, C), distances (B*N, K) and assignments (B, N, K) from centred descriptors (B, N, C)."""
-    B, N, C = feats.shape
-    flat = feats.view(-1, C)  # (B*N, C)
-    # ||x||^2 + ||d||^2 - 2 x.d in one fused GEMM
-    dist = torch.addmm(flat.pow(2).sum(-1, keepdim=True) + codes.pow(2).sum(-1), flat, codes.t(), alpha=-2.0)
-    dist = dist.clamp_min(0.0)  # (B*N, K)
-    assign = torch.softmax(dist * scale, dim=-1).view(B, N, -1)  # (B, N, K)
+    """E (B, K, C), distances (B, K, N) and assignments (B, K, N) from centred descriptors (B, C, N).
+
+    ``feats`` may have any strides (a view of the (B, C, H, W) map, channels-first or channels-last):
+    the GEMMs read it in place, transposed where needed, and nothing is copied into another layout.
+    """
+    B, C, _ = feats.shape
+    K = codes.shape[0]
+    # ||x||^2 + ||d||^2 - 2 d.x in one GEMM per image (the codewords are shared: a stride-0 batch)
+    norms = feats.square().sum(1).unsqueeze(1) + codes.square().sum(-1).unsqueeze(-1)  # (B, K, N)
+    dist = torch.baddbmm(norms, codes.expand(B, K, C), feats, alpha=-2.0).clamp_min_(0.0)  # (B, K, N)
+    assign = _flush_subnormals(torch.softmax(dist * scale.unsqueeze(-1), dim=1))  # (B, K, N), softmax over K
     # sum_i a_ik x_i - (sum_i a_ik) d_k
-    encoded = torch.bmm(assign.transpose(1, 2), feats) - assign.sum(dim=1).unsqueeze(-1) * codes  # (B, K, C)
+    encoded = torch.baddbmm(assign.sum(2, keepdim=True) * codes, assign, feats.transpose(1, 2), beta=-1.0)  # (B, K, C)
     return encoded, dist, assign
 
 
 class _EncodingFunction(torch.autograd.Function):
-    """``_encode`` with a hand-written backward: four GEMMs and a few fused passes over (B, N, C),
-    instead of autograd's chain of elementwise gradients (the layer's cost on CPU is memory traffic)."""
+    """``_encode`` with a hand-written backward: four GEMMs (one of them with stacked operands) and a
+    few fused passes, instead of autograd's chain of elementwise gradients. The gradient of the
+    descriptors is written straight into their own layout."""
 
     @staticmethod
     def forward(ctx, feats: Tensor, codes: Tensor, scale: Tensor) -> Tensor:
@@ -53,24 +69,26 @@ class _EncodingFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feats, codes, scale, dist, assign = ctx.saved_tensors
-        B, N, C = feats.shape
+        B, C, _ = feats.shape
         K = codes.shape[0]
-        grad = grad.contiguous()  # (B, K, C)
         # E_k = sum_i a_ik x_i - (sum_i a_ik) d_k  =>  dL/da_ik = G_k.x_i - G_k.d_k
-        d_assign = torch.bmm(feats, grad.transpose(1, 2)) - (grad * codes).sum(-1).unsqueeze(1)  # (B, N, K)
-        # softmax over k of z = s_k * dist_ik
-        d_z = (assign * (d_assign - (assign * d_assign).sum(-1, keepdim=True))).view(-1, K)  # (B*N, K)
-        d_scale = (d_z * dist).sum(0)  # (K,)
-        d_dist = d_z * scale  # (B*N, K); the clamp at 0 only bites at exact zeros
-        flat = feats.view(-1, C)
-        # dist = ||x||^2 + ||d||^2 - 2 x.d
-        d_feats = torch.bmm(assign, grad).view(-1, C)  # (B*N, C), from the A^T X term
-        d_feats.addmm_(d_dist, codes, alpha=-2.0)
-        d_feats.addcmul_(flat, d_dist.sum(-1, keepdim=True), value=2.0)
-        d_codes = -(assign.sum(1).unsqueeze(-1) * grad).sum(0)  # (K, C), from the -(sum a) d term
-        d_codes.addmm_(d_dist.t(), flat, alpha=-2.0)
-        d_codes.addcmul_(codes, d_dist.sum(0).unsqueeze(-1), value=2.0)
-        return d_feats.view(B, N, C), d_codes, d_scale
+        d_assign = torch.baddbmm((grad * codes).sum(-1, keepdim=True), grad, feats, beta=-1.0)  # (B, K, N)
+        # softmax over k of z_ik = s_k * dist_ik
+        d_z = _flush_subnormals(assign * (d_assign - (assign * d_assign).sum(1, keepdim=True)))  # (B, K, N)
+        d_scale = (d_z * dist).sum((0, 2))  # (K,)
+        d_dist = _flush_subnormals(d_z * scale.unsqueeze(-1))  # (B, K, N); the clamp at 0 only bites at exact zeros
+        # dx_i = sum_k a_ik G_k - 2 sum_k d_dist_ik d_k + 2 x_i sum_k d_dist_ik: one GEMM on stacked operands
+        left = torch.cat([grad, codes.expand(B, K, C) * -2.0], 1)  # (B, 2K, C)
+        right = torch.cat([assign, d_dist], 1)  # (B, 2K, N)
+        if feats.stride(1) == 1 and C > 1:  # channels-last descriptors: (B, N, C) in memory
+            d_feats = torch.bmm(right.transpose(1, 2), left).transpose(1, 2)  # (B, C, N) view of (B, N, C)
+        else:
+            d_feats = torch.bmm(left.transpose(1, 2), right)  # (B, C, N)
+        d_feats.addcmul_(feats, d_dist.sum(1, keepdim=True), value=2.0)
+        # dd_k = -(sum_i a_ik) G_k - 2 sum_i d_dist_ik x_i + 2 d_k sum_i d_dist_ik, summed over the batch
+        d_codes = torch.baddbmm(assign.sum(2, keepdim=True) * grad, d_dist, feats.transpose(1, 2), beta=-1.0, alpha=-2.0)
+        d_codes = d_codes.sum(0).addcmul_(codes, d_dist.sum((0, 2)).unsqueeze(-1), value=2.0)  # (K, C)
+        return d_feats, d_codes, d_scale
 
 
 class Encoding(nn.Module):
@@ -86,7 +104,9 @@ class Encoding(nn.Module):
     ``||x - d||^2 = ||x||^2 - 2 x.d + ||d||^2`` and ``E = A^T X - (sum_i a_ik) d_k``. Descriptors
     and codewords are first shifted by the batch's mean descriptor (distances and residual sums are
     invariant to a common shift), which keeps the expansion accurate for features with large norms;
-    one shared shift keeps the codewords common to all images, so distances are a single 2-D GEMM.
+    one shared shift keeps the codewords common to all images. The descriptors stay in the input's
+    (B, C, N) layout (the GEMMs take transposed operands, no transposed copies), and assignment
+    entries (and their gradients) below ``finfo.tiny`` are flushed to 0 (subnormals slow CPU GEMMs).
     Everything runs in float32 (or float64 for float64 input), also under autocast.
     """
 
@@ -109,11 +129,11 @@ class Encoding(nn.Module):
             raise ValueError(f"Encoding expects (B, {self.channels}, H, W), got {tuple(x.shape)}")
         dtype = torch.promote_types(x.dtype, torch.float32)
         with _no_autocast(x.device.type):
-            feats = x.flatten(2).transpose(1, 2).to(dtype)  # (B, N, C) view
+            flat = x.flatten(2)  # (B, C, N), a view in x's own memory layout
             # one shift for the whole batch: distances and residual sums are shift-invariant, and a
-            # shared shift keeps the codewords (K, C) common to all images, so distances are one 2-D GEMM
-            center = feats.detach().mean(dim=(0, 1))  # (C,)
-            feats = (feats - center).contiguous()  # (B, N, C)
+            # shared shift keeps the codewords (K, C) common to all images
+            center = flat.detach().mean(dim=(0, 2), dtype=dtype)  # (C,)
+            feats = flat - center.unsqueeze(-1)  # (B, C, N) in dtype (type promotion), x's strides
             codes = self.codewords.to(dtype) - center  # (K, C)
             scale = self.scale.to(dtype)  # (K,)
             if torch.is_grad_enabled() and any(t.requires_grad for t in (feats, codes, scale)):

@@ -115,3 +115,129 @@ def test_no_four_dimensional_intermediate() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         layer(x).sum().backward()
     assert sizes and max(sizes) < B * H * W * K * C / 4
+
+
+def _forward_backward(layer: Encoding, x: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+    """Output and the gradients of x, codewords and scale of ``(layer(x) * weight).sum()``."""
+    x = x.detach().clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    out = layer(x)
+    (out * weight).sum().backward()
+    return [out.detach(), x.grad, layer.codewords.grad, layer.scale.grad]
+
+
+def _naive_forward_backward(layer: Encoding, x: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+    """The same, from the naive formula in float64."""
+    x = x.detach().double().requires_grad_(True)
+    cw = layer.codewords.detach().double().requires_grad_(True)
+    sc = layer.scale.detach().double().requires_grad_(True)
+    out = naive_encoding(x, cw, sc)
+    (out * weight.double()).sum().backward()
+    return [out.detach(), x.grad, cw.grad, sc.grad]
+
+
+def _subnormal_case() -> tuple[Encoding, torch.Tensor, torch.Tensor]:
+    """Codewords on a line at 0, 9.27, 9.5, 10 and 10.5 (scale -1). Half the descriptors sit near 0:
+    their assignments to the far codewords are exp(-86) .. exp(-110), float32 numbers around and
+    below the smallest normal one (subnormal or 0), and with a small upstream gradient so is the
+    softmax gradient of the ones just above it. The other half sit between codewords 2 and 3 (soft
+    assignments, which carry the scale gradient)."""
+    torch.manual_seed(0)
+    C, K = 16, 5
+    layer = Encoding(C, K)
+    direction = torch.ones(C) / C**0.5
+    with torch.no_grad():
+        layer.codewords.copy_(torch.tensor([0.0, 9.27, 9.5, 10.0, 10.5])[:, None] * direction)
+        layer.scale.fill_(-1.0)
+    x = 0.05 * torch.randn(2, C, 4, 4)
+    x[:, :, 2:] += 9.75 * direction[:, None, None]
+    weight = 0.01 * torch.randn(2, K, C)
+    return layer, x, weight
+
+
+def test_subnormal_assignments_are_flushed_without_changing_results() -> None:
+    from encnet_core.models.layers import _encode
+
+    layer, x, weight = _subnormal_case()
+    tiny = torch.finfo(torch.float32).tiny
+    # the case is what it claims: the float32 softmax of the naive formula has subnormal entries
+    feats = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    naive32 = torch.softmax(layer.scale * ((feats[:, :, None] - layer.codewords) ** 2).sum(-1), dim=2).detach()
+    assert ((naive32 > 0) & (naive32 < tiny)).sum() >= 16
+    # ours holds none: they are zero
+    flat = x.flatten(2)
+    center = flat.mean(dim=(0, 2))
+    assign = _encode(flat - center[:, None], layer.codewords.detach() - center, layer.scale.detach())[2]
+    assert ((assign > 0) & (assign < tiny)).sum() == 0
+    assert (assign == 0).sum() >= ((naive32 > 0) & (naive32 < tiny)).sum()
+    # and every result matches float64 within the float32 tolerances of the other tests
+    for mine, ref in zip(_forward_backward(layer, x, weight), _naive_forward_backward(layer, x, weight), strict=True):
+        torch.testing.assert_close(mine.double(), ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+def test_backward_flushes_subnormal_gradients() -> None:
+    """The softmax gradient of the subnormal case holds subnormals in float32 unless flushed too (this
+    test fails when only the assignment is flushed): no matrix product gets a subnormal operand."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    layer, x, weight = _subnormal_case()
+    tiny = torch.finfo(torch.float32).tiny
+    gemms = {torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default, torch.ops.aten.mm.default}
+    found: list[int] = []
+
+    class Operands(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in gemms:
+                found.extend(int(((t != 0) & (t.abs() < tiny)).sum()) for t in args if isinstance(t, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    with Operands():
+        _forward_backward(layer, x, weight)
+    assert len(found) >= 12 and sum(found) == 0
+
+
+def test_flush_keeps_normal_numbers() -> None:
+    from encnet_core.models.layers import _flush_subnormals
+
+    tiny = torch.finfo(torch.float32).tiny
+    t = torch.tensor([0.0, tiny / 4, -tiny / 2, tiny * 2, -tiny * 2, 1e-30, -3.0, float("inf")])
+    expected = torch.tensor([0.0, 0.0, 0.0, tiny * 2, -tiny * 2, 1e-30, -3.0, float("inf")])
+    assert torch.equal(_flush_subnormals(t), expected)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_no_copy_into_another_layout(layout: torch.memory_format) -> None:
+    """Forward + backward allocate exactly three (B, C, H, W)-sized tensors (the centred descriptors, their
+    squares for the norms, and the input's gradient, written in the input's own layout) and copy none."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    B, C, H, W = 2, 12, 5, 7
+    layer = Encoding(C, 4)  # no (B, 2K, N) operand has B*C*H*W elements
+    x = torch.randn(B, C, H, W).relu_().contiguous(memory_format=layout).requires_grad_(True)
+    big: list[str] = []
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor)}
+            if isinstance(out, torch.Tensor) and out.numel() == B * C * H * W:
+                if out.untyped_storage().data_ptr() not in inputs:  # a new tensor, not a view or in-place
+                    big.append(func.__name__)
+            return out
+
+    with Allocations():
+        layer(x).sum().backward()
+    assert len(big) == 3, big
+    assert not [name for name in big if "copy" in name or "clone" in name], big
+    assert x.grad.is_contiguous(memory_format=layout)
+
+
+def test_channels_last_input_matches_contiguous() -> None:
+    torch.manual_seed(0)
+    layer = Encoding(16, 6)
+    x = torch.randn(2, 16, 5, 7).relu_()
+    weight = torch.randn(2, 6, 16)
+    plain = _forward_backward(layer, x, weight)
+    cl = _forward_backward(layer, x.contiguous(memory_format=torch.channels_last), weight)
+    for a, b in zip(cl, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
