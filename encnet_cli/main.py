@@ -12,7 +12,7 @@ from rich.text import Text
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
-from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, train, weights
+from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, report, show, train, weights
 from encnet_cli._output import err_console, safe_text
 from encnet_core import __version__
 from encnet_core.errors import EncNetError
@@ -86,6 +86,8 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
 app.command("export")(export.export)
 app.command("info")(info.info)
+app.command("show")(show.show)
+app.command("report")(report.report)
 app.command("models")(models.models)
 app.command("doctor")(doctor.doctor)
 app.add_typer(weights.app, name="weights")
