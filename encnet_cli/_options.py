@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum, StrEnum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -127,3 +128,40 @@ TrustCode = Annotated[
         "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
     ),
 ]
+
+JSON_HELP = (
+    "JSON result: a bare --json or --json - prints it on stdout instead of the table; --json FILE writes FILE "
+    "(atomically, never over a non-JSON file) and keeps the table. The word after --json is FILE unless it starts with '-'."
+)
+JSON_METAVAR = "[FILE|-]"
+
+JsonOut = Annotated[Optional[Path], typer.Option("--json", metavar=JSON_METAVAR, help=JSON_HELP)]
+"""``--json [FILE|-]`` of every command that prints a result table (``_output.emit_json`` writes it).
+
+Typer options take a value or none, not an optional one: ``expand_json_flag`` (called by the root
+group on the command line before parsing) turns a bare ``--json`` into ``--json=-``."""
+
+
+def expand_json_flag(args: list[str]) -> list[str]:
+    """The command line with each bare ``--json`` given its value, as argparse's ``nargs="?"``: the next
+    word unless it is missing or starts with ``-`` (another option; ``-`` itself is stdout), else ``-``.
+    ``encnet info --json data.h5`` would name data.h5 the JSON file: ``_output.check_json_target``
+    refuses to replace an existing file that is not JSON, so a dataset or model is never overwritten."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":  # everything after is positional
+            out.extend(args[i:])
+            break
+        if word == "--json":
+            following = args[i + 1] if i + 1 < len(args) else None
+            if following is not None and (following == "-" or not following.startswith("-")):
+                out.append(f"--json={following}")
+                i += 2
+                continue
+            out.append("--json=-")
+        else:
+            out.append(word)
+        i += 1
+    return out

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout
 from encnet_core.engine.doctor import run_doctor
 
 
@@ -17,13 +17,14 @@ def doctor(
     batch_size: int = typer.Option(2, "--batch-size", help="Batch size of the test step (>= 2 for BatchNorm)."),
     device_name: opt.Device = "auto",
     amp: opt.Amp = typer.Option(opt.Amp.off, "--amp", help="Mixed precision of the test step."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: opt.JsonOut = None,
 ) -> None:
     """Print the environment, then build a model and run one forward/backward step on random data."""
+    check_json_target(json_out)
     report = run_doctor(model_name, num_classes, size, batch_size, device_name, opt.value(amp))
-    if as_json:
-        emit_json(report, None)
-    else:
+    if json_out is not None:
+        emit_json(report, json_out)
+    if not json_to_stdout(json_out):
         table = Table(title="encnet doctor", show_header=False)
         for key, value in report.items():
             table.add_row(key, str(value))

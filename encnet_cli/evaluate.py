@@ -9,13 +9,12 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout
 from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.evaluate import EvaluateOptions
 from encnet_core.engine.evaluate import evaluate as run_evaluate
 from encnet_core.engine.inference import InferenceConfig
 from encnet_core.engine.model_files import LoadedModel, check_trusted
-from encnet_core.paths import check_output_file
 
 
 def evaluate(
@@ -37,7 +36,7 @@ def evaluate(
     workers: int = typer.Option(2, "--workers", "-j", help="Image decoding workers."),
     save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images; a name that would leave the folder (absolute, '..') is rejected before any work."),
     confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG."),
-    json_file: Path = typer.Option(None, "--json", help="Write all metrics to this JSON file ('-' for stdout)."),
+    json_out: opt.JsonOut = None,
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
     skip_bad: bool = typer.Option(
         False, "--skip-bad",
@@ -54,8 +53,7 @@ def evaluate(
     """
     if protocol is opt.Protocol.reference:
         _check_protocol_flags(ctx)
-    if json_file is not None and str(json_file) != "-":
-        check_output_file(json_file, "--json")
+    check_json_target(json_out)
     check_trusted(model, trust_code)
 
     def inference_for(loaded: LoadedModel) -> InferenceConfig:  # crop/base size default to the model's: one read of the file
@@ -69,13 +67,13 @@ def evaluate(
         skip_bad=skip_bad, protocol=opt.value(protocol),
     )  # fmt: skip
     is_main = int(os.environ.get("RANK", "0")) == 0
-    with ProgressReporter(enabled=progress and is_main and str(json_file) != "-") as reporter:
+    with ProgressReporter(enabled=progress and is_main and not json_to_stdout(json_out)) as reporter:
         result = run_evaluate(model, data, options, progress=reporter, inference_for=inference_for)
     if not is_main:
         return
-    if json_file is not None:
-        emit_json(result, json_file)
-        if str(json_file) == "-":
+    if json_out is not None:
+        emit_json(result, json_out)
+        if json_to_stdout(json_out):
             return
     used = result["inference"]
     scales_used, flipped = used["scales"], used["flip"]

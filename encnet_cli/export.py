@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json, safe_text
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, safe_text
 from encnet_core.engine.export import FORMATS, export_model
 
 _Format = StrEnum("Format", {name: name for name in FORMATS})  # choices from the library's list of formats
@@ -23,7 +23,7 @@ def export(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload the export and compare it with the PyTorch model."),
     hash_name: bool = typer.Option(False, "--hash-name", help="Append the first 8 hex digits of the file's sha256 to its name."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: opt.JsonOut = None,
     trust_code: opt.TrustCode = False,
 ) -> None:
     """Export a trained model with its metadata (classes, palette, normalisation, sizes, training summary).
@@ -32,6 +32,7 @@ def export(
     (no pickle, no code) is the format to share weights; TorchScript and pt2 are programs that
     others open only with --trust-code.
     """
+    check_json_target(json_out)
     result = export_model(
         checkpoint, out, opt.value(fmt), half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code
     )
@@ -44,9 +45,10 @@ def export(
         "model": (result.metadata.get("model_config") or {}).get("name"),
         "classes": len(result.metadata["classes"]),
     }
-    if as_json:
-        emit_json(summary, None)
-        return
+    if json_out is not None:
+        emit_json(summary, json_out)
+        if json_to_stdout(json_out):
+            return
     table = Table(title=f"encnet export -> {safe_text(result.path)}", show_header=False)
     for key, value in summary.items():
         if key == "max_abs_diff":

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json, safe_text
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.hdf5 import dataset_statistics
 from encnet_core.data.prepare import recompute_targets
@@ -64,7 +64,7 @@ def _print_model(meta: dict) -> None:
 
 def info(
     path: Path = typer.Argument(..., help="A prepared dataset (.h5), a checkpoint, an exported model, or a zoo name (encnet weights list)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    json_out: opt.JsonOut = None,
     trust_code: opt.TrustCode = False,
 ) -> None:
     """Print a dataset's splits and per-class statistics, or a model's metadata.
@@ -72,32 +72,35 @@ def info(
     A TorchScript/pt2 model's metadata is read from its archive without running it; with
     --trust-code the program is also opened (which runs its code), checking that it loads.
     """
+    check_json_target(json_out)
     if detect_format(path) in MODEL_FORMATS:
         meta = peek_metadata(path, trust_code=trust_code)
-        if as_json:
-            emit_json(meta, None)
-        else:
+        if json_out is not None:
+            emit_json(meta, json_out)
+        if not json_to_stdout(json_out):
             _print_model(meta)
         return
     stats = dataset_statistics(path)
-    if as_json:
-        emit_json(stats, None)
-    else:
+    if json_out is not None:
+        emit_json(stats, json_out)
+    if not json_to_stdout(json_out):
         _print_statistics(stats)
 
 
 def targets(
     path: Path = typer.Argument(..., help="A prepared dataset (.h5), updated in place."),
     min_pixels: int = typer.Option(1, "--min-pixels", help="Pixels a class needs in an image to count as present."),
-    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    json_out: opt.JsonOut = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Recompute the SE-loss class-presence targets and class pixel counts from the stored masks."""
-    with ProgressReporter(enabled=progress and not as_json) as reporter:
+    check_json_target(json_out)
+    with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         updated = recompute_targets(path, min_pixels, progress=reporter)
     stats = dataset_statistics(path)
-    if as_json:
-        emit_json({"updated": updated, **stats}, None)
-        return
+    if json_out is not None:
+        emit_json({"updated": updated, **stats}, json_out)
+        if json_to_stdout(json_out):
+            return
     console.print(f"updated {', '.join(f'{safe_text(s)}: {n}' for s, n in updated.items())} (min pixels {min_pixels})")
     _print_statistics(stats)

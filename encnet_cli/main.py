@@ -12,6 +12,7 @@ from rich.text import Text
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
+from encnet_cli import _options as opt
 from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, report, show, train, weights
 from encnet_cli._output import err_console, safe_text
 from encnet_core import __version__
@@ -21,6 +22,9 @@ from encnet_core.errors import EncNetError
 class EncNetGroup(TyperGroup):
     """Prints an ``EncNetError`` as one red line and exits 1 (a traceback only with ENCNET_DEBUG=1); a
     usage error of a command (unknown option, bad choice, wrong type) is one line too, exit 2."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, opt.expand_json_flag(args))  # --json [FILE|-]: a bare --json means stdout
 
     def invoke(self, ctx: typer.Context):
         try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from encnet_cli._output import console, emit_json
+from encnet_cli import _options as opt
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout
 from encnet_core.constants import DEFAULT_CROP_SIZE
 from encnet_core.models import MODELS, count_flops
 
@@ -13,9 +14,10 @@ from encnet_core.models import MODELS, count_flops
 def models(
     num_classes: int = typer.Option(59, "--num-classes", help="Classes of the classifier layers (59 = PASCAL Context)."),
     size: int = typer.Option(DEFAULT_CROP_SIZE, "--size", help="Square input size at which FLOPs are counted."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: opt.JsonOut = None,
 ) -> None:
     """List the registered models: backbone, head, parameters and forward GFLOPs (eval mode)."""
+    check_json_target(json_out)
     rows = []
     for name, spec in MODELS.items():
         params, flops = count_flops(name, num_classes, size)
@@ -28,9 +30,10 @@ def models(
                 "gflops": round(flops / 1e9, 1),
             }
         )
-    if as_json:
-        emit_json(rows, None)
-        return
+    if json_out is not None:
+        emit_json(rows, json_out)
+        if json_to_stdout(json_out):
+            return
     table = Table(title=f"encnet models ({num_classes} classes, GFLOPs at {size}x{size}, 1 MAC = 2 FLOPs)")
     for column, justify in (("name", "left"), ("backbone", "left"), ("head", "left"), ("params (M)", "right"), ("GFLOPs", "right")):
         table.add_column(column, justify=justify)

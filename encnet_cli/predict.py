@@ -8,7 +8,7 @@ import typer
 from rich.text import Text
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, err_console, safe_text
+from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.engine.device import resolve_device
 from encnet_core.engine.model_files import load_model
@@ -37,10 +37,12 @@ def predict(
     amp: opt.AmpOpt = opt.Amp.off,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     trust_code: opt.TrustCode = False,
+    json_out: opt.JsonOut = None,
 ) -> None:
     """Segment images: a palette PNG per image, optional overlays, and predictions.json listing the
     classes found by pixel share and by the SE head. Unreadable files are reported and skipped
     (exit code 1 if any)."""
+    check_json_target(json_out)
     loaded = load_model(model, resolve_device(device), opt.value(amp), trust_code=trust_code)
     inference = opt.inference_config(
         scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
@@ -49,13 +51,18 @@ def predict(
         output=output, inference=inference, mask_format=opt.value(mask_format), overlay=overlay, alpha=alpha,
         se_threshold=se_threshold, overwrite=overwrite, batch_size=batch_size,
     )  # fmt: skip
-    with ProgressReporter(enabled=progress) as reporter:
+    with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         result = run_predict(loaded, inputs, options, progress=reporter)
     for failure in result.failed:
         err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False)
-    console.print(
-        f"{result.written} images segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
-        f"(predictions.json)"
-    )
+    if json_out is not None:  # predictions.json's content plus the run's summary
+        emit_json({
+            "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
+            "classes": loaded.classes, "se_threshold": se_threshold, "images": result.predictions}, json_out)  # fmt: skip
+    if not json_to_stdout(json_out):
+        console.print(
+            f"{result.written} images segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
+            f"(predictions.json)"
+        )
     if result.failed:
         raise typer.Exit(1)

@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from encnet_cli._output import console, emit_json, err_console, safe_text
+from encnet_cli import _options as opt
+from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core.data.archives import ArchiveLimits, MiB
 from encnet_core.data.download import parse_checksum_option, parse_url_option
@@ -59,7 +60,7 @@ def prepare(
     num_val: int = typer.Option(100, "--num-val", help="synthetic: validation images."),
     size: int = typer.Option(128, "--size", help="synthetic: image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="synthetic: scene seed; folder: split seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: opt.JsonOut = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Download, verify and convert a dataset to one HDF5 file (see docs/dataset-format.md)."""
@@ -104,17 +105,19 @@ def prepare(
         limits=limits,
     )
     check_options(name, options)  # a bad input is one line, before the progress display starts
+    check_json_target(json_out)
     try:
-        with ProgressReporter(enabled=progress and not as_json) as reporter:
+        with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
             result = run_prepare(name, options, progress=reporter, warn=lambda m: log.warning(safe_text(m, markup=False)))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (prepare's Interrupted): temp files are gone
         signal_name = getattr(exc, "signal_name", "SIGINT")
         err_console.print(f"[bold red]interrupted[/] by {signal_name}: {safe_text(out)} was not written", highlight=False)
         raise typer.Exit(143 if signal_name == "SIGTERM" else 130) from None
     summary = dataclasses.asdict(result)
-    if as_json:
-        emit_json(summary, None)
-        return
+    if json_out is not None:
+        emit_json(summary, json_out)
+        if json_to_stdout(json_out):
+            return
     table = Table(title=f"{safe_text(result.dataset)} -> {safe_text(result.out)}")
     table.add_column("split")
     table.add_column("images", justify="right")

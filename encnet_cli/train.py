@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, emit_json, err_console, safe_text
+from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
 from encnet_core.config import TrainConfig, list_recipes, parse_set_option, resolve_train_config
 from encnet_core.engine.events import (
     Message,
@@ -153,7 +153,7 @@ def train(
         None, "--skip-bad",
         help="Go on past samples that do not decode or break the format: a bad training sample is replaced by the next good one, a bad validation sample is left out; each is listed in metrics.jsonl and the summary.",
     ),  # fmt: skip
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: opt.JsonOut = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display."),
 ) -> None:
     """Train or fine-tune a model; distributed with `torchrun --nproc-per-node N -m encnet_cli train ...`.
@@ -173,8 +173,9 @@ def train(
         "backbone_weights": backbone_weights, "compile": compile_model, "skip_bad": skip_bad,
     }  # fmt: skip
     config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags)
+    check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    display = _TrainDisplay(enabled=progress and is_main and not as_json)
+    display = _TrainDisplay(enabled=progress and is_main and not json_to_stdout(json_out))
     try:
         result = run_train(config, resume=resume, callback=display, trust_code=trust_code)
     finally:
@@ -186,12 +187,7 @@ def train(
         "iteration": result.iteration,
         "total_iters": result.total_iters,
         "epochs": result.epoch,
-        "best": (
-            f"pixAcc {result.best['pixAcc']:.4f}, mIoU {result.best['mIoU']:.4f} (epoch {result.best['epoch']}, "
-            f"iteration {result.best['iteration']})"
-            if result.best and not as_json
-            else result.best
-        ),
+        "best": result.best,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "seconds": round(result.seconds, 1),
@@ -199,11 +195,15 @@ def train(
         "data_loading_share": round(result.data_share, 3),
         "reinitialised": result.reinitialised,
         "stopped_by": result.stopped_by,
-        "skipped": result.skipped if as_json else _skipped_text(result.skipped),
+        "skipped": result.skipped,
     }
-    if as_json:
-        emit_json(summary, None)
-    else:
+    if json_out is not None:
+        emit_json(summary, json_out)
+    if not json_to_stdout(json_out):
+        best = result.best
+        if best:
+            summary["best"] = f"pixAcc {best['pixAcc']:.4f}, mIoU {best['mIoU']:.4f} (epoch {best['epoch']}, iteration {best['iteration']})"
+        summary["skipped"] = _skipped_text(result.skipped)
         table = Table(title=f"encnet train: {config.model} on {data.name}", show_header=False)
         for key, value in summary.items():
             if value not in (None, []):

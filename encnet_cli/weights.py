@@ -8,7 +8,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from encnet_cli._output import console, emit_json, safe_text
+from encnet_cli import _options as opt
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, safe_text
 from encnet_cli._progress import ProgressReporter
 from encnet_core import zoo
 
@@ -31,13 +32,15 @@ def _percent(value: float | None) -> str:
 
 @app.command("list")
 def list_weights(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: opt.JsonOut = None,
 ) -> None:
     """The published models: dataset, classes, the reference's pixAcc/mIoU, sha1, whether cached."""
+    check_json_target(json_out)
     rows = [zoo.describe(entry) for entry in zoo.list_models()]
-    if as_json:
-        emit_json(rows, None)
-        return
+    if json_out is not None:
+        emit_json(rows, json_out)
+        if json_to_stdout(json_out):
+            return
     table = Table(title=f"published models (cache: {safe_text(zoo.cache_dir())})", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     for column, justify in (
         ("name", "left"), ("dataset", "left"), ("classes", "right"), ("pixAcc/mIoU", "right"), ("sha1", "left"),
@@ -58,10 +61,10 @@ def list_weights(
     )
 
 
-def _report(name: str, path: Path, as_json: bool, verb: str) -> None:
-    if as_json:
-        emit_json({"name": name, "path": str(path), "bytes": path.stat().st_size}, None)
-    else:
+def _report(name: str, path: Path, json_out: Path | None, verb: str) -> None:
+    if json_out is not None:
+        emit_json({"name": name, "path": str(path), "bytes": path.stat().st_size}, json_out)
+    if not json_to_stdout(json_out):
         console.print(f"{verb} {safe_text(name)}: {safe_text(path)}", highlight=False, soft_wrap=True)
 
 
@@ -73,14 +76,15 @@ def pull(
     timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds, per connection attempt and per read."),
     retries: int = typer.Option(5, "--retries", min=0, help="Failed attempts in a row (without new bytes) before giving up; waits double from 1 s."),
     force: bool = typer.Option(False, "--force", help="Download and convert again even if cached."),
-    as_json: bool = typer.Option(False, "--json", help="Print the cached file as JSON."),
+    json_out: opt.JsonOut = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Download a published model, verify its sha1, convert it and cache it as safetensors with metadata."""
+    check_json_target(json_out)
     cached = zoo.is_cached(name) and not force
-    with ProgressReporter(enabled=progress and not as_json) as reporter:
+    with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         path = zoo.pull(name, mirror=mirror, checksum=checksum, progress=reporter, timeout=timeout, retries=retries, force=force)
-    _report(name, path, as_json, "already cached" if cached else "cached")
+    _report(name, path, json_out, "already cached" if cached else "cached")
 
 
 @app.command("add")
@@ -88,10 +92,11 @@ def add(
     name: str = typer.Argument(..., help=_NAME_HELP, autocompletion=_complete_name),
     file: Path = typer.Argument(..., help="The model's .pth (a PyTorch-Encoding state_dict) or its published .zip."),
     checksum: str = typer.Option(None, "--checksum", help="ALGO:HEX the .pth must have instead of the published sha1."),
-    as_json: bool = typer.Option(False, "--json", help="Print the cached file as JSON."),
+    json_out: opt.JsonOut = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Cache a published model from a local file (verified and converted like a pull; the file is kept)."""
-    with ProgressReporter(enabled=progress and not as_json) as reporter:
+    check_json_target(json_out)
+    with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         path = zoo.add(name, file, checksum=checksum, progress=reporter)
-    _report(name, path, as_json, "cached")
+    _report(name, path, json_out, "cached")
