@@ -30,6 +30,7 @@ from encnet_core.engine.events import (
     TrainStep,
     Validated,
 )
+from encnet_core.engine.tensorboard import TENSORBOARD_DIR, TensorBoardCallback
 from encnet_core.engine.train import train as run_train
 
 
@@ -154,6 +155,11 @@ def train(
         help="Go on past samples that do not decode or break the format: a bad training sample is replaced by the next good one, a bad validation sample is left out; each is listed in metrics.jsonl and the summary.",
     ),  # fmt: skip
     json_out: opt.JsonOut = None,
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard",
+        help="Also write TensorBoard events to RUN/tensorboard (losses, lr, throughput, validation metrics); needs "
+        "pip install 'encnet[tensorboard]'; view with tensorboard --logdir runs/.",
+    ),  # fmt: skip
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display."),
 ) -> None:
     """Train or fine-tune a model; distributed with `torchrun --nproc-per-node N -m encnet_cli train ...`.
@@ -175,10 +181,15 @@ def train(
     config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags)
     check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
+    board = TensorBoardCallback(Path(config.output_dir) / TENSORBOARD_DIR) if tensorboard else None  # installed?
     display = _TrainDisplay(enabled=progress and is_main and not json_to_stdout(json_out))
+    if board is not None:
+        board.inner = display
     try:
-        result = run_train(config, resume=resume, callback=display, trust_code=trust_code)
+        result = run_train(config, resume=resume, callback=board or display, trust_code=trust_code)
     finally:
+        if board is not None:
+            board.close()
         display.close()
     if not is_main:
         return
