@@ -65,8 +65,8 @@ class TensorBoardCallback:
 
         if self.writer is not None:
             self.writer.close()
-        # resumed at iteration N: drop events past N that the interrupted run wrote after its last checkpoint
-        purge = event.iteration if event.iteration > 0 else None
+        # resumed at iteration N: drop the steps past N that the interrupted run wrote after its last checkpoint
+        purge = event.iteration + 1 if event.iteration > 0 else None
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
         self.writer.add_text(
             "run",

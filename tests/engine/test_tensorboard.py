@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from encnet_cli.main import app
 from encnet_core.config import TrainConfig
-from encnet_core.engine.events import TrainLog
+from encnet_core.engine.events import TrainLog, TrainStart
 from encnet_core.engine.tensorboard import TensorBoardCallback
 from encnet_core.engine.train import train
 
@@ -75,3 +75,26 @@ def test_missing_tensorboard_is_one_line(synthetic_h5: Path, tmp_path: Path, mon
     line = one_error_line(result)
     assert "pip install 'encnet[tensorboard]'" in line
     assert not (tmp_path / "run").exists(), "refused before the run folder is made"
+
+
+def _start(iteration: int) -> TrainStart:
+    return TrainStart(total_iters=6, iteration=iteration, iters_per_epoch=6, epochs=1, device="cpu", world_size=1,
+                      lr=0.01, global_batch=4, params=10)  # fmt: skip
+
+
+def _log(iteration: int, loss: float) -> TrainLog:
+    return TrainLog(iteration=iteration, total_iters=6, epoch=1, lr=0.01, losses={"loss": loss, "seg": loss},
+                    it_per_s=1.0, images_per_s=4.0, data_share=0.1)  # fmt: skip
+
+
+def test_resume_drops_the_steps_after_the_checkpoint(tmp_path: Path) -> None:
+    """A run logs steps 1..6 and is resumed from its checkpoint at step 3: steps 4..6 are the new run's."""
+    with TensorBoardCallback(tmp_path) as first:
+        first(_start(0))
+        for step in range(1, 7):
+            first(_log(step, 10.0 + step))
+    with TensorBoardCallback(tmp_path) as resumed:
+        resumed(_start(3))
+        for step in (4, 5):
+            resumed(_log(step, 20.0 + step))
+    assert _scalars(tmp_path)["loss/total"] == {1: 11.0, 2: 12.0, 3: 13.0, 4: 24.0, 5: 25.0}
