@@ -223,6 +223,9 @@ def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> Rep
         x, y = _series(val, key, by="epoch")
         if x:
             ax.plot(x, y, style, markersize=3, label=key)
+            ax.annotate(f"{y[-1]:.3f}", (x[-1], y[-1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            if len(set(x)) == 1:  # one validation (a run shorter than an epoch validates at its end only)
+                ax.set_xlim(x[0] - 1, x[0] + 1)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("score")

@@ -89,19 +89,21 @@ def draw_legend(
     """``image`` (RGB) with a small legend in its top-left corner: a colour swatch and a name per entry.
 
     Returns the new image and, for each entry drawn, its swatch box (x0, y0, x1, y1), so callers and
-    tests can see what the legend says. Past ``max_entries`` the last line reads "+N more".
+    tests can see what the legend says. It covers at most half the image's height; past that (or past
+    ``max_entries`` lines) the last line reads "+N more".
     """
     out = image.convert("RGB").copy()
     if not entries:
         return out, []
-    size = max(9, min(18, out.height // 28))
+    size = max(8, min(18, out.height // 28))
     font = _font(size)
     draw = ImageDraw.Draw(out, "RGBA")
-    shown = list(entries[:max_entries])
+    pad, swatch, step = 3, size, size + 3
+    lines_max = max(1, min(max_entries, (out.height // 2 - pad) // step))  # the legend covers half the height at most
+    shown = list(entries[: lines_max if len(entries) <= lines_max else max(1, lines_max - 1)])
     lines = [entry.name[:24] for entry in shown]
     if len(entries) > len(shown):
         lines.append(f"+{len(entries) - len(shown)} more")
-    pad, swatch, step = 3, size, size + 3
     text_width = max(int(draw.textlength(line, font=font)) for line in lines)
     width = pad + swatch + pad + text_width + pad
     height = pad + step * len(lines)
@@ -177,7 +179,7 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = ""
         ax.set_ylabel("label (ground truth)")
         ax.set_title("confusion matrix", fontsize=10)
         figure.suptitle(heading, fontsize=10)
-        fontsize = 8 if C <= 12 else 6 if C <= 20 else 5
+        fontsize = 8 if C <= 12 else 7 if C <= 20 else 5
         for r in range(C):
             if matrix[r].sum() == 0:
                 continue

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on the built-in synthetic data, no network: prepare -> train -> evaluate
-# (single- and multi-scale) -> predict -> export -> summary. Called by `make demo` after the install.
+# (single- and multi-scale) -> predict -> export -> report -> summary. Called by `make demo` after the install.
 # Set DEVICE=cuda for the GPU quick start; DEMO_ITERS to change the training length.
 set -euo pipefail
 out=${1:-demo-run}
@@ -11,19 +11,19 @@ encnet="$bin/encnet"
 mkdir -p "$out"
 start=$(date +%s)
 
-echo "== 1/6 prepare: built-in synthetic dataset (VOC-style archive -> HDF5)"
+echo "== 1/7 prepare: built-in synthetic dataset (VOC-style archive -> HDF5)"
 $encnet prepare synthetic --out "$out/synthetic.h5" --root "$out/cache" --overwrite
 $encnet info "$out/synthetic.h5" --json > "$out/dataset-info.json"
 
-echo "== 2/6 train: a small EncNet from scratch ($iters iterations, recipe synthetic_cpu, device $device)"
+echo "== 2/7 train: a small EncNet from scratch ($iters iterations, recipe synthetic_cpu, device $device)"
 rm -rf "$out/run"
 $encnet train "$out/synthetic.h5" --recipe synthetic_cpu --iters "$iters" --device "$device" --output-dir "$out/run"
 
-echo "== 3/6 evaluate: single scale, then multi-scale + flip"
+echo "== 3/7 evaluate: single scale, then multi-scale + flip"
 $encnet evaluate "$out/run/best.pt" "$out/synthetic.h5" --device "$device" --json "$out/eval-single.json" --confusion "$out/confusion.png"
 $encnet evaluate "$out/run/best.pt" "$out/synthetic.h5" --device "$device" --scales 0.75,1.0,1.25 --flip --json "$out/eval-multiscale.json"
 
-echo "== 4/6 predict: a folder of images"
+echo "== 4/7 predict: a folder of images"
 rm -rf "$out/images" "$out/predictions"
 $bin/python - "$out/synthetic.h5" "$out/images" <<'PY'
 import sys
@@ -38,12 +38,15 @@ with h5py.File(data) as f:
 PY
 $encnet predict "$out/run/best.pt" "$out/images" --output "$out/predictions" --overlay --device "$device"
 
-echo "== 5/6 export: safetensors (code-free, safe to share), checked against PyTorch"
+echo "== 5/7 export: safetensors (code-free, safe to share), checked against PyTorch"
 $encnet export "$out/run/best.pt" "$out/encnet_demo.safetensors" --format safetensors --overwrite
 # safetensors holds tensors and JSON only: every command opens it without --trust-code
 $encnet evaluate "$out/encnet_demo.safetensors" "$out/synthetic.h5" --device "$device" --json "$out/eval-export.json" --no-progress > /dev/null
 
-echo "== 6/6 summary"
+echo "== 6/7 report: curves, per-class IoU of best.pt, validation images | ground truth | prediction"
+$encnet report "$out/run" --html --device "$device"
+
+echo "== 7/7 summary"
 $bin/python - "$out" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 from pathlib import Path
@@ -57,5 +60,7 @@ print(f"single scale pixAcc {single['pixAcc']:.4f}  mIoU {single['mIoU']:.4f}")
 print(f"multi-scale  pixAcc {multi['pixAcc']:.4f}  mIoU {multi['mIoU']:.4f}  (scales 0.75,1.0,1.25 + flip)")
 print(f"export       {out / 'encnet_demo.safetensors'}  mIoU {export['mIoU']:.4f} (same model, safetensors)")
 print(f"predictions  {out / 'predictions'} (masks, overlays, predictions.json)")
+print(f"report       {out / 'run' / 'report.png'} and {out / 'run' / 'report.html'} (curves, per-class IoU, predictions)")
+print(f"confusion    {out / 'confusion.png'}")
 print(f"time         {seconds // 60} min {seconds % 60} s")
 PY

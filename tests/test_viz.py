@@ -48,7 +48,10 @@ def test_draw_legend_swatches_have_the_class_colours() -> None:
     assert out.getpixel((150, 110)) == (90, 90, 90)  # the rest of the image is untouched
     many = [viz.LegendEntry(i, f"c{i}", (i, i, i)) for i in range(20)]
     _, drawn = viz.draw_legend(Image.new("RGB", (300, 400)), many, max_entries=5)
-    assert len(drawn) == 5
+    assert len(drawn) == 4  # and a fifth line "+16 more"
+    small, drawn = viz.draw_legend(Image.new("RGB", (128, 128)), many)
+    assert 1 <= len(drawn) < 20 and max(box[3] for _, box in drawn) < 64  # the legend leaves half the image free
+    assert np.asarray(small)[70:].max() == 0
 
 
 def test_blend_keeps_ignored_pixels() -> None:
