@@ -13,6 +13,6 @@ def test_cli_reference_is_up_to_date() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     text = module.render()
-    for command in ("prepare", "targets", "info", "train", "evaluate", "predict", "export", "models", "doctor", "weights pull"):
+    for command in ("prepare", "targets", "info", "train", "evaluate", "predict", "export", "models", "doctor", "weights pull", "show", "report"):
         assert f"## `encnet {command}`" in text
     assert module.DOC.read_text() == text, "docs/cli.md is stale: run .venv/bin/python scripts/gen_cli_docs.py"
