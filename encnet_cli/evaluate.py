@@ -35,7 +35,7 @@ def evaluate(
     amp: opt.AmpOpt = opt.Amp.off,
     workers: int = typer.Option(2, "--workers", "-j", help="Image decoding workers."),
     save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images; a name that would leave the folder (absolute, '..') is rejected before any work."),
-    confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG."),
+    confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG: class names on both axes, rates in the cells, a colour bar (past 30 classes: the most confused pairs and the sorted per-class IoU)."),
     json_out: opt.JsonOut = None,
     limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
     skip_bad: bool = typer.Option(

@@ -21,7 +21,7 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths); refused if it is, contains or holds an input, skipped when inside an input folder."),
     mask_format: opt.MaskFormat = typer.Option(opt.MaskFormat.color, "--format", help="Mask PNGs: color (palette) or index (label values)."),
-    overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.jpg with the classes blended in."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.jpg with the classes blended in and a legend of the classes present."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity of the class colours."),
     se_threshold: float = typer.Option(0.5, "--se-threshold", help="SE-head probability to report a class as present."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
