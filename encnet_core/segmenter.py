@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 from encnet_core.engine.device import resolve_device
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.model_files import LoadedModel, load_model
-from encnet_core.engine.predict import _load_rgb
+from encnet_core.engine.predict import _load_rgb, _reason
 from encnet_core.errors import ConfigError
 
 __all__ = ["Segmenter", "Segmentation", "ImageInput"]
@@ -171,7 +171,10 @@ def _as_chw(image: Any) -> torch.Tensor:
         path = Path(image)
         if not path.is_file():
             raise ConfigError(f"image not found: {path}")
-        return _from_hwc(_load_rgb(path))
+        try:
+            return _from_hwc(_load_rgb(path))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad files: one clear error
+            raise ConfigError(f"cannot read image {path}: {_reason(exc)}") from exc
     if isinstance(image, Image.Image):
         return _from_hwc(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
     if isinstance(image, np.ndarray):

@@ -123,6 +123,9 @@ def test_bad_inputs_are_one_clear_error(model_file: Path, tmp_path: Path) -> Non
     seg = Segmenter.load(model_file, device="cpu")
     with pytest.raises(ConfigError, match="image not found"):
         seg.seg(tmp_path / "missing.jpg")
+    (tmp_path / "not-an-image.jpg").write_bytes(b"\x89HDF\r\n")
+    with pytest.raises(ConfigError, match="cannot read image .*not-an-image.jpg"):
+        seg.seg([tmp_path / "not-an-image.jpg"])
     with pytest.raises(ConfigError, match="uint8"):
         seg.seg(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ConfigError, match=r"\(3, H, W\)"):
