@@ -1,11 +1,12 @@
-"""Encoding layer: our matrix-product formulation against the broadcast one, forward + backward on CPU.
+"""Encoding layer: our matrix-product formulation against the broadcast one, forward + backward (CPU or CUDA).
 
 Three variants run on the same input, the same upstream gradient and the same codeword/scale values:
 
 - ``ours``: ``encnet_core.models.layers.Encoding`` (distances and aggregation as batched matrix products).
-- ``broadcast``: the formulation of mmsegmentation's ``EncodingLayer``, written here in plain PyTorch.
-  It materialises the residuals x_i - d_k as a (B, N, K, C) tensor. (mmsegmentation even builds that
-  tensor twice, once for the distances and once for the aggregation; this baseline builds it once.)
+- ``broadcast``: the formulation of mmsegmentation's ``EncodingLayer`` in plain PyTorch
+  (``encnet_core.engine.benchmark.BroadcastEncoding``, shared with benchmarks/gpu.py). It materialises
+  the residuals x_i - d_k as a (B, N, K, C) tensor. (mmsegmentation even builds that tensor twice,
+  once for the distances and once for the aggregation; this baseline builds it once.)
 - ``matmul``: only the two matrix products our layer is made of, chained with no softmax in between:
   (B, N, C) x (C, K) -> (B, N, K) and (B, K, N) x (B, N, C) -> (B, K, C), forward + backward, on the
   same values given as a contiguous (B, N, C) tensor (so not even a layout change is timed). This is
@@ -25,7 +26,10 @@ VmHWM restarts from the current VmRSS instead of the peak left by ``import torch
 backward at full size and reads VmHWM from /proc/self/status. VmHWM - VmRSS(before) is the extra peak
 memory of the call, gradients included. PyTorch's CPU allocator hands freed blocks back to malloc and
 a fresh process has almost nothing freed to reuse, so this is (within a few MB) the peak of what the
-call held live at once. Linux only.
+call held live at once. Linux only. With ``--device cuda`` it is read from PyTorch's GPU allocator in
+this process instead (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
+what was allocated before the call), and every timed batch of calls ends with
+``torch.cuda.synchronize()``. Without a GPU, ``--device cuda`` refuses with one line.
 
 Equality: output E and the gradients of x, codewords and scale, as max |a - b| / max |b| (error
 relative to the tensor's scale), ours vs broadcast (the goal), and each vs the broadcast formulation
@@ -43,6 +47,7 @@ layer without subnormals.
 
     .venv/bin/python benchmarks/encoding_layer.py            # B=2, C=512, K=32, 60x60, float32
     .venv/bin/python benchmarks/encoding_layer.py --size 30 --repeats 9
+    .venv/bin/python benchmarks/encoding_layer.py --device cuda --batch 8
 """
 
 from __future__ import annotations
@@ -60,28 +65,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from encnet_core.engine.benchmark import BroadcastEncoding
+from encnet_core.engine.device import synchronize
 from encnet_core.models.layers import Encoding
 
 SPEED_GOAL = 50.0  # broadcast time / our time
 MEMORY_GOAL = 15.0  # broadcast extra peak memory / ours
 EQUAL_TOL = 1e-4  # max |ours - broadcast| / max |broadcast|, outputs and every gradient
 VARIANTS = ("ours", "broadcast", "matmul")
-
-
-class BroadcastEncoding(nn.Module):
-    """The Encoding layer as mmsegmentation writes it: residuals expanded to (B, N, K, C)."""
-
-    def __init__(self, channels: int, num_codes: int) -> None:
-        super().__init__()
-        self.codewords = nn.Parameter(torch.empty(num_codes, channels))  # (K, C)
-        self.scale = nn.Parameter(torch.empty(num_codes))  # (K,)
-
-    def forward(self, x: Tensor) -> Tensor:
-        feats = x.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
-        residuals = feats.unsqueeze(2) - self.codewords  # (B, N, K, C)
-        scaled_l2 = self.scale * residuals.pow(2).sum(3)  # (B, N, K)
-        assign = torch.softmax(scaled_l2, dim=2)  # (B, N, K)
-        return (assign.unsqueeze(3) * residuals).sum(1)  # (B, K, C)
 
 
 class MatmulFloor(nn.Module):
@@ -108,6 +99,7 @@ def build(variant: str, args: argparse.Namespace, size: int) -> tuple[nn.Module,
         args.channels, args.codes
     )
     module.load_state_dict(reference.state_dict())
+    module.to(args.device)
     torch.manual_seed(args.seed + 1)  # the modules' constructors draw differently; reseed for the data
     x = torch.randn(args.batch, args.channels, size, size)  # (B, C, H, W)
     if args.input == "relu":
@@ -116,8 +108,8 @@ def build(variant: str, args: argparse.Namespace, size: int) -> tuple[nn.Module,
         x = x.mul_(0.05)
     if variant == "matmul":
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
-    x.requires_grad_(True)
-    grad_out = torch.randn(args.batch, args.codes, args.channels)  # (B, K, C)
+    x = x.to(args.device).requires_grad_(True)
+    grad_out = torch.randn(args.batch, args.codes, args.channels).to(args.device)  # (B, K, C)
     return module, x, grad_out
 
 
@@ -128,26 +120,33 @@ def step(module: nn.Module, x: Tensor, grad_out: Tensor) -> None:
     module(x).backward(grad_out)
 
 
-def time_rounds(fns: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, list[float]]:
+def time_rounds(
+    fns: dict[str, Callable[[], None]], warmup: int, repeats: int, device: torch.device
+) -> dict[str, list[float]]:
     """Per-call seconds of each function in each of ``repeats`` interleaved rounds.
 
     In a round every function runs back to back (order reversed every other round), each called
-    often enough to take ~0.2 s; the number of calls is calibrated on the warm-up calls.
+    often enough to take ~0.2 s; the number of calls is calibrated on the warm-up calls. On CUDA
+    every batch of calls is synchronised before the clock is read.
     """
     calls = {}
     for name, fn in fns.items():
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(warmup):
             fn()
+        synchronize(device)
         per_call = (time.perf_counter() - start) / warmup
         calls[name] = max(1, math.ceil(0.2 / per_call))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(calls[name]):
                 fns[name]()
+            synchronize(device)
             samples[name].append((time.perf_counter() - start) / calls[name])
     return samples
 
@@ -224,8 +223,25 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"extra_peak_bytes": (peak - before) * 1024}))
 
 
+def cuda_peak_memory(variant: str, args: argparse.Namespace) -> int:
+    """Extra peak GPU memory (bytes) of one forward + backward, from PyTorch's CUDA allocator."""
+    module, x, grad_out = build(variant, args, args.size)
+    step(module, x, grad_out)  # lazy library state (cuBLAS workspaces)
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(args.device)
+    torch.cuda.reset_peak_memory_stats(args.device)
+    before = torch.cuda.memory_allocated(args.device)
+    step(module, x, grad_out)
+    torch.cuda.synchronize(args.device)
+    return torch.cuda.max_memory_allocated(args.device) - before
+
+
 def peak_memory(variant: str, args: argparse.Namespace) -> int:
-    """Median over ``--memory-runs`` fresh subprocesses of the variant's extra peak RSS."""
+    """Median over ``--memory-runs`` fresh subprocesses of the variant's extra peak RSS (CPU), or the
+    allocator's peak in this process (CUDA)."""
+    if args.device.type == "cuda":
+        return cuda_peak_memory(variant, args)
     cmd = [sys.executable, __file__, "--worker", variant]
     for key in ("batch", "channels", "codes", "size", "input", "seed"):
         cmd += [f"--{key}", str(getattr(args, key))]
@@ -253,18 +269,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--memory-runs", type=int, default=1, help="subprocesses per variant for memory")
     parser.add_argument("--seed", type=int, default=0, help="seed for input, gradient and parameters")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (needs a GPU)")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("encoding_layer.py: --device cuda needs a CUDA GPU and PyTorch sees none here; use --device cpu")
+    args.device = torch.device(args.device)
     if args.worker:
         worker(args)
         return
 
     n = args.size * args.size
+    where = (
+        f"CUDA ({torch.cuda.get_device_name(args.device)})"
+        if args.device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     print(
         f"Encoding forward+backward, B={args.batch} C={args.channels} K={args.codes} "
-        f"{args.size}x{args.size} (N={n}), float32, input={args.input}, CPU, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
-        f"on {os.cpu_count()} CPUs"
+        f"{args.size}x{args.size} (N={n}), float32, input={args.input}, {where}, "
+        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
 
     diffs = compare(args)
@@ -277,9 +301,9 @@ def main() -> None:
     for variant in VARIANTS:
         module, x, grad_out = build(variant, args, args.size)
         fns[variant] = lambda m=module, x=x, g=grad_out: step(m, x, g)
-    samples = time_rounds(fns, args.warmup, args.repeats)
+    samples = time_rounds(fns, args.warmup, args.repeats, args.device)
     times = {variant: paired_ratio(samples, variant, "ours") for variant in VARIANTS}  # time / ours
-    del fns
+    del fns, module, x, grad_out
     peaks = {variant: peak_memory(variant, args) for variant in VARIANTS}
 
     print(f"\n{'variant':<10} {'time / ours':>12} {'extra peak memory / ours':>26}")

@@ -1,4 +1,4 @@
-"""``encnet doctor``: check the installation and the device with one training step."""
+"""``encnet doctor``: check the installation and the device with one training step (``--bench``: and the short GPU benchmark)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout
+from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
 from encnet_core.engine.doctor import run_doctor
 
 
@@ -17,17 +17,46 @@ def doctor(
     batch_size: int = typer.Option(2, "--batch-size", help="Batch size of the test step (>= 2 for BatchNorm)."),
     device_name: opt.Device = "auto",
     amp: opt.Amp = typer.Option(opt.Amp.off, "--amp", help="Mixed precision of the test step."),
+    bench: bool = typer.Option(
+        False, "--bench",
+        help="Then run the short GPU benchmark (benchmarks/gpu.py --profile short: Encoding layer, training step "
+        "fp32/AMP/channels_last, data loading, one-process DDP; each ratio with its goal). About a minute on a GPU; "
+        "without CUDA the same code paths at tiny sizes on the CPU.",
+    ),  # fmt: skip
     json_out: opt.JsonOut = None,
 ) -> None:
     """Print the environment, then build a model and run one forward/backward step on random data."""
     check_json_target(json_out)
-    report = run_doctor(model_name, num_classes, size, batch_size, device_name, opt.value(amp))
+    say = (lambda text: err_console.print(text, style="dim", markup=False, highlight=False)) if bench else None
+    report = run_doctor(model_name, num_classes, size, batch_size, device_name, opt.value(amp), bench=bench, say=say)
     if json_out is not None:
         emit_json(report, json_out)
     if not json_to_stdout(json_out):
         table = Table(title="encnet doctor", show_header=False)
         for key, value in report.items():
-            table.add_row(key, str(value))
+            if key != "bench":
+                table.add_row(key, str(value))
         console.print(table)
+        if "bench" in report:
+            _print_bench(report["bench"])
     if report["status"] != "ok":
         raise typer.Exit(1)
+
+
+def _print_bench(bench: dict) -> None:
+    """The benchmark's rows, grouped by section: ratio, goal, verdict, peak GPU memory, detail."""
+    title = f"GPU benchmark (short) on {bench['device']} ({bench['device_name']}), {bench['seconds']:.0f} s"
+    if bench["tiny"]:
+        title += ": NO CUDA, the same code paths ran at tiny sizes on the CPU (no claims)"
+    table = Table(title=title)
+    for column in ("measurement", "ratio", "goal", "verdict", "peak MiB"):
+        table.add_column(column, no_wrap=column != "measurement")
+    table.add_column("detail", overflow="fold")
+    section = None
+    for row in bench["rows"]:
+        if row["section"] != section:
+            section = row["section"]
+            table.add_row(f"[bold]{safe_text(section)}[/bold]", end_section=False)
+        peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        table.add_row(f"  {safe_text(row['name'])}", row["value"], safe_text(row["goal"]), row["verdict"], peak, safe_text(row["detail"]))
+    console.print(table)

@@ -1,8 +1,10 @@
-"""``encnet doctor``: the environment, and one training step of a model on random data on the device."""
+"""``encnet doctor``: the environment, and one training step of a model on random data on the device;
+with ``bench``, also the short GPU benchmark (``engine/benchmark.py``, tiny sizes without CUDA)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -19,11 +21,13 @@ __all__ = ["run_doctor"]
 
 def run_doctor(
     model_name: str = "encnet_tiny", num_classes: int = 21, size: int = 64, batch_size: int = 2,
-    device_name: str = "auto", amp: str = "off",
+    device_name: str = "auto", amp: str = "off", bench: bool = False, say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Build ``model_name`` and run one forward/backward step; the report says what ran and how long it took.
 
-    ``status`` is "ok", or "non-finite loss" when the step's loss is NaN/inf.
+    ``status`` is "ok", or "non-finite loss" when the step's loss is NaN/inf. ``bench`` adds
+    ``report["bench"]``: the short GPU benchmark's rows (``BenchReport.to_dict()``) on the same
+    device; ``say`` gets its progress lines.
     """
     if not 8 <= size <= 4096:
         raise ConfigError(f"--size must be between 8 and 4096, got {size}")
@@ -44,7 +48,7 @@ def run_doctor(
     elapsed = time.perf_counter() - start
     grads = sum(p.grad is not None for p in model.parameters())
     finite = bool(torch.isfinite(loss))
-    return {
+    report = {
         "encnet": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -58,3 +62,10 @@ def run_doctor(
         "step_seconds": round(elapsed, 3),
         "status": "ok" if finite else "non-finite loss",
     }
+    if bench:
+        # imported here: the benchmark pulls in data, training and inference
+        from encnet_core.engine.benchmark import BenchConfig, run_benchmark
+
+        del model, outputs, loss
+        report["bench"] = run_benchmark(BenchConfig(device=str(device), profile="short"), say).to_dict()
+    return report
