@@ -259,7 +259,9 @@ def grid_figure(
     if title:
         figure.suptitle(title, fontsize=10)
     if entries:
-        figure.legend(handles=_patches(entries), loc="outside right upper", fontsize=8, title="classes", title_fontsize=8)
+        per_column = max(8, int(rows * cell_inches * 4))  # about as many lines as fit beside the grid
+        columns = -(-len(entries) // per_column)
+        figure.legend(handles=_patches(entries), loc="outside right upper", fontsize=8, title="classes", title_fontsize=8, ncols=columns)
     return figure, [e.name for e in entries]
 
 

@@ -108,3 +108,13 @@ def test_show_errors(trained: tuple[Path, Path], tmp_path: Path) -> None:
     both = run("show", data, "--index", "0", "--name", "x", "--out", out)
     assert both.exit_code == 2 and "not both" in both.output
     assert not out.exists()
+
+
+def test_iou_panel_with_many_classes_shows_the_worst_and_best_20() -> None:
+    from encnet_core.report import _iou_bars
+    from encnet_core.viz import new_figure
+
+    ax = new_figure(8, 4).add_subplot()
+    _iou_bars(ax, [f"c{i}" for i in range(60)], [i / 100 for i in range(59)] + [None])
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(names) == 41 and names[:2] == ["c0", "c1"] and names[20] == "..." and names[-1] == "c58"
