@@ -135,3 +135,19 @@ def test_help_shows_the_optional_value() -> None:
     for command in (["evaluate"], ["predict"], ["train"], ["weights", "list"]):
         result = runner.invoke(app, [*command, "--help"], terminal_width=200)
         assert "--json" in result.output and "[FILE|-]" in result.output, command
+
+
+def test_every_json_option_is_the_shared_one() -> None:
+    """One definition: each command's --json takes [FILE|-] (no flag-only or path-only variant is left)."""
+    import typer
+
+    group = typer.main.get_command(app)
+    with_json = set()
+    for name, command in group.commands.items():
+        for sub_name, sub in (getattr(command, "commands", None) or {name: command}).items():
+            for param in sub.params:
+                if "--json" in param.opts:
+                    assert not getattr(param, "is_flag", False) and param.metavar == "[FILE|-]", (name, sub_name)
+                    with_json.add(name if sub is command else f"{name} {sub_name}")
+    assert {"prepare", "targets", "train", "evaluate", "predict", "export", "info", "models", "doctor",
+            "weights list", "weights pull", "weights add"} <= with_json  # fmt: skip
