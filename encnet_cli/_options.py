@@ -131,7 +131,7 @@ TrustCode = Annotated[
 
 JSON_HELP = (
     "JSON result: a bare --json or --json - prints it on stdout instead of the table; --json FILE writes FILE "
-    "(atomically, never over a non-JSON file) and keeps the table. The word after --json is FILE unless it starts with '-'."
+    "(atomically, never over a non-JSON file) and keeps the table. The word after --json is FILE when it ends in .json; --json=FILE names any file."
 )
 JSON_METAVAR = "[FILE|-]"
 
@@ -143,10 +143,9 @@ group on the command line before parsing) turns a bare ``--json`` into ``--json=
 
 
 def expand_json_flag(args: list[str]) -> list[str]:
-    """The command line with each bare ``--json`` given its value, as argparse's ``nargs="?"``: the next
-    word unless it is missing or starts with ``-`` (another option; ``-`` itself is stdout), else ``-``.
-    ``encnet info --json data.h5`` would name data.h5 the JSON file: ``_output.check_json_target``
-    refuses to replace an existing file that is not JSON, so a dataset or model is never overwritten."""
+    """The command line with each bare ``--json`` given its value: the next word when it is ``-`` or a
+    ``.json`` file name, else ``-`` (stdout). So ``encnet info --json data.h5`` prints JSON about
+    data.h5 and ``--json out.json`` writes out.json; ``--json=FILE`` names any file."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -156,7 +155,7 @@ def expand_json_flag(args: list[str]) -> list[str]:
             break
         if word == "--json":
             following = args[i + 1] if i + 1 < len(args) else None
-            if following is not None and (following == "-" or not following.startswith("-")):
+            if following is not None and (following == "-" or following.lower().endswith(".json")):
                 out.append(f"--json={following}")
                 i += 2
                 continue

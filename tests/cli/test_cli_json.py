@@ -108,13 +108,17 @@ def test_progress_is_not_on_stdout(tiny, images: Path, tmp_path: Path) -> None:
 
 def test_bad_json_file_refused_before_the_work(tiny, tmp_path: Path) -> None:
     data, ckpt = tiny
-    (tmp_path / "folder").mkdir()
-    line = one_error_line(run("export", ckpt, tmp_path / "m.pt", "--json", tmp_path / "folder"))
-    assert "--json" in line and "folder" in line
+    (tmp_path / "folder.json").mkdir()
+    line = one_error_line(run("export", ckpt, tmp_path / "m.pt", "--json", tmp_path / "folder.json"))
+    assert "--json" in line and "folder.json" in line
     assert not (tmp_path / "m.pt").exists()
-    # `encnet info --json data.h5 model.pt` names the dataset as the JSON file: refused, never replaced
+    # a bare --json before a positional argument that is not a .json name leaves it positional
     before = data.read_bytes()
-    line = one_error_line(run("info", "--json", data, ckpt))
+    result = run("info", "--json", data)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_classes"] == 14
+    # --json=FILE naming an existing file that is not JSON is refused, never replaced
+    line = one_error_line(run("info", f"--json={data}", ckpt))
     assert "is not a JSON file" in line
     assert data.read_bytes() == before
     old = tmp_path / "old.json"
@@ -128,6 +132,8 @@ def test_expand_json_flag() -> None:
     assert expand_json_flag(["info", "--json", "-", "x"]) == ["info", "--json=-", "x"]
     assert expand_json_flag(["info", "--json", "--trust-code", "m"]) == ["info", "--json=-", "--trust-code", "m"]
     assert expand_json_flag(["evaluate", "--json", "m.json", "a"]) == ["evaluate", "--json=m.json", "a"]
+    assert expand_json_flag(["info", "--json", "d.h5"]) == ["info", "--json=-", "d.h5"]
+    assert expand_json_flag(["evaluate", "--json", "OUT.JSON", "m", "d"]) == ["evaluate", "--json=OUT.JSON", "m", "d"]
     assert expand_json_flag(["x", "--json=f", "--", "--json"]) == ["x", "--json=f", "--", "--json"]
 
 
