@@ -81,7 +81,7 @@ def test_evaluate_output_paths_are_checked_before_the_work(tiny: tuple[Path, Pat
     a_file.write_text("keep")
     folder = tmp_path / "folder"
     folder.mkdir()
-    assert "is a folder" in one_error_line(run("evaluate", ckpt, data, "--json", folder, *EVAL))
+    assert "is a folder" in one_error_line(run("evaluate", ckpt, data, f"--json={folder}", *EVAL))
     assert "is a file, not a folder" in one_error_line(run("evaluate", ckpt, data, "--confusion", a_file / "c.png", *EVAL))
     assert "is a file; give a folder" in one_error_line(run("evaluate", ckpt, data, "--save-predictions", a_file, *EVAL))
     assert a_file.read_text() == "keep"
