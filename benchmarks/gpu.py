@@ -1,4 +1,4 @@
-"""One GPU benchmark: every ratio measured in the same run, each printed with its goal (~5 minutes on one GPU).
+"""One GPU benchmark: every ratio measured in the same run, each printed with its goal (sized for ~5 minutes on one GPU).
 
 Rows (see ``encnet_core/engine/benchmark.py`` for how each is measured):
 

@@ -20,7 +20,7 @@ def doctor(
     bench: bool = typer.Option(
         False, "--bench",
         help="Then run the short GPU benchmark (benchmarks/gpu.py --profile short: Encoding layer, training step "
-        "fp32/AMP/channels_last, data loading, one-process DDP; each ratio with its goal). About a minute on a GPU; "
+        "fp32/AMP/channels_last, data loading, one-process DDP; each ratio with its goal). Sized for about a minute on a GPU; "
         "without CUDA the same code paths at tiny sizes on the CPU.",
     ),  # fmt: skip
     json_out: opt.JsonOut = None,

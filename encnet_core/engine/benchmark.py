@@ -64,7 +64,7 @@ from encnet_core.palette import voc_palette
 
 __all__ = ["PROFILES", "BenchConfig", "BenchRow", "BenchReport", "BroadcastEncoding", "run_benchmark"]
 
-PROFILES = ("full", "short")  # full: benchmarks/gpu.py (~5 min on a GPU); short: encnet doctor --bench
+PROFILES = ("full", "short")  # full: benchmarks/gpu.py (sized for ~5 min on a GPU); short: encnet doctor --bench
 
 
 @dataclass(frozen=True)
@@ -443,7 +443,7 @@ def _first_batch(data: Path, sizes: Sizes) -> tuple[Tensor, Tensor]:
 
 def _loader_rows(rows: _Rows, sizes: Sizes, device: torch.device, data: Path, work: Path, workers: int, rates: dict[str, float]) -> None:
     """The training DataLoader alone against the fastest eager step's consumption, and a loop of loader + that step."""
-    section = f"data loading ({workers} workers, crop {sizes.crop})"
+    section = f"data loading ({workers} worker{'' if workers == 1 else 's'}, crop {sizes.crop})"
     names = (("loader samples/s / step images/s", ">= 1x"), ("data share of a loader + step loop", "<= 5%"))
     eager = {name: rate for name, rate in rates.items() if "compile" not in name}
     fastest = max(eager, key=eager.__getitem__) if eager else None
@@ -462,7 +462,7 @@ def _loader_rows(rows: _Rows, sizes: Sizes, device: torch.device, data: Path, wo
         step_rate = eager[fastest]
         needed = math.ceil(max(workers, 1) * step_rate / loader_rate)
         rows.add(section, names[0][0], loader_rate / step_rate, names[0][1],
-                 f"{detail}, {fastest} step {step_rate:.1f} images/s: about {needed} workers keep up")  # fmt: skip
+                 f"{detail}, {fastest} step {step_rate:.1f} images/s: about {needed} worker{'' if needed == 1 else 's'} would keep up")  # fmt: skip
     per_step = sizes.loader_batches
     rows.add(section, names[1][0], waited / total, names[1][1],
              f"waiting {waited / per_step * 1e3:.0f} ms of {total / per_step * 1e3:.0f} ms per step ({fastest or 'fp32'})")  # fmt: skip
