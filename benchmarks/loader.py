@@ -15,7 +15,7 @@ the crop, random crop, normalise), then go through the same ``DataLoader``:
 
 It prints samples/s over full epochs (``persistent_workers=False``, so worker start-up is counted,
 as in training), run interleaved ours / baseline after one untimed warm-up epoch each, medians over
---repeats; ratio = ours / baseline (goal >= 1.25), the HDF5 file size against the summed bytes of the
+--repeats; ratio = ours / baseline (reported; the 1.25x goal is retired), the HDF5 file size against the summed bytes of the
 source JPEG/PNG files (goal <= 1.05), and a one-process, one-thread breakdown of where a sample's
 time goes (read + decode vs transform).
 
@@ -46,7 +46,6 @@ from encnet_core.data.dataset import HDF5SegmentationDataset
 from encnet_core.data.prepare import PrepareOptions, prepare
 from encnet_core.data.transforms import train_transform
 
-SPEED_GOAL = 1.25  # ours / baseline samples per second, at least
 SIZE_GOAL = 1.05  # HDF5 file / source JPEG + PNG bytes, at most
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
@@ -263,7 +262,7 @@ def main() -> None:
             print(f"  {name:27s} {statistics.median(values):10.1f}   {min(values):7.1f} {max(values):7.1f}")
         print(
             f"  ratio ours / baseline: {ratio:.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)}), "
-            f"goal >= {SPEED_GOAL}x: {verdict(ratio >= SPEED_GOAL)}"
+            "(report only: the 1.25x goal is retired, see docs/benchmarks.md; what matters is the data share of a GPU step)"
         )
 
         h5_size, src_size = h5_path.stat().st_size, source_bytes(folder)
