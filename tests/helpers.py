@@ -32,3 +32,19 @@ def one_error_line(result) -> str:
     assert len(lines) == 1, result.output
     assert lines[0].startswith("error: ")
     return lines[0]
+
+
+def tiny_trained(tmp_path_factory, name: str, num_train: int = 8, num_val: int = 4):
+    """Yield (dataset, checkpoint) for a module-scoped fixture: a synthetic set and encnet_tiny after 2
+    iterations, built with one intra-op thread (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        folder = tmp_path_factory.mktemp(name)
+        data = make_synthetic(folder, num_train, num_val)
+        torch.manual_seed(0)
+        yield data, train_tiny(data, folder)
+    finally:
+        torch.set_num_threads(threads)

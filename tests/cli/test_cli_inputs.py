@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import make_synthetic, one_error_line, train_tiny
+from helpers import one_error_line, tiny_trained
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
@@ -25,13 +24,7 @@ TRAIN = ("--model", "encnet_tiny", "--batch-size", "4", "--crop-size", "32", "--
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("cli_inputs")
-    data = make_synthetic(folder, 8, 4)
-    torch.manual_seed(0)
-    yield data, train_tiny(data, folder)
-    torch.set_num_threads(threads)
+    yield from tiny_trained(tmp_path_factory, "cli_inputs")
 
 
 def run(*args: object):

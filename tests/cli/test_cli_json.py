@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import make_synthetic, one_error_line, train_tiny
+from helpers import one_error_line, tiny_trained
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -27,12 +26,7 @@ def run(*args: object):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(dataset, checkpoint): synthetic 8 train / 4 val at 48 px, encnet_tiny after 2 iterations."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("cli_json")
-    data = make_synthetic(folder, 8, 4)
-    yield data, train_tiny(data, folder)
-    torch.set_num_threads(threads)
+    yield from tiny_trained(tmp_path_factory, "cli_json")
 
 
 @pytest.fixture(scope="module")
