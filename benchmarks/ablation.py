@@ -52,7 +52,7 @@ from encnet_core.engine.evaluate import EvaluateOptions, evaluate
 from encnet_core.engine.events import TrainEvent, TrainLog, TrainStart
 from encnet_core.engine.train import train
 
-RECIPE = "synthetic_cpu"
+RECIPES = {"standard": "synthetic_cpu", "far": "synthetic_far_cpu"}  # the recipe of each synthetic layout
 DATA_SEED = 0  # seed of the synthetic dataset (`encnet prepare synthetic` default): one fixed dataset
 
 
@@ -83,11 +83,13 @@ def log(text: str) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    recipe = load_toml(recipe_path(RECIPE))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--iters", type=int, default=recipe["iters"], help=f"iterations per run (default: {RECIPE}'s)"
-    )
+        "--layout", choices=tuple(RECIPES), default="standard",
+        help="synthetic layout: standard (128 px, recipe synthetic_cpu) or far (256 px, context beyond the "
+        "FCN's receptive field, recipe synthetic_far_cpu)",
+    )  # fmt: skip
+    parser.add_argument("--iters", type=int, default=None, help="iterations per run (default: the recipe's)")
     parser.add_argument(
         "--seeds", default="0", help="comma-separated training seeds (model init, data order, augmentation)"
     )
@@ -105,7 +107,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="device for training and evaluation")
     args = parser.parse_args()
-    args.recipe = recipe
+    args.recipe_name = RECIPES[args.layout]
+    args.recipe = load_toml(recipe_path(args.recipe_name))
+    if args.iters is None:
+        args.iters = args.recipe["iters"]
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -126,12 +131,14 @@ def parse_args() -> argparse.Namespace:
 def dataset(args: argparse.Namespace) -> Path:
     if args.data is not None:
         return args.data
-    path = args.out / "synthetic.h5"
+    path = args.out / ("synthetic.h5" if args.layout == "standard" else f"synthetic-{args.layout}.h5")
     if not path.exists():
-        log(f"preparing the synthetic dataset (seed {DATA_SEED}) in {path}")
+        log(f"preparing the synthetic dataset ({args.layout} layout, seed {DATA_SEED}) in {path}")
         prepare(
             "synthetic",
-            PrepareOptions(out=path, root=args.out / "cache", workers=1, params={"seed": DATA_SEED}),
+            PrepareOptions(
+                out=path, root=args.out / "cache", workers=1, params={"seed": DATA_SEED, "layout": args.layout}
+            ),
         )
     return path
 
@@ -139,7 +146,7 @@ def dataset(args: argparse.Namespace) -> Path:
 def config_for(variant: Variant, seed: int, data: Path, args: argparse.Namespace) -> TrainConfig:
     settings = {
         **args.recipe,
-        "recipe": RECIPE,
+        "recipe": args.recipe_name,
         "data": str(data),
         "output_dir": str(args.out / "runs" / f"{variant.name}-seed{seed}"),
         "model": variant.model,
@@ -320,11 +327,11 @@ def main() -> None:
                f"({platform.processor() or platform.machine()}), device {args.device}")  # fmt: skip
     settings = {
         key: records[0]["config"][key]
-        for key in ("iters", "batch_size", "lr", "crop_size", "base_size", "aux")
+        for key in ("iters", "batch_size", "lr", "crop_size", "base_size", "scale_min", "scale_max", "aux")
     }
     summary = (
-        f"{RECIPE} recipe, {', '.join(f'{k}={v}' for k, v in settings.items())}; seeds {args.seeds}; "
-        f"dataset {data.name} (synthetic, seed {DATA_SEED}, {info.splits.get('train')} train / "
+        f"{args.recipe_name} recipe, {', '.join(f'{k}={v}' for k, v in settings.items())}; seeds {args.seeds}; "
+        f"dataset {data.name} (synthetic, {args.layout} layout, seed {DATA_SEED}, {info.splits.get('train')} train / "
         f"{info.splits.get('val')} val images); evaluated: last.pt, whole image, single scale, val split.\n"
         f"mIoU = mean over classes present in labels or predictions; context = {', '.join(records[0]['context_classes'])}; "
         f"pair swap = share of those pixels predicted as the twin class; Δ = variant - FCN of the same seed "
@@ -334,7 +341,8 @@ def main() -> None:
     print(text)
     (args.out / f"{args.report}.md").write_text(summary + "\n" + text + "\n")
     report = {
-        "recipe": RECIPE,
+        "recipe": args.recipe_name,
+        "layout": args.layout,
         "seeds": args.seeds,
         "data_seed": DATA_SEED,
         "variants": args.variants,

@@ -19,6 +19,7 @@ from encnet_core.data.prepare import PrepareOptions, check_options
 from encnet_core.data.prepare import prepare as run_prepare
 from encnet_core.data.sources import SOURCES
 from encnet_core.data.sources.pcontext import DEFAULT_LABELS, LABEL_SOURCES
+from encnet_core.data.synthetic import DEFAULT_SIZES, LAYOUTS
 from encnet_core.errors import ConfigError
 
 log = logging.getLogger("encnet")
@@ -26,6 +27,7 @@ _DEFAULT_LIMITS = ArchiveLimits()
 
 SourceName = Enum("SourceName", {name.replace("-", "_"): name for name in SOURCES}, type=str)  # type: ignore[misc]
 LabelSource = Enum("LabelSource", {name: name for name in LABEL_SOURCES}, type=str)  # type: ignore[misc]
+Layout = Enum("Layout", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
 
 
 def _archive_option(text: str) -> tuple[str, Path]:
@@ -58,7 +60,8 @@ def prepare(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="folder: share of a flat folder used for val."),
     num_train: int = typer.Option(300, "--num-train", help="synthetic: training images."),
     num_val: int = typer.Option(100, "--num-val", help="synthetic: validation images."),
-    size: int = typer.Option(128, "--size", help="synthetic: image side in pixels."),
+    size: int = typer.Option(None, "--size", help=f"synthetic: image side in pixels (default {DEFAULT_SIZES['standard']}; {DEFAULT_SIZES['far']} with --layout far, which needs at least that).", show_default=False),
+    layout: Layout = typer.Option("standard", "--layout", help="synthetic: standard, or far: the scene in a band at the top, the context-pair twins on scene-neutral ground far below it (beyond a small model's receptive field; see docs/ablation.md)."),
     seed: int = typer.Option(0, "--seed", help="synthetic: scene seed; folder: split seed."),
     json_out: opt.JsonOut = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -81,7 +84,7 @@ def prepare(
     elif name == "folder":
         params = {"images": images, "masks": masks, "classes": classes, "val_fraction": val_fraction, "seed": seed}
     elif name == "synthetic":
-        params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+        params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "layout": layout.value}
     checksums: dict[str, dict[str, str]] = {}
     for text in checksum:
         file, algo, digest = parse_checksum_option(text)

@@ -48,7 +48,12 @@ from encnet_core.progress import ProgressCallback
 __all__ = [
     "CLASSES",
     "CONTEXT_PAIRS",
+    "DEFAULT_SIZES",
+    "FAR_CLASSES",
+    "FAR_MIN_SIZE",
+    "LAYOUTS",
     "PALETTE",
+    "layout_classes",
     "check_arguments",
     "SCENES",
     "generate_indexed_scene",
@@ -87,17 +92,29 @@ SCENES: dict[str, tuple[str, ...]] = {
 CONTEXT_PAIRS: tuple[tuple[str, str], ...] = (("car", "oven"), ("umbrella", "lamp"))
 """Pairs of classes drawn identically that only the scene tells apart."""
 
+LAYOUTS = ("standard", "far")
+"""Scene layouts: ``standard`` (the default dataset) and ``far`` (context beyond a small receptive field)."""
+
+FAR_CLASSES = (*CLASSES, "ground")
+"""Class names of the ``far`` layout: ``CLASSES`` and the scene-neutral ``ground`` the twins stand on."""
+
+DEFAULT_SIZES = {"standard": 128, "far": 256}
+"""Default image side of each layout."""
+
+FAR_MIN_SIZE = 256
+"""Smallest ``far`` image side at which every twin pixel lies over 100 px from the scene band."""
+
 _ROOT = "VOCdevkit/VOC2012"
 _JPEG_QUALITY = 90
 _MIN_SIZE = 32
 _MAX_SIZE = 1024  # a 1024 px scene takes about 0.4 s and 150 MB to draw; larger ones grow quadratically
-_LABEL = {name: index for index, name in enumerate(CLASSES)}
+_LABEL = {name: index for index, name in enumerate(FAR_CLASSES)}
 
 _GRAIN_STD = {
     "sky": 2.0, "road": 6.0, "sidewalk": 5.0, "wall": 3.0, "counter": 4.0, "floor": 4.0, "sea": 4.0, "sand": 8.0,
-    "car": 3.0, "oven": 3.0, "umbrella": 3.0, "lamp": 3.0, "person": 3.0, "plant": 3.0,
+    "car": 3.0, "oven": 3.0, "umbrella": 3.0, "lamp": 3.0, "person": 3.0, "plant": 3.0, "ground": 4.0,
 }  # fmt: skip
-_GRAIN = np.array([_GRAIN_STD[name] for name in CLASSES], dtype=np.float32)  # (C,)
+_GRAIN = np.array([_GRAIN_STD[name] for name in FAR_CLASSES], dtype=np.float32)  # (C,)
 """Standard deviation of the grey per-pixel grain of each class."""
 
 Box = tuple[float, float, float, float]
@@ -122,6 +139,7 @@ class _Canvas:
         self.rng = rng
         self.size = size
         self.unit = size / 128.0  # pixels per unit of the 128x128 reference frame
+        self.object_scale = 1.0  # object heights are drawn as fractions of size * object_scale
         self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)  # (H, W) each
         self.image = np.zeros((size, size, 3), dtype=np.float32)  # (H, W, 3), RGB 0..255
         self.labels = np.zeros((size, size), dtype=np.uint8)  # (H, W)
@@ -291,7 +309,7 @@ def _paint_beach(canvas: _Canvas) -> float:
 def _paint_box(canvas: _Canvas, label: str, cx: float, base: float) -> None:
     """Car / oven: a shaded rounded body, a dark glass window with a highlight, two round parts."""
     rng, yy, xx = canvas.rng, canvas.yy, canvas.xx
-    h = rng.uniform(0.15, 0.4) * canvas.size
+    h = rng.uniform(0.15, 0.4) * canvas.size * canvas.object_scale
     w = h * rng.uniform(1.2, 1.8)
     instance = canvas.new_instance()
     top, bottom = base - h, base - 0.15 * h
@@ -321,7 +339,7 @@ def _paint_box(canvas: _Canvas, label: str, cx: float, base: float) -> None:
 def _paint_canopy(canvas: _Canvas, label: str, cx: float, base: float) -> None:
     """Umbrella / lamp: a dome with alternating radial stripes on a thin metal pole."""
     rng, yy, xx = canvas.rng, canvas.yy, canvas.xx
-    h = rng.uniform(0.3, 0.6) * canvas.size
+    h = rng.uniform(0.3, 0.6) * canvas.size * canvas.object_scale
     width = h * rng.uniform(0.7, 1.1)
     dome = h * rng.uniform(0.25, 0.35)
     instance = canvas.new_instance()
@@ -346,7 +364,7 @@ def _paint_canopy(canvas: _Canvas, label: str, cx: float, base: float) -> None:
 def _paint_person(canvas: _Canvas, label: str, cx: float, base: float) -> None:
     """A standing figure: polygon legs, a rounded torso with arms, an elliptical head."""
     rng = canvas.rng
-    h = rng.uniform(0.25, 0.6) * canvas.size
+    h = rng.uniform(0.25, 0.6) * canvas.size * canvas.object_scale
     w = h * rng.uniform(0.28, 0.36)
     instance = canvas.new_instance()
     hip, shoulder, chin = base - 0.45 * h, base - 0.78 * h, base - 0.8 * h
@@ -375,7 +393,7 @@ def _paint_person(canvas: _Canvas, label: str, cx: float, base: float) -> None:
 def _paint_plant(canvas: _Canvas, label: str, cx: float, base: float) -> None:
     """A potted plant: a trapezoid pot under a rounded blob of overlapping leafy circles."""
     rng = canvas.rng
-    h = rng.uniform(0.15, 0.35) * canvas.size
+    h = rng.uniform(0.15, 0.35) * canvas.size * canvas.object_scale
     instance = canvas.new_instance()
     pot_top = base - 0.35 * h
 
@@ -408,10 +426,21 @@ _OBJECTS: dict[str, Callable[[_Canvas, str, float, float], None]] = {
 }
 
 
-def _check_size(size: int) -> None:
-    """Raise ConfigError for an image size too small to draw the scenes, or too large to be useful."""
-    if not _MIN_SIZE <= size <= _MAX_SIZE:
-        raise ConfigError(f"synthetic images must be at least {_MIN_SIZE} and at most {_MAX_SIZE} pixels wide, got {size}")
+def _check_size(size: int, layout: str = "standard") -> None:
+    """Raise ConfigError for an unknown layout, or an image size too small to draw it or too large to be useful."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown synthetic layout {layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    smallest = FAR_MIN_SIZE if layout == "far" else _MIN_SIZE
+    if not smallest <= size <= _MAX_SIZE:
+        raise ConfigError(
+            f"synthetic {layout} images must be at least {smallest} and at most {_MAX_SIZE} pixels wide, got {size}"
+        )
+
+
+def layout_classes(layout: str = "standard") -> tuple[str, ...]:
+    """Class names of a layout: ``CLASSES``, plus ``ground`` for ``far``."""
+    _check_size(DEFAULT_SIZES.get(layout, _MIN_SIZE), layout)
+    return FAR_CLASSES if layout == "far" else CLASSES
 
 
 def _object_boundaries(instances: np.ndarray) -> np.ndarray:
@@ -426,13 +455,25 @@ def _object_boundaries(instances: np.ndarray) -> np.ndarray:
     return band
 
 
-def generate_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """Draw one scene: (image (H, W, 3) uint8 RGB, labels (H, W) uint8, scene type).
+def _finish(canvas: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    """Add the per-class grain and the ignore band around objects: (image (H, W, 3) uint8, labels (H, W) uint8)."""
+    size = canvas.size
+    noise = canvas.rng.standard_normal((size, size, 1), dtype=np.float32)  # (H, W, 1) grey grain
+    image = canvas.image + noise * _GRAIN[canvas.labels][..., None]  # (H, W, 3)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    labels = canvas.labels.copy()  # (H, W)
+    labels[_object_boundaries(canvas.instances)] = IGNORE_INDEX
+    return image, labels
 
-    Labels index ``CLASSES``; a 1-2 px band around every object is ``IGNORE_INDEX``. The result
-    depends only on the state of ``rng`` and on ``size`` (at least 32).
-    """
-    _check_size(size)
+
+def _draw_objects(canvas: _Canvas, names: np.ndarray, bases: np.ndarray, centres: np.ndarray) -> None:
+    """Paint objects ``names`` at horizontal ``centres`` standing on ``bases``, far (high) ones first."""
+    order = np.argsort(bases, kind="stable")
+    for i in order:
+        _OBJECTS[str(names[i])](canvas, str(names[i]), float(centres[i]), float(bases[i]))
+
+
+def _generate_standard(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:
     scene = tuple(SCENES)[rng.integers(len(SCENES))]
     canvas = _Canvas(rng, size)
     ground_top = _BACKGROUNDS[scene](canvas)
@@ -443,18 +484,82 @@ def generate_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
     centres = rng.uniform(0.05, 0.95, count) * size
     for name, cx, base in zip(names, centres, bases, strict=True):
         _OBJECTS[str(name)](canvas, str(name), float(cx), float(base))
-
-    noise = rng.standard_normal((size, size, 1), dtype=np.float32)  # (H, W, 1) grey grain
-    image = canvas.image + noise * _GRAIN[canvas.labels][..., None]  # (H, W, 3)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    labels = canvas.labels.copy()  # (H, W)
-    labels[_object_boundaries(canvas.instances)] = IGNORE_INDEX
-    return image, labels, scene
+    return (*_finish(canvas), scene)
 
 
-def generate_indexed_scene(seed: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+# The far layout (see generate_scene). Fractions are of the image side.
+_FAR_SCENE_WEIGHTS = {"street": 0.25, "kitchen": 0.5, "beach": 0.25}  # each twin class in 1/4 of the images
+_FAR_TWINS = {"street": ("car",), "kitchen": ("oven", "lamp"), "beach": ("umbrella",)}
+_FAR_BAND = (0.25, 0.32)  # height of the scene band at the top
+_FAR_BASES = (0.93, 0.99)  # bottoms of the twins
+_FAR_TWIN_SCALE = 0.36  # twins at 0.36x their standard height: a canopy is at most 0.216 of the side
+_FAR_TWIN_COUNT = (1, 3)
+_FAR_SCENE_OBJECTS = (0, 2)  # people / plants standing in the band
+
+
+def _paint_neutral_ground(canvas: _Canvas, top: int) -> None:
+    """A grey paved ground below row ``top``, drawn from one distribution whatever the scene."""
+    yy, xx = canvas.yy, canvas.xx
+    paving = canvas.jitter((150, 146, 140), 12) + (canvas.noise(8)[..., None] - 0.5) * 30.0
+    slab = canvas.rng.uniform(18.0, 30.0) * canvas.unit
+    joints = ((xx + canvas.rng.uniform(0, slab)) % slab < 1.0 * canvas.unit) | (yy % slab < 1.0 * canvas.unit)
+    paving = paving - 18.0 * joints[..., None]
+    canvas.paint(yy >= top, paving, "ground")
+
+
+def _generate_far(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    scene = str(rng.choice(tuple(_FAR_SCENE_WEIGHTS), p=tuple(_FAR_SCENE_WEIGHTS.values())))
+    canvas = _Canvas(rng, size)
+    _BACKGROUNDS[scene](canvas)
+    # Squash the whole scene background (every region of it) into the band at the top.
+    band = int(round(rng.uniform(*_FAR_BAND) * size))
+    rows = np.minimum(((np.arange(band) + 0.5) * size / band).astype(np.int64), size - 1)  # (band,)
+    canvas.image[:band] = canvas.image[rows]
+    canvas.labels[:band] = canvas.labels[rows]
+    _paint_neutral_ground(canvas, band)
+
+    extras = [name for name in SCENES[scene] if name not in _FAR_TWINS[scene]]
+    count = int(rng.integers(_FAR_SCENE_OBJECTS[0], _FAR_SCENE_OBJECTS[1] + 1))
+    if count:
+        canvas.object_scale = band / size  # a person is at most 0.6 of the band high and stands inside it
+        _draw_objects(canvas, rng.choice(extras, size=count), rng.uniform(0.7, 1.0, count) * band,
+                      rng.uniform(0.05, 0.95, count) * size)  # fmt: skip
+
+    twin = str(rng.choice(_FAR_TWINS[scene]))  # one twin class per image: which twins co-occur says nothing
+    count = int(rng.integers(_FAR_TWIN_COUNT[0], _FAR_TWIN_COUNT[1] + 1))
+    canvas.object_scale = _FAR_TWIN_SCALE
+    _draw_objects(canvas, np.array([twin] * count), rng.uniform(*_FAR_BASES, count) * size,
+                  rng.uniform(0.08, 0.92, count) * size)  # fmt: skip
+    return (*_finish(canvas), scene)
+
+
+def generate_scene(
+    rng: np.random.Generator, size: int, layout: str = "standard"
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Draw one scene: (image (H, W, 3) uint8 RGB, labels (H, W) uint8, scene type).
+
+    Labels index ``layout_classes(layout)``; a 1-2 px band around every object is ``IGNORE_INDEX``.
+    The result depends only on the state of ``rng``, ``size`` and ``layout``:
+
+    * ``standard``: the scene background fills the image; 2-5 of the scene's objects stand on its ground.
+    * ``far``: context beyond a small receptive field. The whole scene background is squashed into a
+      band over the top 25-32% of the image (with 0-2 people or plants standing in it); below it lies
+      a scene-neutral paved ``ground``, drawn the same way in every scene. One to three twins of ONE
+      context-pair class (a street shows cars, a beach umbrellas, a kitchen ovens or lamps) stand at
+      the bottom (bases at 93-99% of the side, at most 0.216 of the side high), so every twin pixel
+      is at least 0.394 x size (101 px at 256) below the band: the only evidence of which twin it
+      is lies that far away. Kitchens are drawn half of the time, so each twin class is in a quarter
+      of the images and the twin's look alone gives even odds. Needs ``size >= FAR_MIN_SIZE``.
+    """
+    _check_size(size, layout)
+    return _generate_far(rng, size) if layout == "far" else _generate_standard(rng, size)
+
+
+def generate_indexed_scene(
+    seed: int, index: int, size: int, layout: str = "standard"
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Scene number ``index`` of the dataset generated with ``seed``: see ``generate_scene``."""
-    return generate_scene(np.random.default_rng([seed, index]), size)
+    return generate_scene(np.random.default_rng([seed, index]), size, layout)
 
 
 # --- the VOC archive -----------------------------------------------------------------------------
@@ -480,13 +585,13 @@ def _add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tar_info(name, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
 
 
-def check_arguments(num_train: int, num_val: int, size: int, seed: int) -> None:
-    """Raise ConfigError for split sizes, image size or seed that cannot make a dataset."""
+def check_arguments(num_train: int, num_val: int, size: int, seed: int, layout: str = "standard") -> None:
+    """Raise ConfigError for split sizes, image size, seed or layout that cannot make a dataset."""
     if num_train < 1 or num_val < 1:
         raise ConfigError(
             f"the synthetic dataset needs at least 1 train and 1 val image, got {num_train} and {num_val}"
         )
-    _check_size(size)
+    _check_size(size, layout)
     if seed < 0:
         raise ConfigError(f"the synthetic dataset seed must be 0 or more, got {seed}")
 
@@ -498,6 +603,7 @@ def write_voc_archive(
     num_val: int = 100,
     size: int = 128,
     seed: int = 0,
+    layout: str = "standard",
     progress: ProgressCallback | None = None,
 ) -> dict:
     """Write the synthetic dataset as an uncompressed tar with the VOC 2012 layout.
@@ -505,13 +611,15 @@ def write_voc_archive(
     Members, under ``VOCdevkit/VOC2012/``: ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``
     (palette PNG, labels as indices, 255 = ignore), ``ImageSets/Segmentation/{train,val,trainval}.txt``,
     ``classes.txt`` (one name per line) and ``scenes.json`` (id -> scene type). Ids are ``syn_000000``
-    onwards, train first. The archive is written to a temporary file next to ``out_path`` and renamed
+    onwards, train first. ``layout`` is a ``generate_scene`` layout. The archive is written to a temporary file next to ``out_path`` and renamed
     into place; the same arguments give a byte-identical file.
 
     Returns a summary: ``path``, ``splits`` (image count per split), ``classes``, ``scenes`` (image
-    count per scene type), ``size`` and ``seed``.
+    count per scene type), ``size``, ``seed`` and ``layout``.
     """
-    check_arguments(num_train, num_val, size, seed)
+    check_arguments(num_train, num_val, size, seed, layout)
+    classes = layout_classes(layout)
+    palette = voc_palette(len(classes))
     out_path = Path(out_path)
     total = num_train + num_val
     ids = [f"syn_{index:06d}" for index in range(total)]
@@ -533,9 +641,9 @@ def write_voc_archive(
             ):
                 tar.addfile(_tar_info(folder, tarfile.DIRTYPE, 0o755))
             for index, image_id in enumerate(ids):
-                image, labels, scenes[image_id] = generate_indexed_scene(seed, index, size)
+                image, labels, scenes[image_id] = generate_indexed_scene(seed, index, size, layout)
                 _add_file(tar, f"{_ROOT}/JPEGImages/{image_id}.jpg", _encode_jpeg(image))
-                _add_file(tar, f"{_ROOT}/SegmentationClass/{image_id}.png", palette_png(labels, PALETTE))
+                _add_file(tar, f"{_ROOT}/SegmentationClass/{image_id}.png", palette_png(labels, palette))
                 if progress is not None:
                     progress("Generating synthetic scenes", index + 1, total, unit="items")
             for split, members in splits.items():
@@ -544,15 +652,16 @@ def write_voc_archive(
                     f"{_ROOT}/ImageSets/Segmentation/{split}.txt",
                     "".join(f"{i}\n" for i in members).encode(),
                 )
-            _add_file(tar, f"{_ROOT}/classes.txt", "".join(f"{name}\n" for name in CLASSES).encode())
+            _add_file(tar, f"{_ROOT}/classes.txt", "".join(f"{name}\n" for name in classes).encode())
             _add_file(tar, f"{_ROOT}/scenes.json", (json.dumps(scenes, indent=2) + "\n").encode())
         os.chmod(temp_path, 0o644)
 
     return {
         "path": str(out_path),
         "splits": {split: len(members) for split, members in splits.items()},
-        "classes": list(CLASSES),
+        "classes": list(classes),
         "scenes": dict(sorted(Counter(scenes.values()).items())),
         "size": size,
         "seed": seed,
+        "layout": layout,
     }

@@ -146,29 +146,35 @@ def plan_voc_aug(files: dict[str, Path], workdir: Path, params: dict[str, Any]) 
     )
 
 
-def _synthetic_arguments(params: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(num_train, num_val, size, seed) from the parameters of the synthetic source."""
-    return (int(params.get("num_train", 300)), int(params.get("num_val", 100)), int(params.get("size", 128)),
-            int(params.get("seed", 0)))  # fmt: skip
+def _synthetic_arguments(params: dict[str, Any]) -> tuple[int, int, int, int, str]:
+    """(num_train, num_val, size, seed, layout) from the parameters of the synthetic source."""
+    from encnet_core.data import synthetic
+
+    layout = str(params.get("layout") or "standard")
+    size = params.get("size")
+    size = synthetic.DEFAULT_SIZES.get(layout, 128) if size is None else int(size)
+    return (int(params.get("num_train", 300)), int(params.get("num_val", 100)), size, int(params.get("seed", 0)),
+            layout)  # fmt: skip
 
 
 def check_synthetic(params: dict[str, Any]) -> None:
     """`ConfigError` for split sizes, image size or seed that cannot make a synthetic dataset."""
     from encnet_core.data import synthetic
 
-    num_train, num_val, size, seed = _synthetic_arguments(params)
-    synthetic.check_arguments(num_train, num_val, size, seed)
+    synthetic.check_arguments(*_synthetic_arguments(params))
 
 
 def plan_synthetic(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
     from encnet_core.data import synthetic
 
-    num_train, num_val, size, seed = _synthetic_arguments(params)
-    archive = workdir / f"synthetic-s{seed}-{size}px-{num_train}-{num_val}.tar"
+    num_train, num_val, size, seed, layout = _synthetic_arguments(params)
+    tag = "" if layout == "standard" else f"-{layout}"
+    archive = workdir / f"synthetic{tag}-s{seed}-{size}px-{num_train}-{num_val}.tar"
     if not archive.is_file():
         try:
             synthetic.write_voc_archive(
-                archive, num_train=num_train, num_val=num_val, size=size, seed=seed, progress=params.get("_progress")
+                archive, num_train=num_train, num_val=num_val, size=size, seed=seed, layout=layout,
+                progress=params.get("_progress"),
             )
         except OSError as exc:
             if is_disk_full(exc):
@@ -181,7 +187,7 @@ def plan_synthetic(files: dict[str, Path], workdir: Path, params: dict[str, Any]
         voc_palette(len(classes)),
         splits,
         {"train": num_train, "val": num_val},
-        files={"synthetic_archive": str(archive), "seed": seed, "size": size},
+        files={"synthetic_archive": str(archive), "seed": seed, "size": size, "layout": layout},
     )
 
 
