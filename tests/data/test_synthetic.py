@@ -206,3 +206,80 @@ def test_palette_png_is_the_one_palette_writer() -> None:
         with Image.open(io.BytesIO(palette_png(labels, palette))) as image:
             assert image.mode == "P" and np.array_equal(np.asarray(image), labels)
             assert image.getpalette()[3 * IGNORE_INDEX : 3 * IGNORE_INDEX + 3] == [255, 255, 255]
+
+
+# ----------------------------------------------------------------------------- the far layout
+
+
+@pytest.fixture(scope="module")
+def far_scenes() -> list[Scene]:
+    """40 scenes of the far layout at its default (and smallest) size, 256 px."""
+    return [generate_indexed_scene(0, index, 256, "far") for index in range(40)]
+
+
+def test_far_layout_classes_and_default_size() -> None:
+    from encnet_core.data.synthetic import DEFAULT_SIZES, FAR_CLASSES, layout_classes
+
+    assert layout_classes("standard") == CLASSES
+    assert layout_classes("far") == FAR_CLASSES == (*CLASSES, "ground")
+    assert DEFAULT_SIZES == {"standard": 128, "far": 256}
+    with pytest.raises(ConfigError, match="at least 256"):
+        generate_scene(np.random.default_rng(0), 192, "far")
+    with pytest.raises(ConfigError, match="unknown synthetic layout 'near'"):
+        generate_scene(np.random.default_rng(0), 256, "near")
+
+
+def test_far_layout_has_one_twin_class_per_image_and_balanced_twins(far_scenes: list[Scene]) -> None:
+    from encnet_core.data.synthetic import FAR_CLASSES
+
+    twins = {name for pair in CONTEXT_PAIRS for name in pair}
+    seen: dict[str, int] = {}
+    for _, labels, scene in far_scenes:
+        present = {FAR_CLASSES[i] for i in np.unique(labels) if i != IGNORE_INDEX}
+        image_twins = present & twins
+        assert len(image_twins) == 1, (scene, present)  # which twins co-occur tells nothing
+        (twin,) = image_twins
+        assert scene in allowed(twin)
+        assert "ground" in present
+        seen[twin] = seen.get(twin, 0) + 1
+    assert set(seen) == twins and min(seen.values()) >= 5  # each twin class in about a quarter of the images
+
+
+def test_far_layout_twins_lie_beyond_the_fcn_receptive_field(far_scenes: list[Scene]) -> None:
+    """Every twin pixel is > 100 px (Chebyshev) from any scene pixel: only twins, ground and ignore nearer.
+
+    fcn_tiny's theoretical receptive field reaches 86 px from its centre (benchmarks/receptive_field.py).
+    """
+    from scipy import ndimage
+
+    from encnet_core.data.synthetic import FAR_CLASSES
+
+    twin_ids = [FAR_CLASSES.index(n) for pair in CONTEXT_PAIRS for n in pair]
+    scene_ids = [i for i, n in enumerate(FAR_CLASSES) if i not in twin_ids and n != "ground"]
+    nearest = []
+    for _, labels, _ in far_scenes:
+        distance = ndimage.distance_transform_cdt(~np.isin(labels, scene_ids), metric="chessboard")
+        nearest.append(distance[np.isin(labels, twin_ids)].min())
+    assert min(nearest) > 100
+
+
+def test_far_layout_twins_are_drawn_identically() -> None:
+    """The same random state draws a car and an oven (an umbrella and a lamp) pixel for pixel alike."""
+    from encnet_core.data import synthetic
+
+    for first, second in CONTEXT_PAIRS:
+        drawn = []
+        for name in (first, second):
+            canvas = synthetic._Canvas(np.random.default_rng(3), 256)
+            canvas.object_scale = synthetic._FAR_TWIN_SCALE
+            synthetic._OBJECTS[name](canvas, name, 128.0, 250.0)
+            drawn.append(canvas)
+        assert np.array_equal(drawn[0].image, drawn[1].image)
+        assert np.array_equal(drawn[0].labels > 0, drawn[1].labels > 0)
+
+
+def test_far_archive_lists_the_ground_class(tmp_path: Path) -> None:
+    summary = write_voc_archive(tmp_path / "far.tar", num_train=2, num_val=1, size=256, seed=0, layout="far")
+    assert summary["layout"] == "far" and summary["classes"][-1] == "ground"
+    classes = read_member(tmp_path / "far.tar", f"{ROOT}/classes.txt").decode().split()
+    assert classes == summary["classes"]
