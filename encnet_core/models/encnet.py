@@ -21,6 +21,8 @@ __all__ = ["EncNet"]
 class EncNet(nn.Module):
     """Dilated ResNet + EncHead (``head="enc"``) or FCNHead (``head="fcn"``, the ablation baseline)."""
 
+    task = "segmentation"
+
     def __init__(
         self,
         backbone: str,

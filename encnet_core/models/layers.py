@@ -67,7 +67,7 @@ class _EncodingFunction(torch.autograd.Function):
         return encoded
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         feats, codes, scale, dist, assign = ctx.saved_tensors
         B, C, _ = feats.shape
         K = codes.shape[0]
@@ -75,7 +75,7 @@ class _EncodingFunction(torch.autograd.Function):
         d_assign = torch.baddbmm((grad * codes).sum(-1, keepdim=True), grad, feats, beta=-1.0)  # (B, K, N)
         # softmax over k of z_ik = s_k * dist_ik
         d_z = _flush_subnormals(assign * (d_assign - (assign * d_assign).sum(1, keepdim=True)))  # (B, K, N)
-        d_scale = (d_z * dist).sum((0, 2))  # (K,)
+        d_scale = (d_z * dist).sum((0, 2)) if ctx.needs_input_grad[2] else None  # (K,); None for a fixed scale
         d_dist = _flush_subnormals(d_z * scale.unsqueeze(-1))  # (B, K, N); the clamp at 0 only bites at exact zeros
         # dx_i = sum_k a_ik G_k - 2 sum_k d_dist_ik d_k + 2 x_i sum_k d_dist_ik: one GEMM on stacked operands
         left = torch.cat([grad, codes.expand(B, K, C) * -2.0], 1)  # (B, 2K, C)
@@ -108,21 +108,36 @@ class Encoding(nn.Module):
     (B, C, N) layout (the GEMMs take transposed operands, no transposed copies), and assignment
     entries (and their gradients) below ``finfo.tiny`` are flushed to 0 (subnormals slow CPU GEMMs).
     Everything runs in float32 (or float64 for float64 input), also under autocast.
+
+    ``fixed_scale``: None (default) learns ``scale``, a parameter (K,) in the reference's sign (it
+    multiplies the squared distance, so it is negative). A number fixes every s_k to it instead, in
+    the same sign: the paper's classification networks fix the smoothing at 0.5, i.e.
+    ``a_ik = softmax_k(-0.5 ||x_i - d_k||^2)``, which is ``fixed_scale=-0.5``. The fixed value is a
+    non-persistent buffer named ``scale`` (it takes no gradient and is not in the state dict).
     """
 
-    def __init__(self, channels: int, num_codes: int) -> None:
+    scale: Tensor  # (K,): a parameter, or a buffer when fixed_scale is set
+
+    def __init__(self, channels: int, num_codes: int, fixed_scale: float | None = None) -> None:
         super().__init__()
         self.channels = channels
         self.num_codes = num_codes
+        self.fixed_scale = fixed_scale
         self.codewords = nn.Parameter(torch.empty(num_codes, channels))  # (K, C)
-        self.scale = nn.Parameter(torch.empty(num_codes))  # (K,)
+        if fixed_scale is None:
+            self.scale = nn.Parameter(torch.empty(num_codes))  # (K,)
+        else:
+            self.register_buffer("scale", torch.empty(num_codes), persistent=False)  # (K,)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The reference initialisation: codewords U(-1/sqrt(KC), 1/sqrt(KC)), scale U(-1, 0)."""
+        """The reference initialisation: codewords U(-1/sqrt(KC), 1/sqrt(KC)), scale U(-1, 0) (or the fixed value)."""
         bound = 1.0 / math.sqrt(self.num_codes * self.channels)
         nn.init.uniform_(self.codewords, -bound, bound)
-        nn.init.uniform_(self.scale, -1.0, 0.0)
+        if self.fixed_scale is None:
+            nn.init.uniform_(self.scale, -1.0, 0.0)
+        else:
+            nn.init.constant_(self.scale, self.fixed_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -145,7 +160,8 @@ class Encoding(nn.Module):
         return encoded
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, num_codes={self.num_codes}"
+        fixed = "" if self.fixed_scale is None else f", fixed_scale={self.fixed_scale}"
+        return f"channels={self.channels}, num_codes={self.num_codes}{fixed}"
 
 
 class Mean(nn.Module):

@@ -1,4 +1,8 @@
-"""Registered model variants: each is data (a dict of arguments) for the one builder, ``EncNet``."""
+"""Registered model variants: each is data (a dict of arguments) for one builder.
+
+``MODELS`` are the segmentation variants (arguments of ``EncNet``), ``CLASSIFIERS`` the
+classification variants (arguments of ``CifarResNet``); ``model_task`` says which a name is.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ import torch
 from encnet_core.constants import DEFAULT_CROP_SIZE
 from encnet_core.errors import ModelError
 from encnet_core.models.backbones import load_backbone_weights
+from encnet_core.models.cifar import CifarResNet
 from encnet_core.models.encnet import EncNet
 
-__all__ = ["MODELS", "OVERRIDES", "create_model", "list_models", "count_flops"]
+__all__ = ["MODELS", "CLASSIFIERS", "OVERRIDES", "create_model", "list_models", "model_task", "count_flops"]
 
 MODELS: dict[str, dict[str, Any]] = {
     # EncNet, 7x7-stem torchvision backbones
@@ -35,6 +40,15 @@ MODELS: dict[str, dict[str, Any]] = {
     "fcn_tiny": {"backbone": "tiny", "head": "fcn"},
 }
 
+CLASSIFIERS: dict[str, dict[str, Any]] = {
+    # the paper's CIFAR-10 network (reference: encnetdrop, widen 8, 32 codes) and its SE-ResNet twin
+    "encnet_cifar14": {"attention": "enc", "width": 128, "num_codes": 32},
+    "se_cifar14": {"attention": "se", "width": 128},
+    # tiny variants for tests and quick CPU runs (same 14 layers, widths 16/32/64)
+    "encnet_cifar_tiny": {"attention": "enc", "width": 16, "num_codes": 8},
+    "se_cifar_tiny": {"attention": "se", "width": 16},
+}
+
 OVERRIDES: dict[str, str] = {
     "lateral": "use layer2/layer3 features in the head (paper setting for PASCAL)",
     "num_codes": "number of codewords K of the Encoding layer",
@@ -47,26 +61,39 @@ OVERRIDES: dict[str, str] = {
     "backbone_weights": "local state_dict file, 'imagenet' (torchvision's, needs network) or a zoo backbone: resnet50s, resnet101s, resnet152s (the reference's, pulled once into the cache)",
 }
 _ENC_ONLY = {"lateral", "num_codes", "se_loss", "head_channels"}
+_CLASSIFICATION_OPTIONS = {"num_codes", "dropout"}  # the rest of OVERRIDES are segmentation-only
 
 
 def list_models() -> list[str]:
-    """Names accepted by ``create_model``."""
-    return list(MODELS)
+    """Names accepted by ``create_model``: the segmentation models, then the classification ones."""
+    return [*MODELS, *CLASSIFIERS]
 
 
-def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet:
+def model_task(name: str) -> str:
+    """``"segmentation"`` or ``"classification"``: what the registered model ``name`` predicts."""
+    if name in MODELS:
+        return "segmentation"
+    if name in CLASSIFIERS:
+        return "classification"
+    raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet | CifarResNet:
     """Build a registered model; ``overrides`` change its arguments (see ``OVERRIDES``).
 
     The model remembers ``config`` (name, num_classes and the effective overrides, without
-    ``backbone_weights``) so a checkpoint can rebuild it with ``create_model(**config)``.
+    ``backbone_weights``) so a checkpoint can rebuild it with ``create_model(**config)``, and has
+    ``task`` (``model_task(name)``). Classification models take ``num_codes`` (Encoding ones only)
+    and ``dropout``; the other options are refused for them.
     """
-    if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    task = model_task(name)  # raises the "unknown model" error
     if num_classes < 1:
         raise ModelError(f"num_classes must be positive, got {num_classes}")
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ModelError(f"unknown model option(s) {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
+    if task == "classification":
+        return _create_classifier(name, num_classes, overrides)
     args = dict(MODELS[name])
     weights = overrides.pop("backbone_weights", None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -82,8 +109,24 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet:
     return model
 
 
+def _create_classifier(name: str, num_classes: int, overrides: dict[str, Any]) -> CifarResNet:
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    args = dict(CLASSIFIERS[name])
+    segmentation_only = sorted(set(overrides) - _CLASSIFICATION_OPTIONS)
+    if segmentation_only:
+        raise ModelError(f"{name} is a classification model; options {segmentation_only} apply to segmentation models only")
+    if "num_codes" in overrides and args["attention"] != "enc":
+        raise ModelError(f"{name} has no Encoding layer; option 'num_codes' does not apply")
+    args.update(overrides)
+    model = CifarResNet(num_classes, **args)
+    model.config = {"name": name, "num_classes": num_classes, **overrides}
+    return model
+
+
 def count_flops(name: str, num_classes: int = 21, size: int = DEFAULT_CROP_SIZE, **overrides: Any) -> tuple[int, int]:
     """(parameter count, forward FLOPs) at a size x size input, in eval mode, measured on the meta device.
+
+    Pass ``size=32`` for the CIFAR classifiers (the default is the segmentation crop).
 
     FLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add counts as 2).
     """

@@ -88,6 +88,21 @@ def test_gradients_match_naive() -> None:
         torch.testing.assert_close(mine, ref, rtol=1e-9, atol=1e-9)
 
 
+def test_fixed_scale_is_a_constant_buffer() -> None:
+    """``fixed_scale`` (the paper's fixed s for classification): the naive formula with that s, no learnable scale."""
+    layer = Encoding(6, 4, fixed_scale=-0.5).double()
+    assert [n for n, _ in layer.named_parameters()] == ["codewords"] and list(layer.state_dict()) == ["codewords"]
+    assert torch.equal(layer.scale, torch.full((4,), -0.5, dtype=torch.float64))
+    with torch.no_grad():
+        layer.codewords.normal_()
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    fixed = torch.full((4,), -0.5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), naive_encoding(x, layer.codewords, fixed), rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda inp, cw: torch.func.functional_call(layer, {"codewords": cw}, (inp,)), (x, layer.codewords))
+    layer.reset_parameters()
+    assert torch.equal(layer.scale, fixed) and "fixed_scale=-0.5" in repr(layer)
+
+
 def test_bfloat16_autocast_on_cpu_computes_in_float32() -> None:
     layer = Encoding(32, 8)
     x = torch.randn(2, 32, 5, 5)
