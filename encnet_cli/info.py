@@ -17,6 +17,9 @@ from encnet_core.engine.model_files import MODEL_FORMATS, detect_format, peek_me
 
 def _print_statistics(stats: dict) -> None:
     t = safe_text  # names and paths come from the file: no terminal escapes, no rich markup
+    if stats.get("task") == "classification":
+        _print_classification(stats)
+        return
     console.print(
         f"[bold]{t(stats['path'])}[/]: dataset {t(stats['dataset'])}, {stats['num_classes']} classes, "
         f"ignore {stats['ignore_index']}, present when >= {stats['min_pixels']} px, encnet {t(stats['encnet_version'])}"
@@ -30,6 +33,25 @@ def _print_statistics(stats: dict) -> None:
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in entry["classes"]:
             table.add_row(str(row["index"]), t(row["name"]), f"{row['pixel_share']:.2%}", f"{row['image_fraction']:.1%}")
+        console.print(table)
+
+
+def _print_classification(stats: dict) -> None:
+    """A classification file: per split, the images of each class."""
+    t = safe_text
+    console.print(
+        f"[bold]{t(stats['path'])}[/]: classification dataset {t(stats['dataset'])}, {stats['num_classes']} classes, "
+        f"encnet {t(stats['encnet_version'])}"
+    )
+    for split, entry in stats["splits"].items():
+        if "classes" not in entry:
+            console.print(f"{t(split)}: {entry['images']} images (unlabelled)")
+            continue
+        table = Table(title=f"{t(split)}: {entry['images']} images")
+        for column in ("#", "class", "images", "share"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for row in entry["classes"]:
+            table.add_row(str(row["index"]), t(row["name"]), str(row["images"]), f"{row['image_fraction']:.1%}")
         console.print(table)
 
 
@@ -67,7 +89,8 @@ def info(
     json_out: opt.JsonOut = None,
     trust_code: opt.TrustCode = False,
 ) -> None:
-    """Print a dataset's splits and per-class statistics, or a model's metadata.
+    """Print a dataset's splits and per-class statistics (pixel shares; images per class for a
+    classification dataset), or a model's metadata.
 
     A TorchScript/pt2 model's metadata is read from its archive without running it; with
     --trust-code the program is also opened (which runs its code), checking that it loads.

@@ -19,6 +19,7 @@ from encnet_core.data.prepare import PrepareOptions, check_options
 from encnet_core.data.prepare import prepare as run_prepare
 from encnet_core.data.sources import SOURCES
 from encnet_core.data.sources.pcontext import DEFAULT_LABELS, LABEL_SOURCES
+from encnet_core.data.sources.synthetic_cls import CLASSIFICATION_DEFAULTS, TASKS
 from encnet_core.data.synthetic import DEFAULT_SIZES, LAYOUTS
 from encnet_core.errors import ConfigError
 
@@ -28,6 +29,8 @@ _DEFAULT_LIMITS = ArchiveLimits()
 SourceName = Enum("SourceName", {name.replace("-", "_"): name for name in SOURCES}, type=str)  # type: ignore[misc]
 LabelSource = Enum("LabelSource", {name: name for name in LABEL_SOURCES}, type=str)  # type: ignore[misc]
 Layout = Enum("Layout", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
+Task = Enum("Task", {name: name for name in TASKS}, type=str)  # type: ignore[misc]
+_CLS = CLASSIFICATION_DEFAULTS
 
 
 def _archive_option(text: str) -> tuple[str, Path]:
@@ -36,7 +39,7 @@ def _archive_option(text: str) -> tuple[str, Path]:
 
 
 def prepare(
-    source: SourceName = typer.Argument(..., help="Dataset: voc, voc-aug, pcontext, ade20k, folder or synthetic."),
+    source: SourceName = typer.Argument(..., help="Dataset: voc, voc-aug, pcontext, ade20k, folder, synthetic or cifar10 (classification)."),
     out: Path = typer.Option(..., "--out", "-o", help="HDF5 file to write (written to a temp file, renamed at the end)."),
     root: Path = typer.Option(None, "--root", help="Folder for downloaded archives (default: $ENCNET_CACHE, else $XDG_CACHE_HOME/encnet, else ~/.cache/encnet)."),
     url: list[str] = typer.Option([], "--url", help="NAME=URL: download file NAME from URL (repeatable)."),
@@ -58,9 +61,10 @@ def prepare(
     masks: Path = typer.Option(None, "--masks", help="folder: mask folder mirroring --images (.png)."),
     classes: Path = typer.Option(None, "--classes", help="folder: class list file, one 'name [R G B]' per line."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="folder: share of a flat folder used for val."),
-    num_train: int = typer.Option(300, "--num-train", help="synthetic: training images."),
-    num_val: int = typer.Option(100, "--num-val", help="synthetic: validation images."),
-    size: int = typer.Option(None, "--size", help=f"synthetic: image side in pixels (default {DEFAULT_SIZES['standard']}; {DEFAULT_SIZES['far']} with --layout far, which needs at least that).", show_default=False),
+    num_train: int = typer.Option(None, "--num-train", help=f"synthetic: training images (default 300; {_CLS['num_train']} with --task classification).", show_default=False),
+    num_val: int = typer.Option(None, "--num-val", help=f"synthetic: validation images (default 100; {_CLS['num_val']} with --task classification).", show_default=False),
+    size: int = typer.Option(None, "--size", help=f"synthetic: image side in pixels (default {DEFAULT_SIZES['standard']}; {DEFAULT_SIZES['far']} with --layout far, which needs at least that; {_CLS['size']} with --task classification).", show_default=False),
+    task: Task = typer.Option("segmentation", "--task", help="synthetic: segmentation (label maps), or classification (each image labelled with its scene type: street, kitchen, beach)."),
     layout: Layout = typer.Option("standard", "--layout", help="synthetic: standard, or far: the scene in a band at the top, the context-pair twins on scene-neutral ground far below it (beyond a small model's receptive field; see docs/ablation.md)."),
     seed: int = typer.Option(0, "--seed", help="synthetic: scene seed; folder: split seed."),
     json_out: opt.JsonOut = None,
@@ -78,6 +82,10 @@ def prepare(
         raise ConfigError(f"{', '.join(k for k, v in folder_opts.items() if v is not None)} only apply to `prepare folder`")
     if labels is not None and name != "pcontext":
         raise ConfigError("--labels only applies to `prepare pcontext`")
+    if task.value != "segmentation" and name != "synthetic":
+        raise ConfigError("--task only applies to `prepare synthetic` (the other datasets have one task each)")
+    if task.value == "classification" and layout.value != "standard":
+        raise ConfigError(f"--layout {layout.value} only applies to the synthetic segmentation set, not to --task classification")
     params: dict = {}
     if name == "pcontext":
         params = {"labels": labels.value if labels is not None else DEFAULT_LABELS}
@@ -85,6 +93,8 @@ def prepare(
         params = {"images": images, "masks": masks, "classes": classes, "val_fraction": val_fraction, "seed": seed}
     elif name == "synthetic":
         params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed, "layout": layout.value}
+        if task.value == "classification":
+            params = {"task": task.value, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
     checksums: dict[str, dict[str, str]] = {}
     for text in checksum:
         file, algo, digest = parse_checksum_option(text)

@@ -1,4 +1,5 @@
-"""``encnet show``: a grid of a prepared dataset's images with their masks overlaid and a class legend."""
+"""``encnet show``: a grid of a prepared dataset's images with their masks overlaid and a class legend
+(a classification dataset's images captioned with their class)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def show(
 ) -> None:
     """Write a grid of images with their masks overlaid (the file's palette) and a legend of the classes present.
 
-    Without --index/--name: the first --count images of the split. Unlabelled splits show the images alone.
+    Without --index/--name: the first --count images of the split. Unlabelled splits show the images alone;
+    a classification dataset's images are captioned with their class name instead.
     """
     if index is not None and name is not None:
         raise typer.BadParameter("give --index or --name, not both", param_hint="'--index' / '--name'")

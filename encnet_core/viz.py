@@ -293,8 +293,10 @@ def dataset_grid(
 ) -> tuple[Figure, dict[str, Any]]:
     """A grid of a prepared split's images with their masks overlaid (the file's palette) and a legend
     of the classes present in them; ``count`` images from ``index`` (or the image named ``name``).
+    For a classification file: the images as stored, each captioned with its class name, no legend.
 
-    Returns the figure and what it shows: ``indices``, ``names``, ``legend`` (class names, most pixels first).
+    Returns the figure and what it shows: ``indices``, ``names``, ``legend`` (class names, most pixels
+    first; for classification, the classes of the images shown, in class order).
     """
     from encnet_core.data.dataset import read_image_and_mask
     from encnet_core.data.hdf5 import read_info, read_names
@@ -305,6 +307,8 @@ def dataset_grid(
         raise DataError(f"{data} has no split {split!r}; it has {', '.join(info.splits)}")
     indices = _pick(data, split, info.splits[split], index, name, count)
     names = read_names(data, split)
+    if info.task == "classification":
+        return _classification_grid(data, split, info, indices, names)
     cells, masks = [], []
     for i in indices:
         rgb, labels = read_image_and_mask(data, split, i)
@@ -316,4 +320,24 @@ def dataset_grid(
     labelled = "masks overlaid" if info.labelled[split] else "unlabelled: no masks"
     title = f"{data.name}: split {split!r}, images {indices[0]}..{indices[-1]} of {info.splits[split]} ({labelled})"
     figure, legend = grid_figure(rows, entries, title, cell_inches=3.0 if len(cells) <= 4 else 2.2)
+    return figure, {"indices": indices, "names": [names[i] for i in indices], "legend": legend, "split": split}
+
+
+def _classification_grid(data: Path, split: str, info: Any, indices: list[int], names: list[str]) -> tuple[Figure, dict[str, Any]]:
+    """``dataset_grid`` of a classification file: each image captioned "index: name (class)"."""
+    from encnet_core.data.dataset import read_image_and_label
+
+    cells, shown = [], set()
+    for i in indices:
+        rgb, label = read_image_and_label(data, split, i)
+        caption = f"{i}: {names[i]}" + (f" ({info.classes[label]})" if label is not None else "")
+        if label is not None:
+            shown.add(label)
+        cells.append((caption, rgb))
+    cols = min(len(cells), 4 if len(cells) <= 16 else 6)
+    rows = [cells[r : r + cols] for r in range(0, len(cells), cols)]
+    labelled = "class names in the captions" if info.labelled[split] else "unlabelled: no classes"
+    title = f"{data.name}: split {split!r}, images {indices[0]}..{indices[-1]} of {info.splits[split]} ({labelled})"
+    figure, _ = grid_figure(rows, [], title, cell_inches=3.0 if len(cells) <= 4 else 2.2)
+    legend = [info.classes[c] for c in sorted(shown)]
     return figure, {"indices": indices, "names": [names[i] for i in indices], "legend": legend, "split": split}

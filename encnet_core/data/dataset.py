@@ -1,4 +1,8 @@
-"""The torch Dataset over one split of a prepared encnet HDF5 file (the format is defined in hdf5.py).
+"""The torch Datasets over one split of a prepared encnet HDF5 file (the format is defined in hdf5.py).
+
+``HDF5SegmentationDataset`` reads a segmentation file, ``HDF5ClassificationDataset`` a classification
+file (``DatasetInfo.task``; each refuses the other kind in one line); ``dataset_task`` says which a
+file is and ``open_dataset`` opens a split with the right one.
 
 Images are decoded with torchvision.io from the bytes stored in the file and masks from their PNG,
 then wrapped as ``tv_tensors.Image`` / ``tv_tensors.Mask`` so that a ``transforms.v2`` pipeline
@@ -41,7 +45,11 @@ from encnet_core.errors import ConfigError, DataError
 
 __all__ = [
     "HDF5SegmentationDataset",
+    "HDF5ClassificationDataset",
+    "dataset_task",
+    "open_dataset",
     "read_image_and_mask",
+    "read_image_and_label",
     "BadSample",
     "BadSampleError",
     "CheckedSamples",
@@ -50,6 +58,7 @@ __all__ = [
 ]
 
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[Any, Any]]
+ImageTransform = Callable[[tv_tensors.Image], Any]
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,20 @@ def _missing_split(path: Path, split: str, available: list[str]) -> DataError:
     )
 
 
+def _wrong_task(path: Path, task: str, reader: str) -> DataError:
+    """One line for a file of the other task: ``reader`` reads the other kind."""
+    wanted, other = ("segmentation", "HDF5ClassificationDataset") if task == "classification" else ("classification", "HDF5SegmentationDataset")
+    return DataError(f"{path} is a {task} dataset; {reader} reads {wanted} datasets (use {other}, or open_dataset)")
+
+
+def _decode_image(images: h5py.Dataset, index: int) -> torch.Tensor:
+    """Stored image ``index`` decoded to (3, H, W) uint8 RGB; ``_Unusable`` if it does not decode."""
+    try:
+        return decode_image(torch.from_numpy(images[index]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise _Unusable(f"the image does not decode ({decoder_message(exc)})") from None
+
+
 def _read(
     images: h5py.Dataset, masks: h5py.Dataset | None, index: int, num_classes: int, check_labels: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,10 +121,7 @@ def _read(
     Raises ``_Unusable`` for an image that does not decode, a mask that ``decode_mask_tensor`` refuses
     or that is not of the image's size, or (with ``check_labels``) a label that ``invalid_label`` finds.
     """
-    try:
-        image = decode_image(torch.from_numpy(images[index]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise _Unusable(f"the image does not decode ({decoder_message(exc)})") from None
+    image = _decode_image(images, index)
     if masks is None:
         return image, torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
     try:
@@ -144,6 +164,8 @@ class HDF5SegmentationDataset(Dataset):
         self.split = split
         self.transform = transform
         info = read_info(self.path, allow_truncated=not strict)
+        if info.task != "segmentation":
+            raise _wrong_task(self.path, info.task, "HDF5SegmentationDataset")
         if split not in info.splits:
             raise _missing_split(self.path, split, list(info.splits))
         self.classes: list[str] = info.classes
@@ -237,6 +259,94 @@ class HDF5SegmentationDataset(Dataset):
         return weights / weights.sum()
 
 
+class HDF5ClassificationDataset(Dataset):
+    """The images and class labels of one split of a classification file, as ``(image, label)``.
+
+    ``image`` is a ``tv_tensors.Image`` (3, H, W) uint8, or ``transform(image)`` when a transform is
+    given (it sees the image only); ``label`` is a 0-dim int64 tensor holding the class index, or
+    IGNORE_INDEX (255) for every sample of an unlabelled split (one without ``labels``, as the
+    segmentation reader's masks are then all 255). ``labels`` holds the labels of the whole split,
+    (N,) int64, for class counts (``class_counts``) and samplers; ``read_info`` has checked that
+    each is a class index.
+
+    A sample whose image does not decode raises ``BadSampleError``, so ``CheckedSamples`` and
+    ``--skip-bad`` work as for segmentation; ``strict=False`` accepts a truncated ``images`` array
+    (reading a missing sample then raises ``BadSampleError``). The HDF5 file is opened lazily by the
+    first ``__getitem__`` of each process and reopened when the process id changes; the open handle
+    is not pickled. A segmentation file is refused with one `DataError`.
+    """
+
+    def __init__(self, path: Path, split: str, transform: ImageTransform | None = None, strict: bool = True) -> None:
+        self.path = Path(path)
+        self.split = split
+        self.transform = transform
+        info = read_info(self.path, allow_truncated=not strict)
+        if info.task != "classification":
+            raise _wrong_task(self.path, info.task, "HDF5ClassificationDataset")
+        if split not in info.splits:
+            raise _missing_split(self.path, split, list(info.splits))
+        self.classes: list[str] = info.classes
+        self.palette: np.ndarray = info.palette  # (C, 3) uint8
+        self.labelled: bool = info.labelled[split]
+        self._length = info.splits[split]
+        self._stored = info.stored[split]  # samples whose image the file holds
+        self.names: list[str] = read_names(self.path, split)
+        if self.labelled:
+            with open_h5(self.path) as handle:
+                self.labels = torch.from_numpy(handle[split]["labels"][...].astype(np.int64))  # (N,)
+        else:
+            self.labels = torch.full((self._length,), IGNORE_INDEX, dtype=torch.int64)
+        self._handle: h5py.File | None = None
+        self._images: h5py.Dataset | None = None  # images in _handle
+        self._pid: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        if not -self._length <= index < self._length:
+            raise IndexError(f"index {index} out of range for {self._length} images")
+        index = int(index) % self._length
+        try:
+            if index >= self._stored:
+                raise _Unusable(f"the file stores no image for it (its images end after {self._stored} samples)")
+            image = tv_tensors.Image(_decode_image(self._split_images(), index))
+        except _Unusable as exc:
+            raise BadSampleError(self.bad_sample(index, str(exc)), self.path) from None
+        label = self.labels[index].clone()  # 0-dim int64
+        if self.transform is not None:
+            return self.transform(image), label
+        return image, label
+
+    def bad_sample(self, index: int, reason: str) -> BadSample:
+        return BadSample(self.split, index, self.names[index], reason)
+
+    def class_counts(self) -> torch.Tensor:
+        """(C,) int64: the split's images of each class (all zero for an unlabelled split)."""
+        if not self.labelled:
+            return torch.zeros(self.num_classes, dtype=torch.int64)
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def _split_images(self) -> h5py.Dataset:
+        """The split's ``images`` in this process's own handle (opened on first use, reopened after a fork)."""
+        if self._images is None or self._pid != os.getpid():
+            self._handle = open_h5(self.path)
+            self._pid = os.getpid()
+            self._images = self._handle[self.split]["images"]
+        return self._images
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_images"] = None
+        state["_pid"] = None
+        return state
+
+
 # ----------------------------------------------------------------------------- bad samples in DataLoaders
 
 Checked = tuple[Any, Any, tuple[BadSample, ...]]  # (image, mask, ()) or (None, None, (bad, ...))
@@ -247,9 +357,10 @@ class CheckedSamples(Dataset):
 
     An exception raised in a DataLoader worker reaches the main process re-wrapped in a multi-line
     message; a bad sample returned as data lets ``CheckedBatches`` stop with its one line or skip it.
+    A classification dataset works the same: ``(image, label, ())``.
     """
 
-    def __init__(self, dataset: HDF5SegmentationDataset) -> None:
+    def __init__(self, dataset: HDF5SegmentationDataset | HDF5ClassificationDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -312,6 +423,8 @@ class CheckedBatches:
 def read_image_and_mask(path: Path, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` of ``split`` at full resolution: (H, W, 3) uint8 RGB and (H, W) uint8 labels."""
     info = read_info(path)
+    if info.task != "segmentation":
+        raise _wrong_task(Path(path), info.task, "read_image_and_mask")
     if split not in info.splits:
         raise _missing_split(Path(path), split, list(info.splits))
     with open_h5(path) as handle:
@@ -322,3 +435,38 @@ def read_image_and_mask(path: Path, split: str, index: int) -> tuple[np.ndarray,
             names = group["names"].asstr()
             raise BadSampleError(BadSample(split, index, names[index], str(exc)), path) from None
     return image.permute(1, 2, 0).numpy(), mask.to(torch.uint8).numpy()
+
+
+def read_image_and_label(path: Path, split: str, index: int) -> tuple[np.ndarray, int | None]:
+    """Image ``index`` of a classification file's ``split``: (H, W, 3) uint8 RGB and its class index
+    (None in an unlabelled split)."""
+    info = read_info(path)
+    if info.task != "classification":
+        raise _wrong_task(Path(path), info.task, "read_image_and_label")
+    if split not in info.splits:
+        raise _missing_split(Path(path), split, list(info.splits))
+    with open_h5(path) as handle:
+        group = handle[split]
+        try:
+            image = _decode_image(group["images"], index)
+        except _Unusable as exc:
+            names = group["names"].asstr()
+            raise BadSampleError(BadSample(split, index, names[index], str(exc)), path) from None
+        label = int(group["labels"][index]) if "labels" in group else None
+    return image.permute(1, 2, 0).numpy(), label
+
+
+def dataset_task(path: Path) -> str:
+    """``"segmentation"`` or ``"classification"``: what a prepared file holds (checked by ``read_info``;
+    a truncated file is not refused here, the dataset decides)."""
+    return read_info(path, allow_truncated=True).task
+
+
+def open_dataset(
+    path: Path, split: str, transform: Any = None, strict: bool = True
+) -> HDF5SegmentationDataset | HDF5ClassificationDataset:
+    """The split as the dataset of the file's task: ``HDF5SegmentationDataset`` (``transform(image, mask)``)
+    or ``HDF5ClassificationDataset`` (``transform(image)``)."""
+    if dataset_task(path) == "classification":
+        return HDF5ClassificationDataset(path, split, transform, strict)
+    return HDF5SegmentationDataset(path, split, transform, strict)

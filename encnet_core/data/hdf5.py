@@ -1,11 +1,13 @@
-"""The encnet HDF5 dataset format, version 1: the one definition of its schema (docs/dataset-format.md).
+"""The encnet HDF5 dataset format, version 2: the one definition of its schema (docs/dataset-format.md).
 
-File attributes: ``format`` = "encnet-hdf5", ``format_version`` = ``FORMAT_VERSION``, ``dataset``,
-``classes`` (JSON list), ``palette`` (uint8 C x 3), ``ignore_index`` = 255, ``encnet_version``,
-``sources`` (JSON), ``min_pixels``. One group per split with ``images`` (vlen uint8: the source file's
-encoded bytes), ``masks`` (vlen uint8: an 8-bit single-channel PNG of the label map; absent for
-unlabelled splits), ``names`` (vlen str), ``sizes`` (N, 2) int32 height/width, ``class_pixels`` (N, C)
-int64 and ``se_targets`` (N, C) uint8.
+File attributes: ``format`` = "encnet-hdf5", ``format_version`` = ``FORMAT_VERSION``, ``task``
+("segmentation" or "classification"; a version 1 file has none and is a segmentation dataset),
+``dataset``, ``classes`` (JSON list), ``palette`` (uint8 C x 3), ``ignore_index`` = 255,
+``encnet_version``, ``sources`` (JSON), ``min_pixels`` (segmentation only). One group per split with
+``images`` (vlen uint8: the source file's encoded bytes), ``names`` (vlen str) and ``sizes`` (N, 2)
+int32 height/width; a segmentation split adds ``masks`` (vlen uint8: an 8-bit single-channel PNG of
+the label map; absent for unlabelled splits), ``class_pixels`` (N, C) int64 and ``se_targets`` (N, C)
+uint8, a classification split ``labels`` (N,) int64 class indices (absent for unlabelled splits).
 
 The rules of the content live here too, for every writer and reader: ``encode_mask`` /
 ``decode_mask_tensor`` (``decode_mask``) for masks, ``invalid_label`` (labels are 0..C-1 or 255),
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
+    "TASKS",
     "Sample",
     "DatasetInfo",
     "HDF5Writer",
@@ -59,7 +63,9 @@ __all__ = [
 ]
 
 FORMAT = "encnet-hdf5"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what HDF5Writer writes
+READABLE_VERSIONS = (1, 2)  # what read_info reads: version 1 files are segmentation datasets
+TASKS = ("segmentation", "classification")
 _BYTES = h5py.vlen_dtype(np.dtype("uint8"))
 _STR = h5py.string_dtype("utf-8")
 
@@ -72,8 +78,9 @@ class Sample:
     image: bytes  # encoded file bytes, unchanged
     height: int
     width: int
-    mask: bytes | None = None  # PNG of the (H, W) uint8 label map, or None when unlabelled
-    class_pixels: np.ndarray | None = None  # (C,) int64
+    mask: bytes | None = None  # segmentation: PNG of the (H, W) uint8 label map, or None when unlabelled
+    class_pixels: np.ndarray | None = None  # segmentation: (C,) int64
+    label: int | None = None  # classification: the class index 0..C-1, or None when unlabelled
 
 
 @dataclass
@@ -86,11 +93,13 @@ class DatasetInfo:
     palette: np.ndarray  # (C, 3) uint8
     ignore_index: int
     splits: dict[str, int]  # split -> number of images
-    labelled: dict[str, bool]
+    labelled: dict[str, bool]  # split -> has masks (segmentation) or labels (classification)
     encnet_version: str
     sources: dict[str, Any] = field(default_factory=dict)
-    min_pixels: int | None = None
+    min_pixels: int | None = None  # segmentation only
     stored: dict[str, int] = field(default_factory=dict)  # split -> samples whose image (and mask) is stored
+    task: str = "segmentation"  # one of TASKS
+    format_version: int = FORMAT_VERSION  # the file's own version (1 or 2)
 
     @property
     def num_classes(self) -> int:
@@ -249,7 +258,8 @@ def _as_int(value: Any) -> int | None:
     return int(value)
 
 
-def _check_format(handle: h5py.File, path: Path) -> None:
+def _check_format(handle: h5py.File, path: Path) -> int:
+    """The file's format version (one of READABLE_VERSIONS); `DataError` for another format or version."""
     fmt = _as_str(_attr(handle, path, "format", required=False))
     if fmt != FORMAT:
         shown = "missing" if "format" not in handle.attrs else _show(handle.attrs["format"])
@@ -258,8 +268,23 @@ def _check_format(handle: h5py.File, path: Path) -> None:
     version = _as_int(raw)
     if version is None:
         raise _fail(path, f"format_version is {_show(raw)}, not an integer")
-    if version != FORMAT_VERSION:
-        raise DataError(f"{path} has format version {version}; this encnet reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        raise DataError(f"{path} has format version {version}; this encnet reads versions {readable}")
+    return version
+
+
+def _read_task(handle: h5py.File, path: Path, version: int) -> str:
+    """The ``task`` attribute: required from version 2 on; a version 1 file is a segmentation dataset."""
+    if "task" not in handle.attrs and version == 1:
+        return "segmentation"
+    raw = _attr(handle, path, "task")
+    task = _as_str(raw)
+    if task not in TASKS:
+        raise _fail(path, f"the attribute 'task' is {_show(raw)}, not one of {', '.join(repr(t) for t in TASKS)}")
+    if version == 1 and task != "segmentation":
+        raise _fail(path, f"format version 1 holds segmentation datasets only, but 'task' is {task!r}")
+    return task
 
 
 def open_h5(path: Path, mode: str = "r") -> h5py.File:
@@ -321,12 +346,42 @@ def _dataset(group: h5py.Group, path: Path, split: str, key: str, required: bool
     return item
 
 
-def _check_split(group: h5py.Group, path: Path, split: str, num_classes: int, allow_truncated: bool) -> int:
+_SEGMENTATION_ONLY = ("masks", "class_pixels", "se_targets")
+
+
+def _check_labels(group: h5py.Group, path: Path, split: str, count: int, num_classes: int) -> None:
+    """A classification split's ``labels``, if any: ``count`` integers, each a class index 0..C-1."""
+    labels = _dataset(group, path, split, "labels", required=False)
+    if labels is None:
+        return
+    if labels.shape != (count,) or labels.dtype.kind not in "iu":
+        raise _fail(path, f"{split}/labels must be {count} integers (one class index per name), got {labels.dtype} of shape {labels.shape}")
+    values = labels[...]
+    bad = (values < 0) | (values >= num_classes)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        names = group["names"]
+        name = f" ({names.asstr()[first]!r})" if _decodes(names, first) else ""
+        raise _fail(
+            path, f"{split}/labels holds {int(values[first])} for sample {first}{name}; labels must be 0..{num_classes - 1} (the {num_classes} classes)"
+        )
+
+
+def _check_split(
+    group: h5py.Group, path: Path, split: str, num_classes: int, allow_truncated: bool, task: str = "segmentation"
+) -> int:
     """Check one split's datasets against the schema; returns how many samples have their image (and mask) stored."""
     images = _dataset(group, path, split, "images")
     names = _dataset(group, path, split, "names")
     sizes = _dataset(group, path, split, "sizes")
-    masks = _dataset(group, path, split, "masks", required=False)
+    classification = task == "classification"
+    if classification:
+        extra = next((key for key in _SEGMENTATION_ONLY if key in group), None)
+        if extra is not None:
+            raise _fail(path, f"split {split!r} holds {extra!r}, which a classification dataset has not (it stores 'labels')")
+    elif "labels" in group:
+        raise _fail(path, f"split {split!r} holds 'labels', which a segmentation dataset has not (it stores 'masks')")
+    masks = None if classification else _dataset(group, path, split, "masks", required=False)
     for key, ds in (("images", images), ("masks", masks)):
         if ds is not None and (ds.ndim != 1 or h5py.check_vlen_dtype(ds.dtype) != np.dtype("uint8")):
             raise _fail(path, f"{split}/{key} must be a 1-D array of variable-length bytes (encoded files), got {ds.dtype} of shape {ds.shape}")
@@ -336,10 +391,12 @@ def _check_split(group: h5py.Group, path: Path, split: str, num_classes: int, al
     for key, ds in (("images", images), ("masks", masks)):
         if ds is not None and ds.shape[0] > count:
             raise _fail(path, f"{split}/names lists {count} samples but {split}/{key} holds {ds.shape[0]}")
-    for key in ("class_pixels", "se_targets"):
+    for key in () if classification else ("class_pixels", "se_targets"):
         ds = _dataset(group, path, split, key)
         if ds.shape != (count, num_classes) or ds.dtype.kind not in "iu":
             raise _fail(path, f"{split}/{key} must be {count} x {num_classes} integers (one row per name), got {ds.dtype} of shape {ds.shape}")
+    if classification:
+        _check_labels(group, path, split, count, num_classes)
     if sizes.shape != (count, 2) or sizes.dtype.kind not in "iu":
         raise _fail(path, f"{split}/sizes must be {count} x 2 integers (height, width per name), got {sizes.dtype} of shape {sizes.shape}")
     values = sizes[...]
@@ -369,12 +426,16 @@ def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:
     """File-level metadata and split sizes of a prepared dataset, checked against the schema.
 
     Every attribute and every split's datasets are checked for presence, type and shape (a damaged
-    or hand-made file fails here with one line naming the problem, not later with wrong numbers).
-    A split whose ``images``/``masks`` are shorter than its ``names`` is refused unless
-    ``allow_truncated``; ``DatasetInfo.stored`` then says how many samples have their data.
+    or hand-made file fails here with one line naming the problem, not later with wrong numbers);
+    a classification split's labels are also checked to be class indices. Files of every version in
+    ``READABLE_VERSIONS`` are read; ``DatasetInfo.task`` says which layout the file has (version 1:
+    always segmentation). A split whose ``images``/``masks`` are shorter than its ``names`` is refused
+    unless ``allow_truncated``; ``DatasetInfo.stored`` then says how many samples have their data.
     """
     path = Path(path)
     with open_h5(path) as handle:
+        format_version = _check_format(handle, path)  # (open_h5 checked it already: this is the value)
+        task = _read_task(handle, path, format_version)
         dataset = _as_str(_attr(handle, path, "dataset"))
         if dataset is None:
             raise _fail(path, f"the attribute 'dataset' is {_show(handle.attrs['dataset'])}, not a string")
@@ -402,11 +463,11 @@ def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:
             if not isinstance(group, h5py.Group):
                 raise _fail(path, f"{name!r} at the top level is not a split (a group)")
             try:
-                stored[name] = _check_split(group, path, name, len(classes), allow_truncated)
+                stored[name] = _check_split(group, path, name, len(classes), allow_truncated, task)
             except (OSError, KeyError, TypeError) as exc:  # damaged HDF5 structures
                 raise _fail(path, f"split {name!r} cannot be read ({exc})") from None
             splits[name] = int(group["names"].shape[0])
-            labelled[name] = "masks" in group
+            labelled[name] = ("labels" if task == "classification" else "masks") in group
         return DatasetInfo(
             path=path,
             dataset=dataset,
@@ -419,6 +480,8 @@ def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:
             sources=sources,
             min_pixels=min_pixels,
             stored=stored,
+            task=task,
+            format_version=format_version,
         )
 
 
@@ -441,6 +504,9 @@ class HDF5Writer:
     and this run's temp file is removed. A full disk, or any other write error, is one `DataError`
     ("no space left on <dir>"), again with the temp file removed.
 
+    ``task="classification"`` writes a classification file: its splits hold ``labels`` (from
+    `Sample.label`) instead of masks, ``class_pixels`` and ``se_targets``, and it has no ``min_pixels``.
+
     Usage::
 
         with HDF5Writer(out, "voc", classes, palette, sources) as writer:
@@ -458,7 +524,11 @@ class HDF5Writer:
         sources: dict[str, Any] | None = None,
         min_pixels: int = 1,
         overwrite: bool = False,
+        task: str = "segmentation",
     ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
         self.out = Path(out)
         self.overwrite = overwrite
         self._file = AtomicFile(self.out)
@@ -475,13 +545,15 @@ class HDF5Writer:
                 attrs = self.handle.attrs
                 attrs["format"] = FORMAT
                 attrs["format_version"] = FORMAT_VERSION
+                attrs["task"] = task
                 attrs["dataset"] = dataset
                 attrs["classes"] = json.dumps(self.classes)
                 attrs["palette"] = np.asarray(palette, dtype=np.uint8).reshape(len(self.classes), 3)
                 attrs["ignore_index"] = IGNORE_INDEX
                 attrs["encnet_version"] = __version__
                 attrs["sources"] = json.dumps(sources or {})
-                attrs["min_pixels"] = min_pixels
+                if task == "segmentation":
+                    attrs["min_pixels"] = min_pixels
         except BaseException:
             self._discard()
             raise
@@ -517,12 +589,16 @@ class HDF5Writer:
             C = len(self.classes)
             chunk = max(1, min(256, capacity))
             group.create_dataset("images", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
-            if labelled:
+            if labelled and self.task == "segmentation":
                 group.create_dataset("masks", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
             group.create_dataset("names", (capacity,), dtype=_STR, maxshape=(None,), chunks=(chunk,))
             group.create_dataset("sizes", (capacity, 2), dtype=np.int32, maxshape=(None, 2), chunks=(chunk, 2))
-            group.create_dataset("class_pixels", (capacity, C), dtype=np.int64, maxshape=(None, C), chunks=(chunk, C))
-            group.create_dataset("se_targets", (capacity, C), dtype=np.uint8, maxshape=(None, C), chunks=(chunk, C))
+            if self.task == "classification":
+                if labelled:
+                    group.create_dataset("labels", (capacity,), dtype=np.int64, maxshape=(None,), chunks=(chunk,))
+            else:
+                group.create_dataset("class_pixels", (capacity, C), dtype=np.int64, maxshape=(None, C), chunks=(chunk, C))
+                group.create_dataset("se_targets", (capacity, C), dtype=np.uint8, maxshape=(None, C), chunks=(chunk, C))
         self._group = group
         self._count = 0
 
@@ -532,6 +608,11 @@ class HDF5Writer:
             raise RuntimeError("begin_split() first")
         if "masks" in group and (sample.mask is None or sample.class_pixels is None):
             raise DataError(f"{sample.name}: a labelled split needs a mask")
+        if "labels" in group:
+            if sample.label is None:
+                raise DataError(f"{sample.name}: a labelled split needs a label")
+            if not 0 <= sample.label < len(self.classes):
+                raise DataError(f"{sample.name}: label {sample.label} outside 0..{len(self.classes) - 1}")
         i = self._count
         with self._writing():
             if i >= group["names"].shape[0]:
@@ -545,6 +626,8 @@ class HDF5Writer:
                 group["masks"][i] = np.frombuffer(sample.mask, dtype=np.uint8)
                 group["class_pixels"][i] = sample.class_pixels
                 group["se_targets"][i] = class_presence(sample.class_pixels, self.min_pixels)
+            if "labels" in group:
+                group["labels"][i] = sample.label
         self._count += 1
 
     def add_all(self, samples: Iterable[Sample]) -> None:
@@ -592,12 +675,14 @@ class HDF5Writer:
 
 
 def dataset_statistics(path: Path) -> dict[str, Any]:
-    """Splits, counts, and per class its pixel share and the fraction of images containing it."""
+    """Splits and counts; per class, for segmentation its pixel share and the fraction of images
+    containing it, for classification its image count and the fraction of the split it makes up."""
     info = read_info(path)
     result: dict[str, Any] = {
         "path": str(path),
         "dataset": info.dataset,
-        "format_version": FORMAT_VERSION,
+        "task": info.task,
+        "format_version": info.format_version,
         "encnet_version": info.encnet_version,
         "num_classes": info.num_classes,
         "ignore_index": info.ignore_index,
@@ -607,6 +692,15 @@ def dataset_statistics(path: Path) -> dict[str, Any]:
     with open_h5(path) as handle:
         for split, count in info.splits.items():
             entry: dict[str, Any] = {"images": count, "labelled": info.labelled[split]}
+            if info.task == "classification":
+                if info.labelled[split] and count:
+                    counts = np.bincount(handle[split]["labels"][...], minlength=info.num_classes)
+                    entry["classes"] = [
+                        {"index": c, "name": name, "images": int(counts[c]), "image_fraction": float(counts[c]) / count}
+                        for c, name in enumerate(info.classes)
+                    ]
+                result["splits"][split] = entry
+                continue
             if info.labelled[split] and count:
                 pixels = handle[split]["class_pixels"][...]
                 present = handle[split]["se_targets"][...]

@@ -2,7 +2,8 @@
 
 Conversion runs in a process pool (one worker per core by default). Each worker reads its items
 straight from the archives (or extracted files), checks them (decodable image, mask of the same size
-with labels 0..C-1 or 255) and hands back a ``Sample``; the main process writes them in order with
+with labels 0..C-1 or 255; for a classification source, a class index 0..C-1, the image made by the
+item's ``load`` where it has one) and hands back a ``Sample``; the main process writes them in order with
 ``HDF5Writer``, which moves the file into place only when everything succeeded, and never over a
 file that appeared meanwhile unless ``overwrite`` is set.
 
@@ -142,7 +143,13 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
     limits = limits or ArchiveLimits()
     ref = item.image
     try:
-        raw = _read(item.image, limits)
+        label = item.label
+        if item.load is not None:
+            raw, label = item.load()
+        else:
+            raw = _read(item.image, limits)
+        if label is not None and not (isinstance(label, (int, np.integer)) and 0 <= label < num_classes):
+            raise DataError(f"label {label} outside 0..{num_classes - 1} (the {num_classes} classes)")
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
             width, height = img.size
@@ -150,7 +157,7 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
                 buffer = io.BytesIO()
                 img.convert("RGB").save(buffer, format="PNG")
                 raw = buffer.getvalue()
-        sample = Sample(item.name, raw, height, width)
+        sample = Sample(item.name, raw, height, width, label=None if label is None else int(label))
         if item.mask is not None and item.decode_mask is not None:
             ref = item.mask
             labels = item.decode_mask(_read(item.mask, limits))
@@ -377,10 +384,14 @@ def prepare(
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
     try:
         with HDF5Writer(
-            out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels, overwrite=options.overwrite
+            out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels, overwrite=options.overwrite,
+            task=plan.task,
         ) as writer:
             for split, items in plan.splits.items():
-                labelled = any(item.mask is not None for item in items)
+                if plan.task == "classification":
+                    labelled = any(item.label is not None or item.load is not None for item in items)
+                else:
+                    labelled = any(item.mask is not None for item in items)
                 writer.begin_split(split, len(items), labelled)
                 done = 0
                 for result in _convert_all(items, num_classes, workers, limits):
@@ -413,6 +424,10 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
     if min_pixels < 1:
         raise ConfigError("--min-pixels must be at least 1")
     info = read_info(path)
+    if info.task != "segmentation":
+        raise DataError(
+            f"{path} is a {info.task} dataset; `encnet targets` recomputes the class-presence targets of segmentation masks"
+        )
     new: dict[str, np.ndarray] = {}
     with open_h5(path) as handle:
         for split, count in info.splits.items():

@@ -103,6 +103,13 @@ def _replace(key: str, data: np.ndarray) -> Callable[[h5py.File], None]:
     return change
 
 
+def _add(key: str, data: np.ndarray) -> Callable[[h5py.File], None]:
+    def change(handle: h5py.File) -> None:
+        handle[key] = data
+
+    return change
+
+
 def _rgb_mask_array(handle: h5py.File) -> None:
     del handle["train/masks"]
     handle["train/masks"] = np.zeros((3, SIZE, SIZE, 3), np.uint8)  # masks as an RGB array, not PNGs
@@ -120,7 +127,11 @@ METADATA = {
     "format_version 'abc'": (_set_attr("format_version", "abc"), r"format_version is 'abc', not an integer"),
     "format_version array": (_set_attr("format_version", np.array([1, 1])), r"format_version is \[1, 1\], not an integer"),
     "format_version float": (_set_attr("format_version", 1.0), r"format_version is 1.0, not an integer"),
-    "format_version 2": (_set_attr("format_version", 2), r"has format version 2; this encnet reads version 1"),
+    "format_version 3": (_set_attr("format_version", 3), r"has format version 3; this encnet reads versions 1 and 2"),
+    "task missing": (_del("task"), r"the file attribute 'task' is missing"),
+    "task unknown": (_set_attr("task", "detection"), r"the attribute 'task' is 'detection', not one of 'segmentation', 'classification'"),
+    "task a number": (_set_attr("task", 1), r"the attribute 'task' is 1, not one of"),
+    "labels in a segmentation split": (_add("train/labels", np.zeros(3, np.int64)), r"split 'train' holds 'labels', which a segmentation dataset has not"),
     "format missing": (_del("format"), r"is not an encnet dataset \(format attribute missing\)"),
     "format wrong": (_set_attr("format", "other"), r"is not an encnet dataset \(format attribute 'other'\)"),
     "classes not JSON": (_set_attr("classes", "background, road"), r"'classes' is 'background, road', not a JSON list"),

@@ -5,6 +5,10 @@ A source is data plus one ``plan`` function (and optionally a ``check`` of its p
 its parameters (plus ``_limits``, the `ArchiveLimits` to open archives with), it lists the items of every split (picklable references to an image and a
 mask in an archive or on disk, with the function that turns the raw mask file into labels), the
 class names and the palette. ``encnet_core.data.prepare`` does the rest, the same way for every source.
+
+A classification source (``SourcePlan.task == "classification"``) lists items without masks: each
+carries its class index in ``Item.label``, or a ``load`` function that makes the encoded image and
+its label itself (a record of a binary file, a generated scene), run in the conversion workers.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ Ref = tuple[str, str]
 MaskDecoder = Callable[[bytes], np.ndarray]
 """Raw mask file bytes -> (H, W) uint8 labels (0..C-1, 255 ignore)."""
 
+ItemLoader = Callable[[], tuple[bytes, int | None]]
+"""Makes a classification item: (encoded image file bytes, class index or None when unlabelled)."""
+
 
 @dataclass(frozen=True)
 class Item:
     """One image to convert (picklable: sent to the conversion workers)."""
 
     name: str  # image id stored in `names`
-    image: Ref
-    mask: Ref | None  # None for unlabelled splits
+    image: Ref  # where the image is (with ``load``: only named in messages)
+    mask: Ref | None  # None for unlabelled splits (and for classification)
     decode_mask: MaskDecoder | None = None
+    label: int | None = None  # classification: the class index, when the plan knows it
+    load: ItemLoader | None = None  # classification: makes (image bytes, label) instead of reading ``image``
 
 
 @dataclass
@@ -49,6 +58,7 @@ class SourcePlan:
     splits: dict[str, list[Item]]
     expected: dict[str, int] = field(default_factory=dict)  # known split sizes, checked before converting
     files: dict[str, Any] = field(default_factory=dict)  # extra provenance recorded in the `sources` attribute
+    task: str = "segmentation"  # or "classification": items carry a label (or a loader) instead of a mask
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,7 @@ def find_prefix(names: list[str], suffix: str, what: str) -> str:
 
 
 def _registry() -> dict[str, Source]:
-    from encnet_core.data.sources import ade20k, folder, pcontext, voc
+    from encnet_core.data.sources import ade20k, cifar10, folder, pcontext, synthetic_cls, voc
 
     return {
         "voc": voc.VOC,
@@ -93,11 +103,12 @@ def _registry() -> dict[str, Source]:
         "pcontext": pcontext.PCONTEXT,
         "ade20k": ade20k.ADE20K,
         "folder": folder.FOLDER,
-        "synthetic": voc.SYNTHETIC,
+        "synthetic": synthetic_cls.SYNTHETIC,  # voc.SYNTHETIC's segmentation scenes, or with task=classification their scene types
+        "cifar10": cifar10.CIFAR10,
     }
 
 
-SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic")
+SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10")
 
 
 def get_source(name: str) -> Source:
