@@ -76,6 +76,7 @@ VARIANTS = {
     )
 }
 BASELINE = "fcn"
+SWEEP = ("enc-se-k8", "enc-se-k16")  # the K sweep: --sweep-seeds may give it fewer seeds
 
 
 def log(text: str) -> None:
@@ -97,6 +98,10 @@ def parse_args() -> argparse.Namespace:
         "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}"
     )
     parser.add_argument(
+        "--sweep-seeds", default=None,
+        help=f"seeds of the K sweep ({', '.join(SWEEP)}) when fewer than --seeds fit the budget (default: --seeds)",
+    )  # fmt: skip
+    parser.add_argument(
         "--out", type=Path, default=None, help="folder for runs, table and JSON (default: a new temp folder)"
     )
     parser.add_argument(
@@ -113,8 +118,11 @@ def parse_args() -> argparse.Namespace:
         args.iters = args.recipe["iters"]
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        sweep = args.seeds if args.sweep_seeds is None else [int(s) for s in args.sweep_seeds.split(",") if s.strip()]
     except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+        parser.error(f"--seeds and --sweep-seeds must be comma-separated integers, got {args.seeds!r}")
+    if not sweep:
+        parser.error("--sweep-seeds names no seed")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants or not args.seeds:
@@ -123,6 +131,7 @@ def parse_args() -> argparse.Namespace:
         )
     if args.iters < 1:
         parser.error("--iters must be at least 1")
+    args.seeds_of = {v: (sweep if v in SWEEP else args.seeds) for v in args.variants}
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="encnet-ablation-"))
     return args
@@ -261,14 +270,14 @@ def _pct(value: float, std: float | None = None, signed: bool = False) -> str:
     return text + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-def table(records: list[dict[str, Any]], variants: list[str], seeds: list[int]) -> str:
-    """Markdown table: one row per run, plus mean ± std rows when there are several seeds.
+def table(records: list[dict[str, Any]], variants: list[str], seeds_of: dict[str, list[int]]) -> str:
+    """Markdown table: one row per run, plus mean ± std rows for a variant with several seeds (``seeds_of``).
 
     Δ columns are paired differences to the FCN of the same seed; "step / FCN" is the ratio of the
     median training step times (median over log windows, robust to bursts of load from other jobs).
     """
     by_key = {(r["variant"], r["seed"]): r for r in records}
-    has_base = all((BASELINE, s) in by_key for s in seeds)
+    has_base = all((BASELINE, s) in by_key for seeds in seeds_of.values() for s in seeds)
     metrics = ("pixAcc", "mIoU", "context_mIoU", "pair_swap")
     header = ["variant", "K", "SE", "params", "seed", "pixAcc %", "mIoU %", "context mIoU %", "pair swap %",
               "wall s", "median it/s"]  # fmt: skip
@@ -290,6 +299,7 @@ def table(records: list[dict[str, Any]], variants: list[str], seeds: list[int]) 
         return [*cells, f"{ratio:.2f}"]
 
     for name in variants:
+        seeds = seeds_of[name]
         runs = [by_key[(name, s)] for s in seeds]
         first = runs[0]
         fixed = ["-" if first["num_codes"] is None else str(first["num_codes"]), "yes" if first["se_loss"] else "no",
@@ -321,8 +331,10 @@ def main() -> None:
         raise SystemExit(f"{data} has no class(es) {', '.join(missing)}; use the synthetic dataset")
     log(f"results in {args.out}")
     start = time.perf_counter()
-    records = [run_one(VARIANTS[v], seed, data, args) for seed in args.seeds for v in args.variants]
-    text = table(records, args.variants, args.seeds)
+    all_seeds = sorted({s for seeds in args.seeds_of.values() for s in seeds})
+    records = [run_one(VARIANTS[v], seed, data, args) for seed in all_seeds for v in args.variants
+               if seed in args.seeds_of[v]]  # fmt: skip
+    text = table(records, args.variants, args.seeds_of)
     machine = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
                f"({platform.processor() or platform.machine()}), device {args.device}")  # fmt: skip
     settings = {
@@ -330,7 +342,7 @@ def main() -> None:
         for key in ("iters", "batch_size", "lr", "crop_size", "base_size", "scale_min", "scale_max", "aux")
     }
     summary = (
-        f"{args.recipe_name} recipe, {', '.join(f'{k}={v}' for k, v in settings.items())}; seeds {args.seeds}; "
+        f"{args.recipe_name} recipe, {', '.join(f'{k}={v}' for k, v in settings.items())}; seeds {args.seeds} (K sweep {args.seeds_of.get(SWEEP[0], args.seeds)}); "
         f"dataset {data.name} (synthetic, {args.layout} layout, seed {DATA_SEED}, {info.splits.get('train')} train / "
         f"{info.splits.get('val')} val images); evaluated: last.pt, whole image, single scale, val split.\n"
         f"mIoU = mean over classes present in labels or predictions; context = {', '.join(records[0]['context_classes'])}; "
@@ -344,6 +356,7 @@ def main() -> None:
         "recipe": args.recipe_name,
         "layout": args.layout,
         "seeds": args.seeds,
+        "seeds_of": args.seeds_of,
         "data_seed": DATA_SEED,
         "variants": args.variants,
         "dataset": str(data),

@@ -433,7 +433,8 @@ def _check_size(size: int, layout: str = "standard") -> None:
     smallest = FAR_MIN_SIZE if layout == "far" else _MIN_SIZE
     if not smallest <= size <= _MAX_SIZE:
         raise ConfigError(
-            f"synthetic {layout} images must be at least {smallest} and at most {_MAX_SIZE} pixels wide, got {size}"
+            f"synthetic{'' if layout == 'standard' else ' ' + layout} images must be at least {smallest} and at most "
+            f"{_MAX_SIZE} pixels wide, got {size}"
         )
 
 
