@@ -62,5 +62,20 @@ print(f"export       {out / 'encnet_demo.safetensors'}  mIoU {export['mIoU']:.4f
 print(f"predictions  {out / 'predictions'} (masks, overlays, predictions.json)")
 print(f"report       {out / 'run' / 'report.png'} and {out / 'run' / 'report.html'} (curves, per-class IoU, predictions)")
 print(f"confusion    {out / 'confusion.png'}")
+stored = Path("benchmarks/results/ablation-far.json")  # a stored result of benchmarks/ablation.py, not a new run
+if stored.is_file():
+    runs = json.loads(stored.read_text())["runs"]
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    seeds = sorted(s for v, s in by if v == "enc-se-k32" and ("fcn", s) in by)
+    mean = lambda xs: sum(xs) / len(xs)
+    fcn = mean([by["fcn", s]["mIoU"] for s in seeds])
+    enc = mean([by["enc-se-k32", s]["mIoU"] for s in seeds])
+    ctx = mean([by["enc-se-k32", s]["context_mIoU"] - by["fcn", s]["context_mIoU"] for s in seeds])
+    swap = (mean([by["fcn", s]["pair_swap"] for s in seeds]), mean([by["enc-se-k32", s]["pair_swap"] for s in seeds]))
+    print(f"ablation     stored result ({stored}, {len(seeds)} seeds, far layout: context beyond the FCN's receptive field):")
+    print(f"             dilated FCN mIoU {fcn:.4f}, EncNet + SE-loss {enc:.4f} ({100 * (enc - fcn):+.1f} points, "
+          f"context classes {100 * ctx:+.1f}); twin mix-ups {100 * swap[0]:.1f}% -> {100 * swap[1]:.1f}%")
+    print("             re-run (about 40 min on 2 cores): .venv/bin/python benchmarks/ablation.py --layout far "
+          "--seeds 0,1,2 --sweep-seeds 0 --out /tmp/encnet-ablation-far   (docs/ablation.md)")
 print(f"time         {seconds // 60} min {seconds % 60} s")
 PY
