@@ -1,4 +1,5 @@
-"""``encnet evaluate``: pixAcc / mIoU and per-class IoU of a model on a prepared split."""
+"""``encnet evaluate``: pixAcc / mIoU and per-class IoU of a model on a prepared split (top-1/top-5
+error and per-class accuracy for a classifier on a classification file)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from encnet_core.engine.evaluate import EvaluateOptions
 from encnet_core.engine.evaluate import evaluate as run_evaluate
 from encnet_core.engine.inference import InferenceConfig
 from encnet_core.engine.model_files import LoadedModel, check_trusted
+from encnet_core.errors import ConfigError
 
 
 def evaluate(
@@ -50,9 +52,13 @@ def evaluate(
     Single-scale whole image by default; --slide, --scales and --flip select the reference's
     sliding-window and multi-scale procedures, --merge reference its way of merging them, and
     --protocol reference all of its evaluation at once. Under torchrun each rank evaluates a disjoint share.
+
+    A classifier on a classification file: top-1 and top-5 error, accuracy and per-class accuracy,
+    each image scored once at the model's training size (the inference options above do not apply).
     """
     if protocol is opt.Protocol.reference:
         _check_protocol_flags(ctx)
+    _check_classification_flags(ctx, data)
     check_json_target(json_out)
     check_trusted(model, trust_code)
 
@@ -75,6 +81,9 @@ def evaluate(
         emit_json(result, json_out)
         if json_to_stdout(json_out):
             return
+    if result.get("task") == "classification":
+        _print_classification(result, model, data, split)
+        return
     used = result["inference"]
     scales_used, flipped = used["scales"], used["flip"]
     mode = "multi-scale " + ",".join(str(s) for s in scales_used) if scales_used else ("sliding window" if used["slide"] else "whole image")
@@ -95,6 +104,44 @@ def evaluate(
     )
     if "protocol" in result:
         _print_protocol(result["protocol"], split)
+    if result["skipped"]:
+        console.print(f"skipped {len(result['skipped'])} bad sample(s), not scored:", style="yellow", highlight=False)
+        for bad in result["skipped"]:
+            text = f"  split {bad['split']!r} sample {bad['index']} ({bad['name']!r}): {bad['reason']}"
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+_SEGMENTATION_ONLY = ("scales", "slide", "flip", "crop_size", "base_size", "stride_rate", "merge", "protocol", "save_predictions")
+
+
+def _check_classification_flags(ctx: typer.Context, data: Path) -> None:
+    """Segmentation's inference options on a classification file: one line naming them, before any work."""
+    from encnet_cli.train import _data_task
+
+    given = [name for name in _SEGMENTATION_ONLY if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if given and _data_task(data) == "classification":
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(
+            f"{flags} {'does' if len(given) == 1 else 'do'} not apply to the classification dataset {data} "
+            "(a classifier scores each whole image once, at its training size); drop them"
+        )
+
+
+def _print_classification(result: dict, model: Path, data: Path, split: str) -> None:
+    """Per-class accuracy table, then top-1/top-5 error and accuracy."""
+    table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, classification)")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, count, acc in zip(result["classes"], result["class_images"], result["class_accuracy"], strict=True):
+        table.add_row(name, str(count), "-" if acc is None else f"{acc:.4f}")
+    console.print(table)
+    k = result["top5_k"]
+    console.print(
+        f"top-1 error [bold]{100 * result['top1_error']:.2f}%[/]  top-5 error [bold]{100 * result['top5_error']:.2f}%[/]"
+        f"{f' (k = {k}: {k} classes)' if k < 5 else ''}  accuracy {result['accuracy']:.4f}  "
+        f"mean class accuracy {result['mean_class_accuracy']:.4f}  loss {result['loss']:.4f}  ({result['seconds']:.1f}s)"
+    )
     if result["skipped"]:
         console.print(f"skipped {len(result['skipped'])} bad sample(s), not scored:", style="yellow", highlight=False)
         for bad in result["skipped"]:

@@ -1,4 +1,4 @@
-"""``encnet predict``: run a model on images and folders."""
+"""``encnet predict``: run a model on images and folders (masks from a segmentation model, classes from a classifier)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from rich.text import Text
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
 from encnet_cli._progress import ProgressReporter
+from encnet_core.engine.classification import ClassifyOptions, predict_classes
 from encnet_core.engine.device import resolve_device
-from encnet_core.engine.model_files import load_model
+from encnet_core.engine.model_files import LoadedModel, load_model
 from encnet_core.engine.predict import PredictOptions
 from encnet_core.engine.predict import predict as run_predict
+from encnet_core.errors import ConfigError
 
 
 def predict(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Training checkpoint, exported model, or a zoo name (encnet weights list; pulled on first use)."),
     inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths); refused if it is, contains or holds an input, skipped when inside an input folder."),
@@ -25,6 +28,7 @@ def predict(
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity of the class colours."),
     se_threshold: float = typer.Option(0.5, "--se-threshold", help="SE-head probability to report a class as present."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    top_k: int = typer.Option(1, "--top-k", help="Classifiers: the k most probable classes per image, with their softmax scores."),
     scales: opt.Scales = None,
     slide: opt.Slide = False,
     flip: opt.Flip = False,
@@ -40,10 +44,15 @@ def predict(
     json_out: opt.JsonOut = None,
 ) -> None:
     """Segment images: a palette PNG per image, optional overlays, and predictions.json listing the
-    classes found by pixel share and by the SE head. Unreadable files are reported and skipped
-    (exit code 1 if any)."""
+    classes found by pixel share and by the SE head. A classifier instead prints the top --top-k
+    classes and scores of each image and writes them to predictions.json (no masks). Unreadable files
+    are reported and skipped (exit code 1 if any)."""
     check_json_target(json_out)
     loaded = load_model(model, resolve_device(device), opt.value(amp), trust_code=trust_code)
+    _check_task_flags(ctx, loaded)
+    if loaded.task == "classification":
+        _classify(loaded, inputs, output, top_k, overwrite, batch_size, progress, json_out)
+        return
     inference = opt.inference_config(
         scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
     )
@@ -64,5 +73,47 @@ def predict(
             f"{result.written} images segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
             f"(predictions.json)"
         )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+_SEGMENTATION_ONLY = ("mask_format", "overlay", "alpha", "se_threshold", "scales", "slide", "flip", "crop_size",
+                      "base_size", "stride_rate", "merge")  # fmt: skip
+
+
+def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """The options among ``names`` given on the command line, as flags."""
+    flag = {"mask_format": "format"}
+    return ["--" + flag.get(n, n).replace("_", "-") for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]
+
+
+def _check_task_flags(ctx: typer.Context, loaded: LoadedModel) -> None:
+    """Options of the other task: one line naming them, before any image is read."""
+    if loaded.task == "classification":
+        given, what = _given(ctx, _SEGMENTATION_ONLY), "a classification model (it writes no masks or overlays, only classes and scores)"
+    else:
+        given, what = _given(ctx, ("top_k",)), "a segmentation model (it is for classifiers)"
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {what}; drop {'it' if len(given) == 1 else 'them'}")
+
+
+def _classify(
+    loaded: LoadedModel, inputs: list[Path], output: Path, top_k: int, overwrite: bool, batch_size: int, progress: bool, json_out: Path | None
+) -> None:
+    """A classifier's predict: one line per image (its top-k classes and scores), predictions.json."""
+    options = ClassifyOptions(output=output, top_k=top_k, overwrite=overwrite, batch_size=batch_size)
+    with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
+        result = predict_classes(loaded, inputs, options, progress=reporter)
+    for failure in result.failed:
+        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False)
+    if json_out is not None:
+        emit_json({
+            "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
+            "task": "classification", "classes": loaded.classes, "top_k": top_k, "images": result.predictions}, json_out)  # fmt: skip
+    if not json_to_stdout(json_out):
+        for stem, entry in result.predictions.items():
+            scores = ", ".join(f"{top['class']} {top['score']:.3f}" for top in entry["top"])
+            console.print(safe_text(f"{stem}: {scores}"), highlight=False, soft_wrap=True)
+        console.print(f"{result.written} images classified, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} (predictions.json)")
     if result.failed:
         raise typer.Exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
-from encnet_core.config import TrainConfig, list_recipes, parse_set_option, resolve_train_config
+from encnet_core.config import (
+    CLASSIFICATION_DEFAULTS,
+    LR_SCHEDULES,
+    TrainConfig,
+    list_recipes,
+    parse_set_option,
+    resolve_train_config,
+)
+from encnet_core.data.dataset import dataset_task
 from encnet_core.engine.events import (
     Message,
     SampleSkipped,
@@ -32,6 +41,9 @@ from encnet_core.engine.events import (
 )
 from encnet_core.engine.tensorboard import TENSORBOARD_DIR, TensorBoardCallback
 from encnet_core.engine.train import train as run_train
+from encnet_core.errors import EncNetError
+
+_Schedule = StrEnum("Schedule", {name: name for name in LR_SCHEDULES})  # choices from the library's list
 
 
 class _TrainDisplay:
@@ -66,16 +78,12 @@ class _TrainDisplay:
                 losses = event.losses
                 parts = " ".join(f"{k} {losses[k]:.3f}" for k in ("seg", "aux", "se") if k in losses)
                 stats = (
-                    f"loss {losses['loss']:.3f} ({parts}) lr {event.lr:.2e} {event.it_per_s:.2f} it/s "
+                    f"loss {losses['loss']:.3f}{f' ({parts})' if parts else ''} lr {event.lr:.2e} {event.it_per_s:.2f} it/s "
                     f"data {event.data_share:.0%}"
                 )
                 self.progress.update(self.task, completed=event.iteration, epoch=event.epoch, stats=stats)
             case Validated():
-                metrics = event.metrics
-                self.progress.console.print(
-                    f"val epoch {event.epoch} (it {event.iteration}): pixAcc {metrics['pixAcc']:.4f} "
-                    f"mIoU {metrics['mIoU']:.4f} (all-classes {metrics['mIoU_all']:.4f})"
-                )
+                self.progress.console.print(f"val epoch {event.epoch} (it {event.iteration}): {_val_text(event.metrics)}")
             case Message():
                 self.progress.console.print(safe_text(event.text))  # messages hold paths and names from files
             case SampleSkipped():
@@ -83,6 +91,21 @@ class _TrainDisplay:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _val_text(metrics: dict[str, Any]) -> str:
+    """A validation record in words: pixAcc/mIoU (segmentation) or top-1/top-5 error (classification)."""
+    if "top1_error" in metrics:
+        return f"top-1 error {metrics['top1_error']:.2%}, top-5 error {metrics['top5_error']:.2%} (accuracy {metrics['accuracy']:.4f})"
+    return f"pixAcc {metrics['pixAcc']:.4f} mIoU {metrics['mIoU']:.4f} (all-classes {metrics['mIoU_all']:.4f})"
+
+
+def _data_task(data: Path) -> str:
+    """What the dataset holds; "segmentation" when it cannot be read (the run's set-up then says why, in one line)."""
+    try:
+        return dataset_task(data)
+    except (EncNetError, OSError):
+        return "segmentation"
 
 
 def _skipped_text(skipped: list[dict[str, Any]]) -> str | None:
@@ -99,11 +122,15 @@ def _complete_recipe(incomplete: str) -> list[str]:
 
 
 def _d(name: str) -> str:
-    """' (default: X)' for help text, read from TrainConfig (the one owner of the defaults)."""
+    """' (default: X)' for help text, read from TrainConfig (the one owner of the defaults), and
+    '; classification: Y' where CLASSIFICATION_DEFAULTS differs."""
     value = TrainConfig.__dataclass_fields__[name].default
     if isinstance(value, bool):
         value = "on" if value else "off"
-    return f" (default: {value if value != '' else repr(value)})"
+    shown = value if value != "" else repr(value)
+    if name in CLASSIFICATION_DEFAULTS:
+        return f" (default: {shown}; classification data: {CLASSIFICATION_DEFAULTS[name]})"
+    return f" (default: {shown})"
 
 
 def train(
@@ -121,6 +148,8 @@ def train(
     head_lr_mult: float = typer.Option(None, "--head-lr-mult", help=f"The heads' lr as a multiple of the backbone's{_d('head_lr_mult')}."),
     momentum: float = typer.Option(None, "--momentum", help=f"SGD momentum{_d('momentum')}."),
     weight_decay: float = typer.Option(None, "--weight-decay", help=f"SGD weight decay{_d('weight_decay')}."),
+    lr_schedule: _Schedule = typer.Option(None, "--lr-schedule", help=f"lr decay per iteration: poly (1 - it/total) ** power, cosine 0.5 (1 + cos(pi it/total)), step x0.1 every --lr-step epochs{_d('lr_schedule')}."),
+    lr_step: int = typer.Option(None, "--lr-step", help=f"Step schedule: epochs between the x0.1 decays{_d('lr_step')}."),
     poly_power: float = typer.Option(None, "--poly-power", help=f"Poly schedule: lr x (1 - it/total) ** power{_d('poly_power')}."),
     warmup_iters: int = typer.Option(None, "--warmup-iters", help=f"Linear warm-up iterations{_d('warmup_iters')}."),
     crop_size: int = typer.Option(None, "--crop-size", help=f"Training crop side{_d('crop_size')}."),
@@ -164,13 +193,18 @@ def train(
 ) -> None:
     """Train or fine-tune a model; distributed with `torchrun --nproc-per-node N -m encnet_cli train ...`.
 
-    Settings: defaults < --recipe < --config FILE < --set KEY=VALUE < named flags (config.toml in the
-    run folder records the result). mean/std and every other setting without a flag go through --set.
+    The task is the dataset's: a segmentation file trains a segmentation model, a classification file
+    (encnet prepare cifar10, synthetic --task classification) a classifier (default encnet_cifar14),
+    with cross-entropy, crop + flip augmentation and top-1/top-5 validation.
+
+    Settings: defaults (classification data: its own, shown as such) < --recipe < --config FILE <
+    --set KEY=VALUE < named flags (config.toml in the run folder records the result). mean/std and
+    every other setting without a flag go through --set.
     """
     flags = {
         "output_dir": output_dir, "model": model, "epochs": epochs, "iters": iters, "batch_size": batch_size,
         "lr": lr, "head_lr_mult": head_lr_mult, "momentum": momentum, "weight_decay": weight_decay,
-        "poly_power": poly_power, "warmup_iters": warmup_iters, "crop_size": crop_size, "base_size": base_size,
+        "lr_schedule": lr_schedule, "lr_step": lr_step, "poly_power": poly_power, "warmup_iters": warmup_iters, "crop_size": crop_size, "base_size": base_size,
         "scale_min": scale_min, "scale_max": scale_max, "workers": workers, "num_codes": num_codes,
         "se_loss": se_loss, "se_weight": se_weight, "aux": aux, "aux_weight": aux_weight, "lateral": lateral,
         "dropout": dropout, "output_stride": output_stride, "amp": amp, "device": device, "seed": seed,
@@ -178,7 +212,7 @@ def train(
         "init_from": init_from, "freeze_backbone": freeze_backbone, "freeze_bn": freeze_bn,
         "backbone_weights": backbone_weights, "compile": compile_model, "skip_bad": skip_bad,
     }  # fmt: skip
-    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags)
+    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags, task=_data_task(data))
     check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
     board = TensorBoardCallback(Path(config.output_dir) / TENSORBOARD_DIR) if tensorboard else None  # installed?
@@ -213,7 +247,8 @@ def train(
     if not json_to_stdout(json_out):
         best = result.best
         if best:
-            summary["best"] = f"pixAcc {best['pixAcc']:.4f}, mIoU {best['mIoU']:.4f} (epoch {best['epoch']}, iteration {best['iteration']})"
+            scores = _val_text(best) if "top1_error" in best else f"pixAcc {best['pixAcc']:.4f}, mIoU {best['mIoU']:.4f}"
+            summary["best"] = f"{scores} (epoch {best['epoch']}, iteration {best['iteration']})"
         summary["skipped"] = _skipped_text(result.skipped)
         table = Table(title=f"encnet train: {config.model} on {data.name}", show_header=False)
         for key, value in summary.items():

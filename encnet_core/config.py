@@ -13,10 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from encnet_core.constants import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR_CROP_SIZE,
+    DEFAULT_BASE_SIZE,
+    DEFAULT_CROP_SIZE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 from encnet_core.errors import ConfigError
 
-__all__ = ["TrainConfig", "check_settings", "resolve_train_config", "parse_set_option", "default_output_dir", "load_toml", "recipe_path", "list_recipes"]
+__all__ = [
+    "TrainConfig", "CLASSIFICATION_DEFAULTS", "LR_SCHEDULES", "check_settings", "resolve_train_config",
+    "parse_set_option", "default_output_dir", "load_toml", "recipe_path", "list_recipes",
+]  # fmt: skip
+
+LR_SCHEDULES = ("poly", "cosine", "step")  # engine/optim.py: the lr factor per iteration
 
 
 
@@ -37,6 +50,8 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
     poly_power: float = 0.9  # lr * (1 - it / total) ** power
+    lr_schedule: str = "poly"  # poly | cosine | step: how the lr decays over the run (engine/optim.py)
+    lr_step: int = 40  # step schedule: epochs between the x0.1 decays (the reference's --lr-step)
     warmup_iters: int = 0  # linear warm-up iterations (0 = none, as the reference)
     crop_size: int = DEFAULT_CROP_SIZE  # training crop (square)
     base_size: int = DEFAULT_BASE_SIZE  # long side before random scaling
@@ -75,6 +90,8 @@ class TrainConfig:
             (0 < self.scale_min <= self.scale_max, "scale_min must be positive and <= scale_max"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.amp in ("off", "bf16", "fp16"), "--amp must be off, bf16 or fp16"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.lr_step >= 1, "--lr-step must be at least 1"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
             (self.iters is None or self.iters >= 1, "--iters must be at least 1"),
             (self.val_every >= 0, "--val-every must be >= 0"),
@@ -102,6 +119,21 @@ class TrainConfig:
         check_settings(values, where)
         values = {k: tuple(v) if k in ("mean", "std") else v for k, v in values.items()}
         return cls(**values)
+
+
+CLASSIFICATION_DEFAULTS: dict[str, Any] = {
+    "model": "encnet_cifar14",  # the paper's CIFAR-10 network
+    "batch_size": 128,  # the reference's --batch-size
+    "lr": 0.0125,  # per 16 images: 0.1 at the reference's batch 128
+    "weight_decay": 5e-4,  # the reference's --weight-decay
+    "lr_schedule": "cosine",  # the reference's CIFAR-10 command (--lr-scheduler cos)
+    "crop_size": CIFAR_CROP_SIZE,  # CIFAR images are 32 x 32
+    "mean": CIFAR10_MEAN,  # the reference's CIFAR-10 normalisation
+    "std": CIFAR10_STD,
+}
+"""The defaults that differ for a classification dataset (``resolve_train_config(task="classification")``):
+PyTorch-Encoding v0.2.0's experiments/recognition (option.py, dataset/cifar10.py and the CIFAR-10
+training command of docs/source/experiments/cifar.rst). They sit under every recipe, file and flag."""
 
 
 def _type_name(value: Any) -> str:
@@ -244,14 +276,18 @@ def resolve_train_config(
     config_file: str | Path | None = None,
     sets: dict[str, Any] | None = None,
     flags: dict[str, Any] | None = None,
+    task: str = "segmentation",
 ) -> TrainConfig:
     """The run's settings: defaults < ``recipe`` < ``config_file`` < ``sets`` (``--set``) < ``flags``.
+
+    ``task`` is what the dataset holds (``DatasetInfo.task``): for "classification" the defaults are
+    TrainConfig's with ``CLASSIFICATION_DEFAULTS`` over them.
 
     ``flags`` are the named command-line options (None = not given). Each layer is type-checked and
     named in its errors; a layer that gives the run length (epochs or iters) replaces the lower
     layers' one. ``output_dir`` defaults to ``default_output_dir(model, data)``.
     """
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = dict(CLASSIFICATION_DEFAULTS) if task == "classification" else {}
     if recipe:
         _layer(settings, {**load_toml(recipe_path(recipe)), "recipe": recipe})
     if config_file:

@@ -156,6 +156,19 @@ def _note(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
+def _refuse_classification(run_dir: Path, config: dict[str, Any]) -> None:
+    """The report draws segmentation runs only: one line for a classification run (its model is a classifier)."""
+    from encnet_core.errors import ConfigError
+    from encnet_core.models import list_models, model_task
+
+    model = config.get("model")
+    if model in list_models() and model_task(model) == "classification":
+        raise ConfigError(
+            f"{run_dir} is a classification run ({model}): encnet report draws segmentation runs; its numbers "
+            f"are in {run_dir / 'metrics.jsonl'}, and `encnet evaluate {run_dir / 'best.pt'} DATA` gives per-class accuracy"
+        )
+
+
 def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> ReportResult:
     """Draw the run's report as one PNG (and, with ``options.html``, report.html around it)."""
     from encnet_core import viz
@@ -169,6 +182,7 @@ def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> Rep
     if html_path is not None:
         check_output_file(html_path, "--html")
     config = _config(run_dir)
+    _refuse_classification(run_dir, config)
     notes: list[str] = []
     best_path = run_dir / "best.pt"
     split = config.get("val_split", "val") or "val"

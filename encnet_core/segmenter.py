@@ -64,6 +64,11 @@ class Segmenter:
     """A loaded model plus the inference options (``InferenceConfig``) it runs with."""
 
     def __init__(self, model: LoadedModel, inference: InferenceConfig | None = None, se_threshold: float = 0.5) -> None:
+        if model.task != "segmentation":
+            raise ConfigError(
+                f"this {model.source} holds a {model.task} model: Segmenter segments; classify images with "
+                "encnet_core.engine.classification.classify(load_model(...), images)"
+            )
         if not 0.0 <= se_threshold <= 1.0:
             raise ConfigError(f"se_threshold must be between 0 and 1, got {se_threshold}")
         self.model = model

@@ -29,7 +29,7 @@ from encnet_core import __version__
 from encnet_core.engine.device import accelerator_rng_state, set_accelerator_rng_state
 from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError, ConfigError, ModelError
-from encnet_core.models import EncNet, convert_pytorch_encoding_state_dict, create_model
+from encnet_core.models import convert_pytorch_encoding_state_dict, create_model
 from encnet_core.paths import atomic_write, is_disk_full
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return {"model": state}
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> EncNet:
+def model_from_checkpoint(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (strict)."""
     config = ckpt.get("model_config")
     if not config:
@@ -190,7 +190,7 @@ class TrainState:
     """Where a run stands besides its weights and optimiser: what --resume restores and the loop advances."""
 
     iteration: int = 0  # iterations done
-    best_score: float = -1.0  # best validation score so far, (pixAcc + mIoU) / 2; -1 before any
+    best_score: float = -1.0  # best validation score so far: (pixAcc + mIoU) / 2, or top-1 accuracy; -1 before any
     best_metrics: dict[str, Any] | None = None  # the validation record of that score
 
 
@@ -209,6 +209,7 @@ def training_payload(
     metadata = ModelMetadata(
         model_config=core.config, classes=data_info.classes, palette=data_info.palette.tolist(), mean=config.mean,
         std=config.std, base_size=config.base_size, crop_size=config.crop_size, encnet_version=__version__,
+        task=core.task,
     )  # fmt: skip
     return {
         **metadata.to_dict(),
@@ -244,18 +245,19 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
 
 
 def resume_from(
-    path: Path, *, config: TrainConfig, model: EncNet, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+    path: Path, *, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
     scaler: torch.amp.GradScaler | None, total_iters: int, classes: list[str], ranks: int,
-    say: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = None, iters_per_epoch: int = 1,
 ) -> TrainState:  # fmt: skip
     """Restore weights, optimiser, schedule, scaler and every RNG from the training checkpoint ``path``.
 
-    The schedule keeps this run's ``total_iters`` (resuming may lengthen the run). Refuses another
+    The schedule keeps this run's ``total_iters`` (resuming may lengthen the run; ``iters_per_epoch``
+    places the step schedule's decays). Refuses another
     model or dataset's run, other model settings, and a run already at its end; ``say`` (rank 0's)
     gets a warning naming the settings that break the exact continuation, then "resumed from ...".
     """
     from encnet_core.engine.model_files import load_training_checkpoint  # model_files imports this module
-    from encnet_core.engine.optim import PolySchedule
+    from encnet_core.engine.optim import lr_schedule
 
     ckpt = load_training_checkpoint(path)
     if ckpt.get("model_config", {}).get("name") != config.model or ckpt.get("classes") != classes:
@@ -264,7 +266,8 @@ def resume_from(
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
-    scheduler.lr_lambdas[0] = PolySchedule(total_iters, config.poly_power, config.warmup_iters)
+    factor = lr_schedule(config, total_iters, iters_per_epoch)  # every parameter group: this run's length
+    scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     state = TrainState(int(ckpt["iteration"]), float(ckpt.get("best_score", -1.0)), ckpt.get("best_metrics"))
@@ -279,13 +282,13 @@ def resume_from(
 # Settings that an exact continuation needs unchanged (the run length may change; it is the point of resuming).
 EXACT_RESUME_SETTINGS = (
     "data", "train_split", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
-    "warmup_iters", "crop_size", "base_size", "scale_min", "scale_max", "se_loss", "se_weight", "aux",
+    "lr_schedule", "lr_step", "warmup_iters", "crop_size", "base_size", "scale_min", "scale_max", "se_loss", "se_weight", "aux",
     "aux_weight", "amp", "seed", "freeze_backbone", "freeze_bn", "mean", "std",
 )  # fmt: skip
 
 
 def _check_resume_settings(
-    ckpt: dict[str, Any], path: Path, config: TrainConfig, model: EncNet, ranks: int, say: Callable[[str], None] | None
+    ckpt: dict[str, Any], path: Path, config: TrainConfig, model: nn.Module, ranks: int, say: Callable[[str], None] | None
 ) -> None:
     """Refuse a resume whose model differs from the checkpoint's; say which settings break the exact resume."""
     saved_model = ckpt.get("model_config") or {}
@@ -308,16 +311,16 @@ def _check_resume_settings(
             "the run continues but is no longer an exact continuation of the interrupted one")  # fmt: skip
 
 
-def _class_specific(model: EncNet) -> tuple[str, ...]:
+def _class_specific(model: nn.Module) -> tuple[str, ...]:
     """State-dict prefixes of the layers a fine-tuning run may drop from a checkpoint: the model's
     class-specific layers, and a checkpoint's SE layer when the model has none (``--no-se-loss``)."""
     prefixes = model.classifier_prefixes()
-    if model.head_type == "enc" and not model.has_se:
+    if getattr(model, "head_type", None) == "enc" and not model.has_se:
         prefixes += ("head.encmodule.selayer.",)
     return prefixes
 
 
-def init_from_checkpoint(model: EncNet, path: Path, classes: list[str], trust_code: bool = False) -> list[str]:
+def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str], trust_code: bool = False) -> list[str]:
     """Load weights for fine-tuning; class-specific layers that do not fit are re-initialised.
 
     ``path``: a checkpoint, bare state_dict or export (TorchScript/pt2 only with ``trust_code``).
@@ -326,6 +329,12 @@ def init_from_checkpoint(model: EncNet, path: Path, classes: list[str], trust_co
     from encnet_core.engine.model_files import read_model_file  # model_files imports this module
 
     ckpt = read_model_file(path, trust_code=trust_code)
+    source = ModelMetadata.from_dict(ckpt, path) if ckpt.get("model_config") else None
+    if source is not None and source.task != model.task:
+        raise CheckpointError(
+            f"{path} holds a {source.task} model ({source.model_config['name']}); --init-from needs a {model.task} "
+            f"checkpoint for {model.config['name']}"
+        )
     state = adapt_state_dict(ckpt["model"])
     own = model.state_dict()
     same_classes = ckpt.get("classes") in (None, classes)
@@ -347,6 +356,7 @@ def init_from_checkpoint(model: EncNet, path: Path, classes: list[str], trust_co
         names = (missing or result.unexpected_keys)[:3]
         raise CheckpointError(
             f"{path} does not match model: {len(missing)} missing and {len(result.unexpected_keys)} unexpected "
-            f"weights (e.g. {', '.join(names)}); check --model and --lateral/--aux/--se-loss"
+            f"weights (e.g. {', '.join(names)}); check --model and "
+            f"{'--lateral/--aux/--se-loss' if model.task == 'segmentation' else '--num-codes'}"
         )
     return sorted({k.rsplit(".", 1)[0] for k in reinit} | {k.rsplit(".", 1)[0] for k in result.missing_keys})

@@ -1,5 +1,8 @@
 """``encnet evaluate``: metrics of a model on a prepared split, at the labels' full resolution.
 
+A classifier on a classification file is scored by ``classification.evaluate_classifier`` (top-1/top-5
+error, per-class accuracy); a model and a file of different tasks are refused in one line.
+
 ``protocol="reference"`` evaluates as PyTorch-Encoding's ``experiments/segmentation/test.py --eval``
 does (see ``PROTOCOLS``): its scales for the dataset, flip, ``MultiEvalModule``'s merge
 (``merge="reference"``), stride 2/3, black padding, the model's base/crop size, and its mIoU over all
@@ -20,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from encnet_core.data.dataset import BadSample, BadSampleError, CheckedSamples, HDF5SegmentationDataset
 from encnet_core.data.hdf5 import read_info
+from encnet_core.engine.classification import evaluate_classifier
 from encnet_core.engine.device import pin_memory
 from encnet_core.engine.distributed import (
     DistInfo,
@@ -32,6 +36,7 @@ from encnet_core.engine.distributed import (
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.model_files import LoadedModel, load_model
+from encnet_core.engine.tasks import check_task
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir, check_output_file
@@ -178,11 +183,15 @@ def evaluate_loaded(
 ) -> dict[str, Any]:
     """Evaluate an already loaded model; this rank's share, confusion matrices summed over ranks.
 
-    ``model_name`` names the model in the --confusion picture's title (default: its format).
+    ``model_name`` names the model in the --confusion picture's title and in errors (default: its format).
+    A classifier goes to ``evaluate_classifier``.
     """
     if options.limit is not None and options.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {options.limit}")
     dataset_info = read_info(data, allow_truncated=options.skip_bad)
+    check_task(model.task, dataset_info.task, data, model_name or f"the {model.source}")
+    if model.task == "classification":
+        return evaluate_classifier(model, data, options, info, progress, model_name=model_name)
     if options.split not in dataset_info.splits:
         raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")
     if not dataset_info.labelled[options.split]:

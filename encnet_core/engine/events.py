@@ -15,10 +15,13 @@ from typing import Any
 
 from encnet_core.data.dataset import BadSample
 
-__all__ = ["TrainStart", "TrainStep", "TrainLog", "Validated", "Message", "SampleSkipped", "TrainEvent", "Callback"]
+__all__ = ["VAL_METRICS", "CLASSIFICATION_VAL_METRICS", "TrainStart", "TrainStep", "TrainLog", "Validated", "Message", "SampleSkipped", "TrainEvent", "Callback"]
 
 VAL_METRICS = ("pixAcc", "mIoU", "mIoU_all", "mean_acc", "fwIoU", "score")
-"""The validation numbers a ``Validated`` event and its metrics.jsonl record carry."""
+"""The validation numbers a ``Validated`` event and its metrics.jsonl record carry (segmentation)."""
+
+CLASSIFICATION_VAL_METRICS = ("top1_error", "top5_error", "accuracy", "mean_class_accuracy", "loss", "score")
+"""The same for a classification run ("score" = top-1 accuracy; top-5 uses k = min(5, classes))."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Validated:
 
     iteration: int  # iterations done
     epoch: int  # epochs done
-    metrics: dict[str, float]  # the numbers named in VAL_METRICS ("score" = (pixAcc + mIoU) / 2)
+    metrics: dict[str, float]  # VAL_METRICS ("score" = (pixAcc + mIoU) / 2) or CLASSIFICATION_VAL_METRICS ("score" = accuracy)
 
     def record(self) -> dict[str, Any]:
         """The metrics.jsonl record (``type`` "val"), also kept as the checkpoint's ``best_metrics``."""

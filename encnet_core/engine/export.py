@@ -15,7 +15,8 @@ input of another export) runs code from the file, so only files from a trusted s
 (``trust_code``). The export's own temp file is verified as trusted: this process just wrote it.
 
 Every export maps a normalised (N, 3, H, W) float image to (N, C, H, W) logits ("out") and, for
-models with the SE head, (N, C) SE logits ("se").
+models with the SE head, (N, C) SE logits ("se"); a classifier's exports map it to (N, C) class logits
+("out"), and its metadata says ``task`` "classification".
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from encnet_core.engine.checkpoint import model_from_checkpoint, save_checkpoint
 from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.engine.model_files import METADATA_NAME, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
-from encnet_core.models import EncNet
 from encnet_core.paths import AtomicFile, check_output_file
 
 log = logging.getLogger("encnet")
@@ -47,14 +47,18 @@ ONNX_OPSET = 18
 
 
 class ExportWrapper(nn.Module):
-    """Tensor-in, tensors-out view of an EncNet for tracing/exporting: (out logits, SE logits)."""
+    """Tensor-in, tensors-out view of a model for tracing/exporting: an EncNet's (out logits, SE logits)
+    or out logits, a classifier's (N, C) logits."""
 
-    def __init__(self, model: EncNet) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.has_se = model.has_se
+        self.classifier = model.task == "classification"
+        self.has_se = getattr(model, "has_se", False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+        if self.classifier:
+            return self.model(x)  # (N, C)
         outputs = self.model(x, with_se=self.has_se)
         return (outputs["out"], outputs["se"]) if self.has_se else outputs["out"]
 
@@ -109,7 +113,8 @@ def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, s
         except ImportError:
             raise ConfigError("ONNX export needs the onnx extra: pip install 'encnet[onnx]'") from None
         outputs = ["out", "se"] if wrapper.has_se else ["out"]
-        axes = {"image": {0: "batch", 2: "height", 3: "width"}, "out": {0: "batch", 2: "height", 3: "width"}}
+        out_axes = {0: "batch"} if wrapper.classifier else {0: "batch", 2: "height", 3: "width"}
+        axes = {"image": {0: "batch", 2: "height", 3: "width"}, "out": out_axes}
         if wrapper.has_se:
             axes["se"] = {0: "batch"}
         with torch.no_grad(), warnings.catch_warnings():

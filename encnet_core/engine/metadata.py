@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
+from encnet_core.data.hdf5 import TASKS  # what a model predicts: the task of the data it was trained on
 from encnet_core.errors import CheckpointError
 from encnet_core.palette import voc_palette
 
@@ -48,6 +49,7 @@ class ModelMetadata:
     training: dict[str, Any] | None = None  # iteration, epoch, dataset, best_val, best_iteration
     export_format: str | None = None  # exports only: weights, safetensors, torchscript, pt2, onnx
     half: bool | None = None  # exports only: float16 weights / inputs
+    task: str = "segmentation"  # segmentation ((N, C, H, W) logits) or classification ((N, C) logits); a file without one: its model's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -68,13 +70,13 @@ class ModelMetadata:
         builds the described model on the meta device (no memory, no weights) and the model says.
         A description this version cannot build (an unknown variant) has no SE head to use.
         """
-        if not self.model_config:
+        if not self.model_config or self.task != "segmentation":
             return False
         from encnet_core.models import create_model
 
         try:
             with torch.device("meta"):
-                return create_model(**self.model_config).has_se
+                return getattr(create_model(**self.model_config), "has_se", False)
         except Exception:  # noqa: BLE001 - ModelError, TypeError, ... from arguments this version's builder rejects
             return False
 
@@ -90,6 +92,7 @@ class ModelMetadata:
             "crop_size": self.crop_size,
             "encnet_version": self.encnet_version,
             "training": self.training,
+            "task": self.task,
         }
         for key in ("export_format", "half"):
             if getattr(self, key) is not None:
@@ -118,6 +121,7 @@ class ModelMetadata:
             training=meta.get("training") or _training_summary(meta),
             export_format=meta.get("export_format"),
             half=meta.get("half"),
+            task=meta.get("task") or _model_config_task(config) or "segmentation",
         )
 
     @staticmethod
@@ -134,6 +138,9 @@ class ModelMetadata:
             raise CheckpointError(f"{path}: {problem}; the file is damaged or was not written by encnet")
 
         num_classes = None
+        task = meta.get("task")
+        if task is not None and task not in TASKS:
+            fail(f"task is {task!r}, not one of {', '.join(TASKS)}")
         config = meta.get("model_config")
         if config is not None:
             if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
@@ -143,6 +150,8 @@ class ModelMetadata:
             num_classes = config.get("num_classes")
             if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
                 fail(f"model_config num_classes is {num_classes!r}, not a class count in 1..{MAX_CLASSES}")
+            if task is not None and _model_config_task(config) not in (None, task):
+                fail(f"task is {task!r} but model {config['name']} is a {_model_config_task(config)} model")
             for key, value in config.items():
                 if key == "backbone_weights":
                     fail("model_config asks to load backbone weights from elsewhere; a checkpoint carries its own")
@@ -187,6 +196,18 @@ class ModelMetadata:
             fail("its model entry is not a state_dict of tensors")
 
 
+def _model_config_task(config: dict[str, Any] | None) -> str | None:
+    """The task of the registered model a model_config names; None for a name this version does not know.
+
+    (A file from before classification existed has no ``task``: its models are all segmentation ones.)
+    """
+    from encnet_core.models import list_models, model_task
+
+    if not config or config.get("name") not in list_models():
+        return "segmentation" if not config else None
+    return model_task(config["name"])
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -201,6 +222,6 @@ def _training_summary(ckpt: dict[str, Any]) -> dict[str, Any] | None:
         "iteration": ckpt.get("iteration"),
         "epoch": ckpt.get("epoch"),
         "dataset": config.get("data") if isinstance(config, dict) else None,
-        "best_val": {k: round(best[k], 4) for k in ("pixAcc", "mIoU", "mIoU_all") if k in best} or None,
+        "best_val": {k: round(best[k], 4) for k in ("pixAcc", "mIoU", "mIoU_all", "top1_error", "top5_error") if k in best} or None,
         "best_iteration": best.get("iteration"),
     }

@@ -72,9 +72,9 @@ _FORMAT_NAMES = {"checkpoint": "a checkpoint", "safetensors": "a safetensors exp
 
 @dataclass
 class LoadedModel:
-    """A callable segmentation model plus its metadata."""
+    """A callable model plus its metadata: a segmentation model, or a classifier (``task`` "classification")."""
 
-    run: Callable[[Tensor], tuple[Tensor, Tensor | None]]  # (N, 3, h, w) normalised -> (logits (N, C, h, w), SE logits (N, C) or None)
+    run: Callable[[Tensor], tuple[Tensor, Tensor | None]]  # (N, 3, h, w) normalised -> (logits (N, C, h, w) or, classifiers, (N, C); SE logits (N, C) or None)
     classes: list[str]
     palette: np.ndarray  # (C, 3) uint8
     mean: tuple[float, float, float]
@@ -85,9 +85,10 @@ class LoadedModel:
     source: str  # "checkpoint", "weights", "safetensors", "torchscript", "pt2", "onnx"
     has_se: bool = False  # whether run() returns SE logits
     metadata: dict[str, Any] = field(default_factory=dict)
+    task: str = "segmentation"  # what forward() gives: "segmentation" (N, C, h, w) or "classification" (N, C) logits
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, h, w) normalised -> (N, C, h, w) logits."""
+        """(N, 3, h, w) normalised -> (N, C, h, w) logits ((N, C) for a classifier)."""
         return self.run(x)[0]
 
     def se_forward(self, x: Tensor) -> Tensor | None:
@@ -245,6 +246,7 @@ def _from_metadata(run, has_se: bool, meta: ModelMetadata, device: torch.device,
         source=source,
         has_se=has_se,
         metadata=meta.to_dict(),
+        task=meta.task,
     )
 
 
@@ -364,10 +366,12 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
     model = model_from_checkpoint(ckpt, path).float().to(device).eval()
     if channels_last(device):
         model.to(memory_format=torch.channels_last)
-    has_se = model.has_se
+    has_se = getattr(model, "has_se", False)  # classifiers have no SE head
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode(), autocast_context(device, amp):
+            if meta.task == "classification":
+                return model(x.to(device, torch.float32)), None  # (N, C)
             outputs = model(x.to(device, torch.float32), with_se=has_se)
         return outputs["out"], outputs.get("se")
 

@@ -1,4 +1,4 @@
-"""The training loop: SGD + poly lr, AMP, DDP under torchrun, exact resume, atomic checkpoints.
+"""The training loop, one for every task: SGD + poly/cosine/step lr, AMP, DDP under torchrun, exact resume, atomic checkpoints.
 
 Reproducibility: the data a step sees is a pure function of (seed, epoch, position): each epoch's
 order is a seeded permutation, and each sample's augmentation is drawn from a generator seeded by
@@ -8,8 +8,10 @@ order is a seeded permutation, and each sample's augmentation is drawn from a ge
 Read from the bottom up: ``train`` joins the process group and calls ``_train``, the loop, which
 gets everything it trains with from ``setup`` (one ``TrainSetup``), runs ``_train_step`` per batch,
 keeps the loss means in a ``LogWindow`` and ends each epoch in ``_end_of_epoch`` (validate, save).
-The parts live next door: sampling.py (data order and augmentation seeds), optim.py (SGD, poly),
-checkpoint.py (payload, resume, fine-tuning), events.py (what the caller is told).
+The parts live next door: tasks.py (what differs between segmentation and classification: model,
+datasets, loss, validation; the task is the dataset's), sampling.py (data order and augmentation
+seeds), optim.py (SGD, lr schedules), checkpoint.py (payload, resume, fine-tuning), events.py (what
+the caller is told).
 """
 
 from __future__ import annotations
@@ -35,11 +37,9 @@ from encnet_core.data.dataset import (
     BadSample,
     CheckedBatches,
     CheckedSamples,
-    HDF5SegmentationDataset,
     collate_checked,
 )
 from encnet_core.data.hdf5 import DatasetInfo, read_info
-from encnet_core.data.transforms import eval_transform, train_transform
 from encnet_core.engine.checkpoint import (
     TrainState,
     init_from_checkpoint,
@@ -66,7 +66,6 @@ from encnet_core.engine.distributed import (
     shutdown_distributed,
 )
 from encnet_core.engine.events import (
-    VAL_METRICS,
     Callback,
     Message,
     SampleSkipped,
@@ -76,13 +75,12 @@ from encnet_core.engine.events import (
     TrainStep,
     Validated,
 )
-from encnet_core.engine.losses import SegmentationLoss
-from encnet_core.engine.metrics import ConfusionMatrix
 from encnet_core.engine.model_files import check_trusted
 from encnet_core.engine.optim import PolySchedule, build_optimizer, build_scheduler, scaled_lr
 from encnet_core.engine.sampling import EpochSampler, SeededSamples, ShardSampler
-from encnet_core.errors import ConfigError, DataError, EncNetError
-from encnet_core.models import MODELS, EncNet, create_model
+from encnet_core.engine.tasks import SEGMENTATION, Task, config_task, task_for
+from encnet_core.errors import ConfigError, EncNetError
+from encnet_core.models import create_model, list_models, model_task
 from encnet_core.paths import check_output_dir
 
 log = logging.getLogger("encnet")
@@ -119,15 +117,11 @@ class TrainResult:
 # ----------------------------------------------------------------------------- set-up
 
 
-def build_model(config: TrainConfig, num_classes: int) -> EncNet:
-    if config.model not in MODELS:
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model ``config`` describes, for ``num_classes`` classes (its task's ``build_model``)."""
+    if config.model not in list_models():
         create_model(config.model, num_classes)  # raises the "unknown model" error
-    overrides: dict[str, Any] = {"aux": config.aux, "output_stride": config.output_stride, "dropout": config.dropout}
-    if MODELS[config.model].get("head") != "fcn":
-        overrides.update(se_loss=config.se_loss, lateral=config.lateral or None, num_codes=config.num_codes)
-    elif config.lateral:
-        raise ConfigError(f"--lateral does not apply to {config.model} (no EncHead)")
-    return create_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
+    return task_for(model_task(config.model)).build_model(config, num_classes)
 
 
 @dataclass
@@ -135,16 +129,17 @@ class TrainSetup:
     """Everything a run trains with, as ``setup`` builds it."""
 
     config: TrainConfig  # the run's settings
-    data_info: DatasetInfo  # the dataset's classes, palette and splits
-    model: EncNet  # the bare model (what checkpoints save)
+    data_info: DatasetInfo  # the dataset's task, classes, palette and splits
+    task: Task  # what differs per task: model, datasets, loss, validation (the dataset's task)
+    model: nn.Module  # the bare model (what checkpoints save)
     net: nn.Module  # what the steps call: the model, under DDP and/or torch.compile
     sampler: EpochSampler  # the training order, set per epoch
     train_loader: CheckedBatches  # training batches (bad samples raise or are skipped)
     val_loader: CheckedBatches | None  # validation batches; None: no validation
-    optimizer: torch.optim.SGD  # backbone and head parameter groups
-    scheduler: torch.optim.lr_scheduler.LambdaLR  # poly decay, stepped per iteration
+    optimizer: torch.optim.SGD  # backbone and head parameter groups (a classifier: one group)
+    scheduler: torch.optim.lr_scheduler.LambdaLR  # the lr schedule (poly, cosine or step), stepped per iteration
     scaler: torch.amp.GradScaler | None  # fp16 loss scaling; None otherwise
-    criterion: SegmentationLoss  # seg + aux + SE terms, weighted
+    criterion: nn.Module  # (outputs, targets) -> (loss, parts): segmentation seg + aux + SE weighted, classification CE
     state: TrainState  # iteration and best score (a resumed run's, or the start)
     total_iters: int  # iterations of the whole run
     iters_per_epoch: int  # global batches per epoch
@@ -159,15 +154,16 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
 
     Every check that can fail runs before the run folder is written; rank 0 writes config.toml.
     """
-    if config.model not in MODELS:
+    if config.model not in list_models():
         create_model(config.model, 1)  # the "unknown model" error, before anything is written
     if config.init_from:
         check_trusted(Path(config.init_from), trust_code)  # a program is refused before the run folder is written
     out_dir = Path(config.output_dir)
     check_output_dir(out_dir, "--output-dir")
     data_info = read_info(Path(config.data), allow_truncated=config.skip_bad)
+    task = config_task(config, data_info.task)  # the model fits the data, the settings apply
     check_amp(info.device, config.amp)
-    sampler, train_loader, val_loader = _loaders(config, data_info, info)
+    sampler, train_loader, val_loader = _loaders(config, data_info, info, task)
     iters_per_epoch = sampler.batches_per_epoch
     total_iters = _run_length(config, iters_per_epoch)
     if info.is_main:
@@ -178,16 +174,17 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
     global_batch = config.batch_size * info.world_size
     lr = scaled_lr(config, global_batch)
     optimizer = build_optimizer(model, config, lr)
-    scheduler = build_scheduler(optimizer, config, total_iters)
+    scheduler = build_scheduler(optimizer, config, total_iters, iters_per_epoch)
     scaler = grad_scaler(config.amp)
     state, path = TrainState(), resume_path(resume, out_dir)
     if path is not None:
         state = resume_from(path, config=config, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            total_iters=total_iters, classes=data_info.classes, ranks=info.world_size, say=say)  # fmt: skip
+                            total_iters=total_iters, classes=data_info.classes, ranks=info.world_size, say=say,
+                            iters_per_epoch=iters_per_epoch)  # fmt: skip
     model, net = _parallel(model, config, info)
-    criterion = SegmentationLoss(config.se_weight if config.se_loss else 0.0, config.aux_weight if config.aux else 0.0)
+    criterion = task.criterion(config)
     return TrainSetup(
-        config=config, data_info=data_info, model=model, net=net, sampler=sampler, train_loader=train_loader,
+        config=config, data_info=data_info, task=task, model=model, net=net, sampler=sampler, train_loader=train_loader,
         val_loader=val_loader, optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion, state=state,
         total_iters=total_iters, iters_per_epoch=iters_per_epoch, total_epochs=math.ceil(total_iters / iters_per_epoch),
         global_batch=global_batch, lr=lr, reinitialised=reinitialised,
@@ -195,20 +192,10 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
 
 
 def _loaders(
-    config: TrainConfig, data_info: DatasetInfo, info: DistInfo
+    config: TrainConfig, data_info: DatasetInfo, info: DistInfo, task: Task = SEGMENTATION
 ) -> tuple[EpochSampler, CheckedBatches, CheckedBatches | None]:
     """The training sampler and loader, and the validation loader (None without a labelled validation split)."""
-    train_set = HDF5SegmentationDataset(
-        Path(config.data),
-        config.train_split,
-        train_transform(config.base_size, config.crop_size, (config.scale_min, config.scale_max), config.mean, config.std),
-        strict=not config.skip_bad,
-    )
-    if train_set.labelled_pixels() == 0:
-        raise DataError(
-            f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255 by its "
-            "class_pixels, which `encnet targets` recomputes): nothing to train on"
-        )
+    train_set = task.train_dataset(config)
     sampler = EpochSampler(len(train_set), config.batch_size, info, config.seed)
     if sampler.batches_per_epoch == 0:
         raise ConfigError(
@@ -229,14 +216,7 @@ def _loaders(
     )  # fmt: skip
     val_loader = None
     if config.val_split and config.val_split in data_info.splits and data_info.labelled.get(config.val_split):
-        val_set = HDF5SegmentationDataset(
-            Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std), strict=not config.skip_bad
-        )
-        if val_set.labelled_pixels() == 0:
-            raise DataError(
-                f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255 by "
-                "its class_pixels); validate on another split or pass --val-split ''"
-            )
+        val_set = task.val_dataset(config)
         val_loader = CheckedBatches(
             DataLoader(CheckedSamples(val_set), config.batch_size, sampler=ShardSampler(len(val_set), info), **loader_args),
             Path(config.data), config.skip_bad,
@@ -257,7 +237,7 @@ def _run_length(config: TrainConfig, iters_per_epoch: int) -> int:
 
 def _model(
     config: TrainConfig, data_info: DatasetInfo, info: DistInfo, say: Callable[[str], None] | None, trust_code: bool
-) -> tuple[EncNet, list[str]]:
+) -> tuple[nn.Module, list[str]]:
     """The model, seeded, on its device: fine-tuned from ``init_from`` (with the re-initialised layers), frozen as asked."""
     torch.manual_seed(config.seed)
     model = build_model(config, data_info.num_classes)
@@ -276,7 +256,7 @@ def _model(
     return model, reinitialised
 
 
-def _parallel(model: EncNet, config: TrainConfig, info: DistInfo) -> tuple[EncNet, nn.Module]:
+def _parallel(model: nn.Module, config: TrainConfig, info: DistInfo) -> tuple[nn.Module, nn.Module]:
     """The model (with SyncBatchNorm under torchrun on CUDA) and what the steps call (DDP, torch.compile)."""
     if info.distributed and is_cuda(info.device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -304,15 +284,18 @@ def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- steps, records, validation
 
 
-def _train_step(run: TrainSetup, images: Tensor, masks: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
-    """One SGD step on a batch (forward under autocast, fp16 loss scaling); returns the loss and its terms."""
+def _train_step(run: TrainSetup, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """One SGD step on a batch (forward under autocast, fp16 loss scaling); returns the loss and its terms.
+
+    ``targets``: masks (B, H, W) for segmentation, labels (B,) for classification.
+    """
     images = images.to(device, non_blocking=True)
-    masks = masks.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
     if channels_last(device):
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast_context(device, run.config.amp):
         outputs = run.net(images)
-    loss, parts = run.criterion(outputs, masks)
+    loss, parts = run.criterion(outputs, targets)
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
@@ -428,22 +411,9 @@ class _RunOutputs:
         return list(skipped.values())
 
 
-@torch.no_grad()
 def validate(model: nn.Module, loader: Iterable, num_classes: int, info: DistInfo, amp: str) -> dict[str, Any]:
-    """Single-scale validation; confusion matrices are summed over ranks."""
-    model.eval()
-    confusion = ConfusionMatrix(num_classes, info.device)
-    for images, masks in loader:
-        images = images.to(info.device, non_blocking=True)
-        with autocast_context(info.device, amp):
-            logits = model(images)["out"]
-        confusion.update(logits.argmax(1), masks)
-    all_reduce_sum(confusion.matrix, info)
-    if int(confusion.matrix.sum()) == 0:
-        raise DataError("the validation images have no labelled pixel (every mask pixel is 255): nothing to score")
-    metrics = confusion.compute()
-    metrics["score"] = (metrics["pixAcc"] + metrics["mIoU"]) / 2
-    return metrics
+    """Single-scale segmentation validation (``SegmentationTask.validate``); confusion matrices are summed over ranks."""
+    return SEGMENTATION.validate(model, loader, num_classes, info, amp)
 
 
 def _end_of_epoch(run: TrainSetup, out: _RunOutputs, info: DistInfo) -> None:
@@ -454,8 +424,8 @@ def _end_of_epoch(run: TrainSetup, out: _RunOutputs, info: DistInfo) -> None:
     due = config.val_every and epoch_done and completed % config.val_every == 0
     metrics = None
     if run.val_loader is not None and (state.iteration >= run.total_iters or due):
-        metrics = validate(run.net, run.val_loader, run.data_info.num_classes, info, config.amp)
-        event = Validated(state.iteration, completed, {k: metrics[k] for k in VAL_METRICS})
+        metrics = run.task.validate(run.net, run.val_loader, run.data_info.num_classes, info, config.amp)
+        event = Validated(state.iteration, completed, {k: metrics[k] for k in run.task.val_metrics})
         out.record(event.record())
         out.emit(event)
         if metrics["score"] > state.best_score:

@@ -117,7 +117,7 @@ def test_help_shows_every_default() -> None:
                 missing.append(f"train {param.opts[0]} (TrainConfig default {field.default!r} not in help)")
     assert not missing, missing
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
-    assert "Images per process and step (default: 8)." in result.output
+    assert "Images per process and step (default: 8; classification data: 128)." in result.output
     assert "(default: runs/MODEL-DATASTEM)" in result.output
     result = runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
     assert "[default: 400.0]" in result.output  # typer's own default display survives
