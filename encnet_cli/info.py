@@ -63,6 +63,7 @@ def _print_model(meta: dict) -> None:
         fmt = f"{fmt} (a program: needs --trust-code)"
     rows = {
         "format": fmt,
+        "task": meta.get("task"),
         "model": ", ".join(f"{k}={v}" for k, v in config.items()),
         "classes": f"{len(meta['classes'])}: {', '.join(meta['classes'][:12])}{' ...' if len(meta['classes']) > 12 else ''}",
         "mean / std": f"{meta['mean']} / {meta['std']}",

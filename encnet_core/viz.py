@@ -155,12 +155,15 @@ def _iou(matrix: np.ndarray) -> np.ndarray:
     return np.divide(tp, union, out=np.full(tp.shape, np.nan), where=union > 0)
 
 
-def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = "", top: int = 25) -> tuple[Figure, dict[str, Any]]:
+def confusion_figure(
+    matrix: np.ndarray, classes: Sequence[str], title: str = "", top: int = 25, unit: str = "pixels"
+) -> tuple[Figure, dict[str, Any]]:
     """The row-normalised confusion matrix (rows: label, columns: prediction) as a figure.
 
     Up to MAX_ANNOTATED_CLASSES classes: the matrix with class names on both axes, the rates in the
     cells and a colour bar. Above: the ``top`` most confused pairs ("label -> predicted", share of the
-    label's pixels) and every class's IoU, sorted. Returns the figure and what it shows (``layout``,
+    label's pixels; ``unit`` names what is counted, "images" for classification) and every class's
+    IoU, sorted. Returns the figure and what it shows (``layout``,
     the axes titles, the pairs).
     """
     matrix = np.asarray(matrix, dtype=np.float64)
@@ -187,7 +190,7 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = ""
                 value = norm[r, c]
                 text = f"{value:.2f}" if value >= 0.005 else ("0" if value == 0 else "<.01")
                 ax.text(c, r, text, ha="center", va="center", fontsize=fontsize, color="white" if value > 0.55 else "black")
-        figure.colorbar(image, ax=ax, label="share of the label's pixels", shrink=0.8)
+        figure.colorbar(image, ax=ax, label=f"share of the label's {unit}", shrink=0.8)
         return figure, {"layout": "matrix", "titles": [ax.get_title()], "classes": C, "pairs": []}
     off = norm.copy()
     np.fill_diagonal(off, 0.0)
@@ -204,7 +207,7 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = ""
     left.set_yticks(range(len(pairs)), labels, fontsize=7)
     left.set_xlim(0, min(1.0, max([v for _, _, v in pairs], default=0.0) * 1.15 + 0.02))
     left.invert_yaxis()
-    left.set_xlabel("share of the label's pixels predicted as the other class")
+    left.set_xlabel(f"share of the label's {unit} predicted as the other class")
     left.set_title(f"the {len(pairs)} most confused pairs (label -> predicted)", fontsize=10)
     right.barh(range(len(scored)), [v for _, v in scored], color="tab:blue")
     right.set_yticks(range(len(scored)), [n for n, _ in scored], fontsize=6)
@@ -218,9 +221,11 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str = ""
                     "pairs": [(names[r], names[c], v) for r, c, v in pairs]}  # fmt: skip
 
 
-def write_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str = "") -> dict[str, Any]:
+def write_confusion(
+    matrix: np.ndarray, classes: Sequence[str], path: Path, title: str = "", unit: str = "pixels"
+) -> dict[str, Any]:
     """Draw ``confusion_figure`` and write it to ``path`` (PNG); returns what it shows."""
-    figure, shown = confusion_figure(matrix, classes, title)
+    figure, shown = confusion_figure(matrix, classes, title, unit=unit)
     save_figure(figure, path)
     return shown
 

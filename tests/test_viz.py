@@ -151,3 +151,12 @@ def test_predict_overlay_carries_a_legend_of_the_predicted_classes() -> None:
     assert np.array_equal(np.asarray(out), np.asarray(expected))
     for entry, (x0, y0, x1, y1) in boxes:
         assert out.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == entry.colour
+
+
+def test_confusion_captions_name_what_is_counted() -> None:
+    from encnet_core.viz import confusion_figure
+
+    matrix = np.array([[3, 1], [0, 4]])
+    for unit in ("pixels", "images"):
+        figure, _ = confusion_figure(matrix, ["a", "b"], unit=unit)
+        assert figure.axes[1].get_ylabel() == f"share of the label's {unit}"

@@ -292,7 +292,7 @@ def evaluate_classifier(
         from encnet_core.viz import write_confusion
 
         title = f"model {model_name or model.source}, data {data.name} split {options.split!r} ({result['images']} images)"
-        write_confusion(counts.confusion.cpu().numpy(), model.classes, options.confusion, title)
+        write_confusion(counts.confusion.cpu().numpy(), model.classes, options.confusion, title, unit="images")
     return result
 
 

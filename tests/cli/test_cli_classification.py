@@ -178,3 +178,9 @@ def test_report_refuses_a_classification_run_in_one_line(run: Path) -> None:
     line = one_error_line(runner.invoke(app, ["report", str(run), "--out", str(run / "r.png")]))
     assert "is a classification run (encnet_cifar_tiny): encnet report draws segmentation runs" in line
     assert not (run / "r.png").exists()
+
+
+def test_info_shows_the_model_task(run: Path) -> None:
+    result = runner.invoke(app, ["info", str(run / "best.pt")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "task" in result.output and "classification" in result.output
