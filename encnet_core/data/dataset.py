@@ -143,29 +143,22 @@ def _read(
     return image, labels.to(torch.int64)
 
 
-class HDF5SegmentationDataset(Dataset):
-    """The images and masks of one split, as ``(image, mask)`` after the optional paired ``transform``.
+class _HDF5Split(Dataset):
+    """What both readers share: one split of a checked file, its metadata, and a per-process handle.
 
-    Without a transform, ``image`` is a ``tv_tensors.Image`` (3, H, W) uint8 and ``mask`` a
-    ``tv_tensors.Mask`` (H, W) int64 holding class indices and IGNORE_INDEX (255); an unlabelled
-    split gives a mask of 255 only. A sample that cannot be used raises ``BadSampleError``.
-
-    ``strict=False`` accepts a split whose ``images``/``masks`` arrays are shorter than its names (a
-    truncated file): reading one of the missing samples then raises ``BadSampleError`` (for
-    ``--skip-bad``) instead of the constructor refusing the file.
-
-    The HDF5 file is opened lazily by the first ``__getitem__`` of each process and reopened when
-    the process id changes, so the dataset works in DataLoader workers (fork or spawn); the open
-    handle is not pickled.
+    The HDF5 file is opened lazily by the first read of each process and reopened when the process id
+    changes, so the datasets work in DataLoader workers (fork or spawn); the open handle is not pickled.
     """
 
-    def __init__(self, path: Path, split: str, transform: Transform | None = None, strict: bool = True) -> None:
+    TASK = ""  # the task of the files the subclass reads
+
+    def __init__(self, path: Path, split: str, transform: Any, strict: bool) -> None:
         self.path = Path(path)
         self.split = split
         self.transform = transform
         info = read_info(self.path, allow_truncated=not strict)
-        if info.task != "segmentation":
-            raise _wrong_task(self.path, info.task, "HDF5SegmentationDataset")
+        if info.task != self.TASK:
+            raise _wrong_task(self.path, info.task, type(self).__name__)
         if split not in info.splits:
             raise _missing_split(self.path, split, list(info.splits))
         self.classes: list[str] = info.classes
@@ -177,7 +170,6 @@ class HDF5SegmentationDataset(Dataset):
         self._handle: h5py.File | None = None
         self._arrays: tuple[h5py.Dataset, h5py.Dataset | None] | None = None  # images, masks in _handle
         self._pid: int | None = None
-        self._labels_checked: set[int] = set()  # samples whose labels passed (a file does not change: check once)
 
     @property
     def num_classes(self) -> int:
@@ -186,37 +178,17 @@ class HDF5SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
+    def _index(self, index: int) -> int:
+        """``index`` as a position in 0..N-1 (negative counts from the end); IndexError outside the split."""
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} images")
-        index = int(index) % self._length
-        try:
-            if index >= self._stored:
-                raise _Unusable(f"the file stores no image/mask for it (its arrays end after {self._stored} samples)")
-            check = index not in self._labels_checked
-            image, mask = _read(*self._split_arrays(), index, len(self.classes), check)
-        except _Unusable as exc:
-            raise BadSampleError(self.bad_sample(index, str(exc)), self.path) from None
-        if check:
-            self._labels_checked.add(index)
-        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
-        if self.transform is not None:
-            return self.transform(image, mask)
-        return image, mask
+        return int(index) % self._length
 
     def bad_sample(self, index: int, reason: str) -> BadSample:
         return BadSample(self.split, index, self.names[index], reason)
 
-    def labelled_pixels(self, count: int | None = None) -> int:
-        """Labelled (not IGNORE_INDEX) pixels in the first ``count`` samples, from the stored ``class_pixels``."""
-        if not self.labelled:
-            return 0
-        with open_h5(self.path) as handle:
-            pixels = handle[self.split]["class_pixels"][: self._length if count is None else count]
-        return int(pixels.sum())
-
     def _split_arrays(self) -> tuple[h5py.Dataset, h5py.Dataset | None]:
-        """The split's ``images`` and ``masks`` (None if unlabelled) in this process's own handle.
+        """The split's ``images`` and ``masks`` (None if absent) in this process's own handle.
 
         Opened on first use; the h5py objects are kept, since looking them up again for every sample
         costs more than reading the sample's bytes.
@@ -235,6 +207,53 @@ class HDF5SegmentationDataset(Dataset):
         state["_arrays"] = None
         state["_pid"] = None
         return state
+
+
+class HDF5SegmentationDataset(_HDF5Split):
+    """The images and masks of one split, as ``(image, mask)`` after the optional paired ``transform``.
+
+    Without a transform, ``image`` is a ``tv_tensors.Image`` (3, H, W) uint8 and ``mask`` a
+    ``tv_tensors.Mask`` (H, W) int64 holding class indices and IGNORE_INDEX (255); an unlabelled
+    split gives a mask of 255 only. A sample that cannot be used raises ``BadSampleError``.
+
+    ``strict=False`` accepts a split whose ``images``/``masks`` arrays are shorter than its names (a
+    truncated file): reading one of the missing samples then raises ``BadSampleError`` (for
+    ``--skip-bad``) instead of the constructor refusing the file.
+
+    The HDF5 file is opened lazily by the first ``__getitem__`` of each process and reopened when
+    the process id changes, so the dataset works in DataLoader workers (fork or spawn); the open
+    handle is not pickled.
+    """
+
+    TASK = "segmentation"
+
+    def __init__(self, path: Path, split: str, transform: Transform | None = None, strict: bool = True) -> None:
+        super().__init__(path, split, transform, strict)
+        self._labels_checked: set[int] = set()  # samples whose labels passed (a file does not change: check once)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        index = self._index(index)
+        try:
+            if index >= self._stored:
+                raise _Unusable(f"the file stores no image/mask for it (its arrays end after {self._stored} samples)")
+            check = index not in self._labels_checked
+            image, mask = _read(*self._split_arrays(), index, len(self.classes), check)
+        except _Unusable as exc:
+            raise BadSampleError(self.bad_sample(index, str(exc)), self.path) from None
+        if check:
+            self._labels_checked.add(index)
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.transform is not None:
+            return self.transform(image, mask)
+        return image, mask
+
+    def labelled_pixels(self, count: int | None = None) -> int:
+        """Labelled (not IGNORE_INDEX) pixels in the first ``count`` samples, from the stored ``class_pixels``."""
+        if not self.labelled:
+            return 0
+        with open_h5(self.path) as handle:
+            pixels = handle[self.split]["class_pixels"][: self._length if count is None else count]
+        return int(pixels.sum())
 
     def sample_weights(self, power: float = 1.0) -> torch.Tensor:
         """Per-image weights (N,) float64 summing to 1, for ``WeightedRandomSampler``: rare classes drawn more.
@@ -259,7 +278,7 @@ class HDF5SegmentationDataset(Dataset):
         return weights / weights.sum()
 
 
-class HDF5ClassificationDataset(Dataset):
+class HDF5ClassificationDataset(_HDF5Split):
     """The images and class labels of one split of a classification file, as ``(image, label)``.
 
     ``image`` is a ``tv_tensors.Image`` (3, H, W) uint8, or ``transform(image)`` when a transform is
@@ -276,45 +295,22 @@ class HDF5ClassificationDataset(Dataset):
     is not pickled. A segmentation file is refused with one `DataError`.
     """
 
+    TASK = "classification"
+
     def __init__(self, path: Path, split: str, transform: ImageTransform | None = None, strict: bool = True) -> None:
-        self.path = Path(path)
-        self.split = split
-        self.transform = transform
-        info = read_info(self.path, allow_truncated=not strict)
-        if info.task != "classification":
-            raise _wrong_task(self.path, info.task, "HDF5ClassificationDataset")
-        if split not in info.splits:
-            raise _missing_split(self.path, split, list(info.splits))
-        self.classes: list[str] = info.classes
-        self.palette: np.ndarray = info.palette  # (C, 3) uint8
-        self.labelled: bool = info.labelled[split]
-        self._length = info.splits[split]
-        self._stored = info.stored[split]  # samples whose image the file holds
-        self.names: list[str] = read_names(self.path, split)
+        super().__init__(path, split, transform, strict)
         if self.labelled:
             with open_h5(self.path) as handle:
                 self.labels = torch.from_numpy(handle[split]["labels"][...].astype(np.int64))  # (N,)
         else:
             self.labels = torch.full((self._length,), IGNORE_INDEX, dtype=torch.int64)
-        self._handle: h5py.File | None = None
-        self._images: h5py.Dataset | None = None  # images in _handle
-        self._pid: int | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return self._length
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
-        if not -self._length <= index < self._length:
-            raise IndexError(f"index {index} out of range for {self._length} images")
-        index = int(index) % self._length
+        index = self._index(index)
         try:
             if index >= self._stored:
                 raise _Unusable(f"the file stores no image for it (its images end after {self._stored} samples)")
-            image = tv_tensors.Image(_decode_image(self._split_images(), index))
+            image = tv_tensors.Image(_decode_image(self._split_arrays()[0], index))
         except _Unusable as exc:
             raise BadSampleError(self.bad_sample(index, str(exc)), self.path) from None
         label = self.labels[index].clone()  # 0-dim int64
@@ -322,29 +318,11 @@ class HDF5ClassificationDataset(Dataset):
             return self.transform(image), label
         return image, label
 
-    def bad_sample(self, index: int, reason: str) -> BadSample:
-        return BadSample(self.split, index, self.names[index], reason)
-
     def class_counts(self) -> torch.Tensor:
         """(C,) int64: the split's images of each class (all zero for an unlabelled split)."""
         if not self.labelled:
             return torch.zeros(self.num_classes, dtype=torch.int64)
         return torch.bincount(self.labels, minlength=self.num_classes)
-
-    def _split_images(self) -> h5py.Dataset:
-        """The split's ``images`` in this process's own handle (opened on first use, reopened after a fork)."""
-        if self._images is None or self._pid != os.getpid():
-            self._handle = open_h5(self.path)
-            self._pid = os.getpid()
-            self._images = self._handle[self.split]["images"]
-        return self._images
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        state["_images"] = None
-        state["_pid"] = None
-        return state
 
 
 # ----------------------------------------------------------------------------- bad samples in DataLoaders
