@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.dataset import read_image_and_mask
 from encnet_core.data.hdf5 import read_info
 from encnet_core.data.synthetic import CONTEXT_PAIRS

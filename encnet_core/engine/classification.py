@@ -43,7 +43,6 @@ from encnet_core.data.dataset import (
     HDF5ClassificationDataset,
     collate_checked,
 )
-from encnet_core.data.hdf5 import read_info
 from encnet_core.engine.device import autocast_context, pin_memory
 from encnet_core.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, gather_lists
 from encnet_core.engine.events import CLASSIFICATION_VAL_METRICS
@@ -243,19 +242,7 @@ def evaluate_classifier(
     This rank's share of the images (``ShardSampler``), counts summed over ranks. ``options.inference``
     gives the batch size; a multi-scale, sliding or flip setting is refused (``check_whole_image``).
     """
-    check_whole_image(options)
-    dataset_info = read_info(data, allow_truncated=options.skip_bad)
-    if options.split not in dataset_info.splits:
-        raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")
-    if not dataset_info.labelled[options.split]:
-        raise DataError(f"split {options.split!r} of {data} has no labels to evaluate against")
-    if dataset_info.num_classes != model.num_classes:
-        raise ConfigError(
-            f"the model predicts {model.num_classes} classes but {data} has {dataset_info.num_classes}; "
-            "evaluate on the dataset the model was trained for"
-        )
-    if list(dataset_info.classes) != list(model.classes):
-        log.warning("class names of the model and the dataset differ; comparing by index")
+    check_whole_image(options)  # the split, its labels and the class count were checked by ``evaluate.evaluate_loaded``
     dataset = HDF5ClassificationDataset(data, options.split, cls_transforms.fit_transform(model.crop_size), strict=not options.skip_bad)
     count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
     sampler = ShardSampler(count, info)

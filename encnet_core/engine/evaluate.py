@@ -190,8 +190,6 @@ def evaluate_loaded(
         raise ConfigError(f"--limit must be at least 1, got {options.limit}")
     dataset_info = read_info(data, allow_truncated=options.skip_bad)
     check_task(model.task, dataset_info.task, data, model_name or f"the {model.source}")
-    if model.task == "classification":
-        return evaluate_classifier(model, data, options, info, progress, model_name=model_name)
     if options.split not in dataset_info.splits:
         raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")
     if not dataset_info.labelled[options.split]:
@@ -205,6 +203,8 @@ def evaluate_loaded(
         import logging
 
         logging.getLogger("encnet").warning("class names of the model and the dataset differ; comparing by index")
+    if model.task == "classification":
+        return evaluate_classifier(model, data, options, info, progress, model_name=model_name)
     dataset = HDF5SegmentationDataset(data, options.split, strict=not options.skip_bad)
     count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
     targets = _prediction_paths(dataset, count, options.save_predictions) if options.save_predictions else None
