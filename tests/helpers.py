@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from encnet_core.config import TrainConfig
 from encnet_core.data.prepare import PrepareOptions, prepare
@@ -48,3 +52,30 @@ def tiny_trained(tmp_path_factory, name: str, num_train: int = 8, num_val: int =
         yield data, train_tiny(data, folder)
     finally:
         torch.set_num_threads(threads)
+
+
+def run_records(run_dir: Path, kind: str = "train") -> list[dict[str, Any]]:
+    """The entries of ``kind`` in a run's metrics.jsonl."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [entry for entry in map(json.loads, lines) if entry["type"] == kind]
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint as torch.load reads it (weights_only, on the CPU)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
+    """Recursive equality; tensors bit for bit (dtype and shape included)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

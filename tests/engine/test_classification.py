@@ -19,6 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from classification_helpers import classification_config, make_synthetic_classification
+from helpers import assert_same as _assert_same
+from helpers import load_checkpoint_file as _load
+from helpers import run_records as _records
 from torchvision import tv_tensors
 
 from encnet_core.config import CLASSIFICATION_DEFAULTS, TrainConfig, resolve_train_config
@@ -36,31 +39,6 @@ from encnet_core.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _records(run_dir: Path, kind: str = "train") -> list[dict[str, Any]]:
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [entry for entry in map(json.loads, lines) if entry["type"] == kind]
-
-
-def _load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
-    """Recursive equality; tensors bit for bit (dtype and shape included)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.fixture(scope="module")
