@@ -84,6 +84,8 @@ def prepare(
         raise ConfigError("--labels only applies to `prepare pcontext`")
     if task.value != "segmentation" and name != "synthetic":
         raise ConfigError("--task only applies to `prepare synthetic` (the other datasets have one task each)")
+    if layout.value != "standard" and name != "synthetic":
+        raise ConfigError(f"--layout {layout.value} only applies to `prepare synthetic`")
     if task.value == "classification" and layout.value != "standard":
         raise ConfigError(f"--layout {layout.value} only applies to the synthetic segmentation set, not to --task classification")
     params: dict = {}

@@ -235,6 +235,7 @@ SYNTHETIC = ("prepare", "synthetic", "--num-train", 3, "--num-val", 2, "--size",
         (("--max-member-size", 0), "--max-member-size must be at least 1 (MiB), got 0"),
         (("--min-pixels", 0), "--min-pixels must be at least 1"),
         (("--mirror", "mirror.example/x"), "bad --mirror value 'mirror.example/x'"),
+        (("--layout", "far", "--size", 200), "synthetic far images must be at least 256 and at most 1024 pixels wide, got 200"),
     ],
 )
 def test_bad_prepare_inputs_are_one_line_before_any_work(tmp_path: Path, args: tuple, message: str) -> None:
@@ -383,3 +384,9 @@ def test_prepare_escapes_file_names_in_its_warnings(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "skipped" in result.output and "\\x1b[31mbad\\x07.jpg" in "".join(result.output.split())
+
+
+def test_layout_only_applies_to_synthetic(tmp_path: Path) -> None:
+    text = one_line(invoke("prepare", "voc", "--layout", "far", "--root", tmp_path / "root", "--out", tmp_path / "voc.h5"))
+    assert "--layout far only applies to `prepare synthetic`" in text
+    assert files_under(tmp_path) == []
