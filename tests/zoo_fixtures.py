@@ -4,7 +4,8 @@ A published PyTorch-Encoding model is ``models/{name}-{sha1[:8]}.zip`` holding `
 a ``torch.save``d state_dict under the reference's module names (``pretrained.`` backbone,
 ``head.`` EncHead, ``auxlayer.conv5.`` FCN head), whose sha1 is the published one. These builders
 write such files from a tiny encnet model (renamed to the reference's names, typed here, not taken
-from encnet's converter) or from the reference's key/shape tables in ../shared/reference, and
+from encnet's converter) or from the reference's key/shape tables in tests/data/reference (checked against its own code by
+tests/models/test_reference_tables.py), and
 register a test-only zoo entry for them; the loopback HTTP server of tests/data/conftest.py serves them.
 """
 
@@ -21,11 +22,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import reference_code
 import torch
 
 from encnet_core import zoo
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 
 # encnet name prefix -> the reference's (PyTorch-Encoding's EncNet: pretrained, head, auxlayer.conv5)
 _TO_REFERENCE = (("backbone.", "pretrained."), ("aux_head.", "auxlayer.conv5."), ("head.", "head."))
@@ -57,13 +59,8 @@ def to_reference(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_table(name: str) -> dict[str, tuple[int, ...]]:
-    """key -> shape from a ../shared/reference/*.tsv table."""
-    shapes = {}
-    for line in (REFERENCE / name).read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape = line.split("\t")
-            shapes[key] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
-    return shapes
+    """key -> shape from a tests/data/reference/*.tsv table."""
+    return reference_code.read_table(REFERENCE / name)
 
 
 def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:

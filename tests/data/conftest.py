@@ -3,7 +3,7 @@
 The server serves ``Server.state.files`` (URL path -> bytes) with HTTP Range support and can drop the
 first response after K body bytes, answer 500s, or ignore Range. The archive builders write a handful
 of 24-40 px images with random (seeded, so deterministic) content in the exact layout of the official
-archives (see /work/shared/reference/datasets.md) and return, beside the archive, what a correct
+archives (as docs/datasets.md describes them, from the datasets' own pages) and return, beside the archive, what a correct
 conversion must store: the image file bytes and the labels after the dataset's documented mapping.
 The label facts (VOC class names, the 59 PASCAL Context ids, ADE's ``v - 1`` rule) are typed here from
 the datasets' documentation, not imported from encnet_core, so the tests check the library against an

@@ -11,18 +11,14 @@ import torch
 from encnet_core.errors import ModelError
 from encnet_core.models import convert_pytorch_encoding_state_dict, create_model
 
-# the project's shared/ folder lies beside the checkout (developers and CI alike)
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+from reference_code import read_table as _read
+
+# the reference's key/shape tables, checked against its own code by tests/models/test_reference_tables.py
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"
 
 
 def read_table(name: str) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in (REFERENCE / name).read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, shape = line.split("\t")
-        shapes[key] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
-    return shapes
+    return _read(REFERENCE / name)
 
 
 def random_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
