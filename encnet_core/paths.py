@@ -10,6 +10,11 @@ systems and, for root, what permission bits do not).
 uniquely named hidden temp file in the target's folder, flushed to disk, then renamed over the target
 (or, with ``overwrite=False``, linked to it so that a file that appeared meanwhile is never replaced);
 on any error or interruption the temp file is removed and the target is left as it was.
+What is not a regular file is never renamed over: a character or block device or a FIFO
+(``--json /dev/null``, a named pipe) is written in place, through an ordinary open, after the
+complete output was written to a temp file; a socket and a symbolic link are refused in one line
+(encnet writes a file under its own name only, so a link placed in an output folder cannot redirect
+a write elsewhere; give the file the link points to).
 ``is_disk_full`` says whether an error means a full disk (or quota), for the callers' one-line messages.
 """
 
@@ -18,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -25,7 +32,37 @@ from pathlib import Path
 
 from encnet_core.errors import ConfigError
 
-__all__ = ["check_output_file", "check_output_dir", "AtomicFile", "atomic_write", "is_disk_full"]
+__all__ = ["check_output_file", "check_output_dir", "AtomicFile", "atomic_write", "is_disk_full", "output_kind"]
+
+
+def output_kind(path: Path) -> str:
+    """What is at ``path``: "missing", "regular", "folder", "link" (a symbolic link to a regular file,
+    to nothing, or to a folder), "special" (a character or block device or a FIFO, itself or behind a
+    link such as /dev/stdout) or "socket"."""
+    try:
+        mode = os.stat(path).st_mode  # follows links
+    except FileNotFoundError:
+        return "link" if os.path.islink(path) else "missing"
+    except OSError:
+        return "missing" if not os.path.lexists(path) else "regular"  # unreadable: let the write report it
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+        return "special"
+    if os.path.islink(path):
+        return "link"
+    return "folder" if stat.S_ISDIR(mode) else "regular"
+
+
+def _refuse_kind(path: Path, kind: str, option: str | None = None) -> None:
+    prefix = f"{option} {path}" if option else str(path)
+    if kind == "socket":
+        raise ConfigError(f"{prefix} is a socket; give a file name")
+    if kind == "link":
+        raise ConfigError(
+            f"{prefix} is a symbolic link (to {os.path.realpath(path)}); encnet does not write through links: "
+            "give the file it points to, or another name"
+        )
 
 def _nearest_existing(path: Path) -> Path:
     """``path`` itself or its closest ancestor that exists."""
@@ -51,10 +88,16 @@ def check_output_file(path: Path, option: str, overwrite: bool = True) -> None:
     ``overwrite=False`` also refuses an existing file (the caller's ``--overwrite`` option).
     """
     path = Path(path)
-    if path.is_dir():
+    kind = output_kind(path)
+    _refuse_kind(path, kind, option)
+    if kind == "folder":
         raise ConfigError(f"{option} {path} is a folder; give a file name")
-    if path.exists() and not overwrite:
+    if kind != "missing" and not overwrite:
         raise ConfigError(f"{option} {path} exists; pass --overwrite to replace it")
+    if kind == "special":  # written in place (a device, a FIFO): its own permission is what counts
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{option} {path}: not writable by this process")
+        return
     _check_writable(_nearest_existing(path.parent), path, option)
 
 
@@ -85,12 +128,20 @@ class AtomicFile:
     ``keep_suffix`` ends the temp name with the target's suffix too, for writers that pick the format
     from the name (PIL, ``torch.export``). For objects that write over many calls (``HDF5Writer``);
     a single write is simpler with ``atomic_write``.
+
+    A ``target`` that is a device or a FIFO (``in_place``) is never renamed over: the temp file lies in
+    the system's temp folder and ``commit`` copies it into the target through an ordinary open. A
+    symbolic link or a socket at ``target`` raises ``ConfigError``.
     """
 
     def __init__(self, target: Path, *, keep_suffix: bool = False) -> None:
         self.target = Path(target)
+        kind = output_kind(self.target)
+        _refuse_kind(self.target, kind)
+        self.in_place = kind == "special"
         suffix = self.target.suffix if keep_suffix else ""
-        self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+        name = f".{self.target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+        self.tmp = Path(tempfile.gettempdir()) / name if self.in_place else self.target.with_name(name)
         self.committed = False
 
     def commit(self, *, overwrite: bool = True, fsync: bool = True) -> None:
@@ -101,6 +152,14 @@ class AtomicFile:
         ``FileExistsError`` is raised if a file is there; on file systems without hard links the target
         is checked, then renamed over. The temp file is left for ``discard`` on an error.
         """
+        if self.in_place:
+            if not overwrite:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(self.target))
+            with open(self.tmp, "rb") as source, open(self.target, "wb") as sink:  # the device or FIFO itself
+                shutil.copyfileobj(source, sink)
+            self.committed = True
+            self.tmp.unlink(missing_ok=True)
+            return
         if fsync:
             fd = os.open(self.tmp, os.O_RDONLY)
             try:
@@ -148,7 +207,8 @@ def atomic_write(
     """
     file = AtomicFile(target, keep_suffix=keep_suffix)
     try:
-        file.target.parent.mkdir(parents=True, exist_ok=True)
+        if not file.in_place:
+            file.target.parent.mkdir(parents=True, exist_ok=True)
         yield file.tmp
         file.commit(overwrite=overwrite, fsync=fsync)
     finally:

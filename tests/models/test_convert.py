@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_code import read_table as _read
 
 from encnet_core.errors import ModelError
 from encnet_core.models import convert_pytorch_encoding_state_dict, create_model
-
-from reference_code import read_table as _read
 
 # the reference's key/shape tables, checked against its own code by tests/models/test_reference_tables.py
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"

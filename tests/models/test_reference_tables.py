@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from reference_code import read_table, reference_package
+from torch import nn
 
 TABLES = Path(__file__).resolve().parents[1] / "data" / "reference"
 
