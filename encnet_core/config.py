@@ -57,7 +57,7 @@ class TrainConfig:
     base_size: int = DEFAULT_BASE_SIZE  # long side before random scaling
     scale_min: float = 0.5  # random long side from scale_min * base_size ...
     scale_max: float = 2.0  # ... to scale_max * base_size
-    workers: int = 4  # DataLoader worker processes per training process
+    workers: int | str = "auto"  # DataLoader worker processes per training process: "auto" or a number (engine/workers.py)
     num_codes: int | None = None  # codewords K (None: the model's default, 32 for the ResNet models)
     se_loss: bool = True  # Semantic Encoding loss
     se_weight: float = 0.2  # weight of the SE loss
@@ -88,7 +88,7 @@ class TrainConfig:
             (self.crop_size >= 16, "--crop-size must be at least 16"),
             (self.base_size >= 16, "--base-size must be at least 16"),
             (0 < self.scale_min <= self.scale_max, "scale_min must be positive and <= scale_max"),
-            (self.workers >= 0, "--workers must be >= 0"),
+            (self.workers == "auto" or (type(self.workers) is int and self.workers >= 0), "--workers must be >= 0 or auto"),
             (self.amp in ("off", "bf16", "fp16"), "--amp must be off, bf16 or fp16"),
             (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.lr_step >= 1, "--lr-step must be at least 1"),
@@ -147,7 +147,11 @@ def _check_value(key: str, kind: Any, value: Any) -> str | None:
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        kind = next(a for a in args if a is not type(None))
+        kinds = [a for a in args if a is not type(None)]
+        problems = [_check_value(key, a, value) for a in kinds]  # fits if it fits one of them (workers: int | str)
+        if len(kinds) > 1:
+            return None if None in problems else "must be " + " or ".join(p.removeprefix("must be ") for p in problems)
+        kind = kinds[0]
         args = typing.get_args(kind)
     if kind is bool:
         return None if isinstance(value, bool) else "must be true or false"

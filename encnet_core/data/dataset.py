@@ -38,6 +38,7 @@ from encnet_core.data.hdf5 import (
     decoder_message,
     invalid_label,
     open_h5,
+    read_array,
     read_info,
     read_names,
 )
@@ -105,10 +106,21 @@ def _wrong_task(path: Path, task: str, reader: str) -> DataError:
     return DataError(f"{path} is a {task} dataset; {reader} reads {wanted} datasets (use {other}, or open_dataset)")
 
 
-def _decode_image(images: h5py.Dataset, index: int) -> torch.Tensor:
-    """Stored image ``index`` decoded to (3, H, W) uint8 RGB; ``_Unusable`` if it does not decode."""
+def _stored(array: h5py.Dataset, index: int, what: str) -> np.ndarray:
+    """The stored bytes of ``what`` ("image", "mask") ``index``; ``_Unusable`` if HDF5 cannot read them
+    (a damaged chunk: h5py raises OSError, e.g. "filter returned failure during read")."""
     try:
-        return decode_image(torch.from_numpy(images[index]), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        return array[index]
+    except (OSError, RuntimeError, ValueError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        raise _Unusable(f"the stored {what} cannot be read: the file is damaged there (HDF5: {detail})") from None
+
+
+def _decode_image(images: h5py.Dataset, index: int) -> torch.Tensor:
+    """Stored image ``index`` decoded to (3, H, W) uint8 RGB; ``_Unusable`` if it cannot be read or does not decode."""
+    data = _stored(images, index, "image")
+    try:
+        return decode_image(torch.from_numpy(data), mode=ImageReadMode.RGB)  # (3, H, W) uint8
     except (RuntimeError, ValueError, OSError) as exc:
         raise _Unusable(f"the image does not decode ({decoder_message(exc)})") from None
 
@@ -125,7 +137,7 @@ def _read(
     if masks is None:
         return image, torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.int64)
     try:
-        labels = decode_mask_tensor(masks[index])  # (H, W) uint8
+        labels = decode_mask_tensor(_stored(masks, index, "mask"))  # (H, W) uint8
     except MaskError as exc:
         if exc.detail is not None:
             raise _Unusable(f"the mask is not a readable PNG ({exc.detail})") from None
@@ -252,7 +264,7 @@ class HDF5SegmentationDataset(_HDF5Split):
         if not self.labelled:
             return 0
         with open_h5(self.path) as handle:
-            pixels = handle[self.split]["class_pixels"][: self._length if count is None else count]
+            pixels = read_array(handle, self.path, self.split, "class_pixels", slice(self._length if count is None else count))
         return int(pixels.sum())
 
     def sample_weights(self, power: float = 1.0) -> torch.Tensor:
@@ -271,7 +283,7 @@ class HDF5SegmentationDataset(_HDF5Split):
                 f"split {self.split!r} of {self.path} is unlabelled; class-balanced sampling needs masks"
             )
         with open_h5(self.path) as handle:
-            present = torch.from_numpy(handle[self.split]["se_targets"][:].astype(bool))  # (N, C)
+            present = torch.from_numpy(read_array(handle, self.path, self.split, "se_targets").astype(bool))  # (N, C)
         frequency = present.double().mean(dim=0)  # (C,) image frequency of each class
         rarity = torch.where(frequency > 0, frequency, 1.0).reciprocal().pow(power)  # (C,)
         weights = torch.where(present, rarity, 1.0).amax(dim=1)  # (N,)
@@ -301,7 +313,7 @@ class HDF5ClassificationDataset(_HDF5Split):
         super().__init__(path, split, transform, strict)
         if self.labelled:
             with open_h5(self.path) as handle:
-                self.labels = torch.from_numpy(handle[split]["labels"][...].astype(np.int64))  # (N,)
+                self.labels = torch.from_numpy(read_array(handle, self.path, split, "labels").astype(np.int64))  # (N,)
         else:
             self.labels = torch.full((self._length,), IGNORE_INDEX, dtype=torch.int64)
 

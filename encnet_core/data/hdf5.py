@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from encnet_core import __version__
+from encnet_core.choices import TASKS  # what a dataset holds
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import DataError
 from encnet_core.paths import AtomicFile, is_disk_full
@@ -59,13 +60,13 @@ __all__ = [
     "class_presence",
     "dataset_statistics",
     "open_h5",
+    "read_array",
     "read_names",
 ]
 
 FORMAT = "encnet-hdf5"
 FORMAT_VERSION = 2  # what HDF5Writer writes
 READABLE_VERSIONS = (1, 2)  # what read_info reads: version 1 files are segmentation datasets
-TASKS = ("segmentation", "classification")
 _BYTES = h5py.vlen_dtype(np.dtype("uint8"))
 _STR = h5py.string_dtype("utf-8")
 
@@ -287,6 +288,30 @@ def _read_task(handle: h5py.File, path: Path, version: int) -> str:
     return task
 
 
+def _model_file_kind(path: Path) -> str | None:
+    """What model file ``path`` is, from its content ("a PyTorch checkpoint or export", ...); None if none."""
+    import zipfile
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+        size = path.stat().st_size
+        if head[:2] == b"PK":
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            torch_members = ("/data.pkl", "/constants.pkl", "/archive_format", "/byteorder")
+            return "a PyTorch checkpoint or export" if any(n.endswith(torch_members) for n in names) else None
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if head.startswith(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"):  # torch.save's legacy (non-zip) format
+        return "a PyTorch checkpoint"
+    if head[8:10] in (b'{"', b"{}") and int.from_bytes(head[:8], "little") <= size - 8:
+        return "a safetensors model"
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"\x12\x07pytorch" in head[:16]):  # ONNX protobuf
+        return "an ONNX model"
+    return None
+
+
 def open_h5(path: Path, mode: str = "r") -> h5py.File:
     """Open an encnet HDF5 file, checking its format and version (``read_info`` checks the rest)."""
     path = Path(path)
@@ -295,6 +320,11 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
     try:
         handle = h5py.File(path, mode)
     except OSError as exc:
+        if kind := _model_file_kind(path):  # swapped arguments: a model where the dataset goes
+            raise DataError(
+                f"{path} is {kind}, not a dataset: pass a dataset made by `encnet prepare` (.h5) here "
+                "(encnet evaluate takes the MODEL first, then the DATA)"
+            ) from None
         raise DataError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
     try:
         _check_format(handle, path)
@@ -485,6 +515,19 @@ def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:
         )
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def read_array(handle: h5py.File, path: Path, split: str, key: str, selection: Any = ...) -> np.ndarray:
+    """``handle[split][key][selection]``, or one `DataError` naming the array when HDF5 cannot read it
+    (a damaged chunk: h5py raises OSError, e.g. "filter returned failure during read")."""
+    try:
+        return handle[split][key][selection]
+    except (OSError, RuntimeError) as exc:
+        raise _fail(path, f"{split}/{key} cannot be read, the file is damaged (HDF5: {_first_line(exc)})") from None
+
+
 def read_names(path: Path, split: str) -> list[str]:
     """The image names of ``split`` (``read_info`` has checked that the split exists)."""
     with open_h5(path) as handle:
@@ -493,6 +536,8 @@ def read_names(path: Path, split: str) -> list[str]:
             return list(names.asstr()[:])
         except (UnicodeDecodeError, ValueError) as exc:
             raise _fail(path, f"{split}/names holds a name that is not UTF-8 text ({exc})") from None
+        except (OSError, RuntimeError) as exc:
+            raise _fail(path, f"{split}/names cannot be read, the file is damaged (HDF5: {_first_line(exc)})") from None
 
 
 class HDF5Writer:
@@ -674,6 +719,54 @@ class HDF5Writer:
         self.close(success=exc_type is None)
 
 
+def _png_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk (no decoding), or None when ``data`` is not a PNG."""
+    head = bytes(data[:24])
+    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return (height, width) if width > 0 and height > 0 else None
+
+
+def _mask_pixels(handle: h5py.File, path: Path, split: str, block: int = 256) -> int:
+    """The pixels of every stored mask of ``split``, from each PNG's header (read block by block).
+
+    A mask that cannot be read (a damaged chunk) or is not a PNG is one `DataError` naming the
+    split and the sample, as the datasets name a bad sample.
+    """
+    masks = handle[split]["masks"]
+    total = 0
+    for begin in range(0, masks.shape[0], block):
+        try:
+            stored = list(masks[begin : begin + block])
+        except (OSError, RuntimeError):  # a damaged chunk: find the sample it holds
+            stored = []
+            for index in range(begin, min(begin + block, masks.shape[0])):
+                try:
+                    stored.append(masks[index])
+                except (OSError, RuntimeError) as exc:
+                    _bad_mask(handle, path, split, index, f"the stored mask cannot be read: the file is damaged there (HDF5: {_first_line(exc)})")
+        for offset, data in enumerate(stored):
+            size = _png_size(data)
+            if size is None:
+                _bad_mask(handle, path, split, begin + offset, "the mask is not a readable PNG")
+            total += size[0] * size[1]
+    return total
+
+
+def _bad_mask(handle: h5py.File, path: Path, split: str, index: int, reason: str) -> None:
+    names = handle[split]["names"]
+    name = repr(names.asstr()[index]) if _decodes_safely(names, index) else "?"
+    raise DataError(f"{path}: split {split!r} sample {index} ({name}): {reason}; fix the file (run `encnet prepare` again)")
+
+
+def _decodes_safely(names: h5py.Dataset, index: int) -> bool:
+    try:
+        return _decodes(names, index)
+    except (OSError, RuntimeError):
+        return False
+
+
 def dataset_statistics(path: Path) -> dict[str, Any]:
     """Splits and counts; per class, for segmentation its pixel share and the fraction of images
     containing it, for classification its image count and the fraction of the split it makes up."""
@@ -694,7 +787,7 @@ def dataset_statistics(path: Path) -> dict[str, Any]:
             entry: dict[str, Any] = {"images": count, "labelled": info.labelled[split]}
             if info.task == "classification":
                 if info.labelled[split] and count:
-                    counts = np.bincount(handle[split]["labels"][...], minlength=info.num_classes)
+                    counts = np.bincount(read_array(handle, path, split, "labels"), minlength=info.num_classes)
                     entry["classes"] = [
                         {"index": c, "name": name, "images": int(counts[c]), "image_fraction": float(counts[c]) / count}
                         for c, name in enumerate(info.classes)
@@ -702,11 +795,13 @@ def dataset_statistics(path: Path) -> dict[str, Any]:
                 result["splits"][split] = entry
                 continue
             if info.labelled[split] and count:
-                pixels = handle[split]["class_pixels"][...]
-                present = handle[split]["se_targets"][...]
-                total = max(int(pixels.sum()), 1)
-                sizes = handle[split]["sizes"][...].astype(np.int64)
-                entry["labelled_pixel_fraction"] = total / max(int((sizes[:, 0] * sizes[:, 1]).sum()), 1)
+                pixels = read_array(handle, path, split, "class_pixels")
+                present = read_array(handle, path, split, "se_targets")
+                labelled = int(pixels.sum())
+                total = max(labelled, 1)
+                # of the pixels of the stored masks themselves (their PNG headers), not of ``sizes``:
+                # a ``sizes`` array that disagrees with the masks would make this figure wrong
+                entry["labelled_pixel_fraction"] = labelled / max(_mask_pixels(handle, path, split), 1)
                 entry["classes"] = [
                     {
                         "index": c,

@@ -37,6 +37,7 @@ from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.model_files import LoadedModel, load_model
 from encnet_core.engine.tasks import check_task
+from encnet_core.engine.workers import check_workers, loader_workers
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir, check_output_file
@@ -114,7 +115,7 @@ class EvaluateOptions:
     inference: InferenceConfig = InferenceConfig()  # whole / sliding / multi-scale, flip, merge
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "off"  # autocast for the forward passes
-    workers: int = 2  # DataLoader workers decoding images
+    workers: int | str = "auto"  # DataLoader workers decoding images: "auto" or a number (engine/workers.py)
     save_predictions: Path | None = None  # folder for palette PNGs named after the images
     confusion: Path | None = None  # PNG of the row-normalised confusion matrix
     limit: int | None = None  # evaluate only the first N images (quick checks)
@@ -125,8 +126,7 @@ class EvaluateOptions:
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOL_NAMES:
             raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        check_workers(self.workers)
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
 
@@ -191,7 +191,7 @@ def evaluate_loaded(
     dataset_info = read_info(data, allow_truncated=options.skip_bad)
     check_task(model.task, dataset_info.task, data, model_name or f"the {model.source}")
     if options.split not in dataset_info.splits:
-        raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits)}")
+        raise DataError(f"{data} has no split {options.split!r}; it has {', '.join(dataset_info.splits) or 'no splits'}")
     if not dataset_info.labelled[options.split]:
         raise DataError(f"split {options.split!r} of {data} has no labels to evaluate against")
     if dataset_info.num_classes != model.num_classes:
@@ -210,7 +210,8 @@ def evaluate_loaded(
     targets = _prediction_paths(dataset, count, options.save_predictions) if options.save_predictions else None
     sampler = ShardSampler(count, info)
     loader = DataLoader(
-        CheckedSamples(dataset), batch_size=None, sampler=sampler, num_workers=options.workers, collate_fn=_image_and_mask,
+        CheckedSamples(dataset), batch_size=None, sampler=sampler, num_workers=loader_workers(options.workers, len(sampler)),
+        collate_fn=_image_and_mask,
         pin_memory=pin_memory(info.device),
     )  # fmt: skip
     inference = options.inference
