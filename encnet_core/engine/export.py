@@ -2,10 +2,11 @@
 
 Formats (the metadata travels inside each as ``encnet.json``):
 
-* ``weights``: ``torch.save`` of {kind: "weights", model state_dict, metadata}; no optimizer (read with
-  ``weights_only=True``);
+* ``weights``: ``torch.save`` of {kind: "weights", model state_dict, metadata, tensor_digest}; no optimizer
+  (read with ``weights_only=True``);
 * ``safetensors``: the state_dict as a safetensors file (no pickle at all), metadata in its header
-  (``__metadata__["encnet.json"]``); the format to share weights with strangers;
+  (``__metadata__["encnet.json"]``) beside the tensors' digest (``__metadata__["encnet.tensor_digest"]``,
+  checked on every read); the format to share weights with strangers;
 * ``torchscript``: ``torch.jit.trace`` with the metadata as an extra file;
 * ``pt2``: ``torch.export`` program with dynamic height and width, metadata as an extra file;
 * ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``).
@@ -32,9 +33,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from encnet_core.engine.checkpoint import model_from_checkpoint, save_checkpoint
+from encnet_core.choices import EXPORT_FORMATS
+from encnet_core.engine.checkpoint import (
+    exception_reason,
+    model_from_checkpoint,
+    save_checkpoint,
+    tensor_digest,
+)
 from encnet_core.engine.metadata import ModelMetadata
-from encnet_core.engine.model_files import METADATA_NAME, read_model_file
+from encnet_core.engine.model_files import DIGEST_HEADER, METADATA_NAME, read_model_file
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 from encnet_core.paths import AtomicFile, check_output_file
 
@@ -42,7 +49,7 @@ log = logging.getLogger("encnet")
 
 __all__ = ["FORMATS", "ExportResult", "export_model", "ExportWrapper", "METADATA_NAME"]
 
-FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx")
+FORMATS = EXPORT_FORMATS  # defined in choices.py: the CLI lists them without importing torch
 ONNX_OPSET = 18
 
 
@@ -96,7 +103,8 @@ def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, s
         from safetensors.torch import save
 
         state = {k: v.detach().contiguous() for k, v in wrapper.model.state_dict().items()}
-        tmp.write_bytes(save(state, metadata={"format": "pt", METADATA_NAME: meta_json}))  # save_file would make it 0600
+        header = {"format": "pt", METADATA_NAME: meta_json, DIGEST_HEADER: tensor_digest(state)}
+        tmp.write_bytes(save(state, metadata=header))  # save_file would make it 0600
     elif fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarning on the input check; TorchScript's deprecation notice
@@ -175,7 +183,7 @@ def export_model(
         except EncNetError:
             raise
         except Exception as exc:  # tracer/exporter failures: one line, details with ENCNET_DEBUG=1
-            raise EncNetError(f"{fmt} export failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+            raise EncNetError(f"{fmt} export failed: {exception_reason(exc)}") from exc
         diff = None
         if verify:
             diff = _verify(wrapper, tmp, sample, half, tolerance)

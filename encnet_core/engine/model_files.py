@@ -15,6 +15,11 @@ Which files are opened how:
   archive's own ``extra/encnet.json`` member;
 * ``onnx``: an onnxruntime session (a graph interpreted by native code; no Python runs).
 
+The tensors of checkpoints, ``weights`` and ``safetensors`` files written by encnet are checked against
+the digest recorded in the file (engine/checkpoint.py ``tensor_digest``; safetensors: the header key
+``encnet.tensor_digest``); files without one (older encnet files, other tools' files) load as before.
+A dataset given where a model goes is refused as such (``model_format``).
+
 Every metadata dict, whatever the format, goes through ``ModelMetadata.from_dict`` (engine/metadata.py).
 ``detect_format`` also tells a prepared dataset (HDF5) from a model file (what ``encnet info`` dispatches on).
 Each reader first passes its path through ``model_path``: a zoo name (``encnet_resnet50s_pcontext``)
@@ -38,7 +43,13 @@ import torch
 from torch import Tensor
 
 from encnet_core.data.transforms import normalize_image
-from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from encnet_core.engine.checkpoint import (
+    check_tensor_digest,
+    check_training_digest,
+    exception_reason,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
 from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import CheckpointError
@@ -56,9 +67,12 @@ __all__ = [
     "CODE_FORMATS",
     "MODEL_FORMATS",
     "METADATA_NAME",
+    "DIGEST_HEADER",
 ]
 
 METADATA_NAME = "encnet.json"
+DIGEST_HEADER = "encnet.tensor_digest"  # safetensors header key: tensor_digest() of the file's tensors (checked on read)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_METADATA_BYTES = 4 << 20  # the largest encnet.json member read from an archive (real ones are a few kB)
 
 CODE_FORMATS = {"torchscript": "a TorchScript program", "pt2": "a torch.export (pt2) program"}
@@ -86,6 +100,10 @@ class LoadedModel:
     has_se: bool = False  # whether run() returns SE logits
     metadata: dict[str, Any] = field(default_factory=dict)
     task: str = "segmentation"  # what forward() gives: "segmentation" (N, C, h, w) or "classification" (N, C) logits
+    # segmentation checkpoints and weights/safetensors files only (None for graph exports): run() with the logits
+    # left at the head's resolution, and the model's own resizing that run() applies to them (logits, (H, W)) -> logits
+    run_lowres: Callable[[Tensor], tuple[Tensor, Tensor | None]] | None = None
+    upsample: Callable[[Tensor, tuple[int, int]], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 3, h, w) normalised -> (N, C, h, w) logits ((N, C) for a classifier)."""
@@ -121,14 +139,20 @@ def model_path(path: Path | str) -> Path:
 def detect_format(path: Path) -> str:
     """What ``path`` holds: "dataset" (a prepared dataset: HDF5), one of ``MODEL_FORMATS``, or "unknown" (no file).
 
-    A ``.h5``/``.hdf5`` name or HDF5 content is a dataset; any other file is a model file, its
-    format decided from the content (see ``model_format``).
+    HDF5 content is a dataset; so is a ``.h5``/``.hdf5`` name unless the content is a torch zip or
+    safetensors file (a renamed model). Any other file is a model file, its format decided from the
+    content (see ``model_format``).
     """
     path = model_path(path)
     if not path.is_file():
         return "unknown"
-    if path.suffix.lower() in (".h5", ".hdf5") or h5py.is_hdf5(path):
+    if h5py.is_hdf5(path):
         return "dataset"
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        with path.open("rb") as handle:
+            head = handle.read(9)
+        if not (head[:2] == b"PK" or head[8:9] == b"{"):
+            return "dataset"
     return model_format(path)
 
 
@@ -143,6 +167,11 @@ def model_format(path: Path) -> str:
         raise CheckpointError(f"model file not found: {path}")
     with path.open("rb") as handle:
         head = handle.read(9)
+    if head[:8] == HDF5_SIGNATURE or (head[:2] != b"PK" and head[8:9] != b"{" and h5py.is_hdf5(path)):
+        raise CheckpointError(
+            f"{path} is a dataset (an HDF5 file), not a model: the model comes first "
+            "(encnet evaluate MODEL DATA, encnet predict MODEL IMAGES...)"
+        )
     if head[:2] == b"PK":
         try:
             with zipfile.ZipFile(path) as archive:
@@ -201,14 +230,17 @@ def _archive_metadata(path: Path) -> ModelMetadata:
     except CheckpointError:
         raise
     except Exception as exc:  # zipfile/zlib raise several types on damaged members
-        raise CheckpointError(f"{path} is corrupt ({METADATA_NAME} unreadable: {(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+        raise CheckpointError(f"{path} is corrupt ({METADATA_NAME} unreadable: {exception_reason(exc)})") from None
     if len(text) > MAX_METADATA_BYTES:
         raise CheckpointError(f"{path}: its {METADATA_NAME} is over the {MAX_METADATA_BYTES}-byte limit")
     return _metadata_from_json(text, path)
 
 
 def _read_safetensors(path: Path, tensors: bool = True) -> dict[str, Any]:
-    """A safetensors export as a checkpoint-shaped dict (``tensors=False``: metadata only, no tensor read)."""
+    """A safetensors export as a checkpoint-shaped dict (``tensors=False``: metadata only, no tensor read).
+
+    The tensors are checked against the digest in the header (``DIGEST_HEADER``) when it has one.
+    """
     from safetensors import safe_open
 
     with path.open("rb") as handle:
@@ -221,8 +253,9 @@ def _read_safetensors(path: Path, tensors: bool = True) -> dict[str, Any]:
             header = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
     except Exception as exc:  # SafetensorError and friends: bad JSON, offsets, dtypes
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable safetensors file ({detail})") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exception_reason(exc)})") from None
+    if tensors:
+        check_tensor_digest(header.get(DIGEST_HEADER), state, path)
     meta = _metadata_from_json(header.get(METADATA_NAME, ""), path)
     return {"kind": "safetensors", "model": state, **meta.to_dict()}
 
@@ -259,12 +292,12 @@ def _load_program(path: Path, fmt: str, device: torch.device) -> tuple[Any, Mode
                 warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
                 module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
         except Exception as exc:  # RuntimeError mostly; damaged archives raise others
-            raise CheckpointError(f"{path} is not a readable TorchScript model ({(str(exc).splitlines() or [''])[0]})") from None
+            raise CheckpointError(f"{path} is not a readable TorchScript model ({exception_reason(exc)})") from None
     else:
         try:
             module = torch.export.load(path, extra_files=extra).module().to(device)
         except Exception as exc:  # the pt2 loader raises several types
-            raise CheckpointError(f"{path} is not a readable pt2 program ({(str(exc).splitlines() or [''])[0]})") from None
+            raise CheckpointError(f"{path} is not a readable pt2 program ({exception_reason(exc)})") from None
     return module, _metadata_from_json(extra[METADATA_NAME], path)
 
 
@@ -288,7 +321,7 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
     try:
         session = onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise CheckpointError(f"{path} is not a readable ONNX model ({(str(exc).splitlines() or [''])[0]})") from None
+        raise CheckpointError(f"{path} is not a readable ONNX model ({exception_reason(exc)})") from None
     meta = _metadata_from_json(session.get_modelmeta().custom_metadata_map.get(METADATA_NAME, ""), path)
     names = [o.name for o in session.get_outputs()]
     dtype = np.float16 if meta.half else np.float32
@@ -338,6 +371,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     if not what:
         missing = [key for key, kind in (("optimizer", dict), ("scheduler", dict), ("rng", dict), ("iteration", int)) if not isinstance(ckpt.get(key), kind)]
         if not missing:
+            check_training_digest(ckpt, path)
             return ckpt
         what = f"a checkpoint without {', '.join(missing)}"
     raise CheckpointError(f"{path} is {what}: no training state to resume; use --init-from to fine-tune from it")
@@ -376,7 +410,20 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
         return outputs["out"], outputs.get("se")
 
     source = fmt if fmt == "safetensors" else ("weights" if ckpt.get("kind") == "weights" else "checkpoint")
-    return _from_metadata(run, has_se, meta, device, source)
+    loaded = _from_metadata(run, has_se, meta, device, source)
+    if meta.task == "segmentation" and hasattr(model, "_upsample"):  # predict resizes large logit maps in parts
+
+        def run_lowres(x: Tensor) -> tuple[Tensor, Tensor | None]:
+            with torch.inference_mode(), autocast_context(device, amp):
+                outputs = model(x.to(device, torch.float32), with_se=has_se, upsample=False)
+            return outputs["out"], outputs.get("se")
+
+        def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+            with torch.inference_mode(), autocast_context(device, amp):
+                return model._upsample(logits, size)
+
+        loaded.run_lowres, loaded.upsample = run_lowres, upsample
+    return loaded
 
 
 def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
@@ -393,7 +440,7 @@ def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
         kind = ckpt.get("kind", "checkpoint") if "model_config" in ckpt else "state_dict"
         return {"format": kind, "runs_code": False, **ModelMetadata.from_dict(ckpt, path).to_dict()}
     if fmt == "safetensors":
-        meta = _read_safetensors(path, tensors=False)
+        meta = _read_safetensors(path)  # the tensors too: their digest is checked, as for a checkpoint
         meta.pop("model")
         return {"format": meta.pop("kind"), "runs_code": False, **meta}
     if fmt == "onnx":
