@@ -95,14 +95,19 @@ class Segmenter:
         stride_rate: float = 2 / 3,
         batch_size: int = 4,
         se_threshold: float = 0.5,
+        mirror: str | None = None,
     ) -> Segmenter:
         """Load a zoo name (``encnet weights list``; pulled on first use), a checkpoint or an export.
 
         ``device``: auto, cpu, cuda or cuda:N. ``trust_code``: allow TorchScript/pt2 files (programs).
         ``amp``: off, bf16 or fp16. The inference options mean what ``encnet predict``'s do; crop and
         base size default to the model's training sizes. ``batch_size``: images per pass in
-        whole-image mode, views per pass otherwise.
+        whole-image mode, views per pass otherwise. ``mirror``: base URL holding ``models/NAME-SHA.zip``,
+        used instead of the reference's (and of ``$ENCNET_WEIGHTS_MIRROR``) when a zoo name is downloaded.
         """
+        from encnet_core import zoo  # zoo imports the model builders
+
+        zoo.resolve(name_or_path, mirror=mirror, mirror_hint="pass mirror=URL")  # a zoo name not cached yet: pulled now
         model = load_model(name_or_path, resolve_device(device), amp, trust_code=trust_code)
         inference = InferenceConfig(
             scales=tuple(float(s) for s in scales) if scales is not None else None, slide=slide, flip=flip, merge=merge,

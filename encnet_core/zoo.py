@@ -45,10 +45,12 @@ import torch
 from torch import Tensor
 
 from encnet_core import __version__
+from encnet_core.choices import MIRROR_ENV  # replaces REFERENCE_REPO (--mirror replaces both)
 from encnet_core.constants import IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.data.archives import ArchiveLimits, open_archive, safe_extract
 from encnet_core.data.download import (
     HASH_ALGOS,
+    NetworkError,
     check_timeout,
     check_url,
     default_cache_dir,
@@ -93,8 +95,6 @@ __all__ = [
 REFERENCE_REPO = "https://s3.us-west-1.wasabisys.com/encoding"
 """``encoding_repo_url`` of the reference's model_store.py: the zips lie under ``{repo}/models/``."""
 
-MIRROR_ENV = "ENCNET_WEIGHTS_MIRROR"
-"""Environment variable that replaces ``REFERENCE_REPO`` (``--mirror`` replaces both)."""
 
 _DOCS = "PyTorch-Encoding docs/source/model_zoo/segmentation.rst (ResNet Backbone Models)"
 _PROTOCOL = (
@@ -342,13 +342,15 @@ def _write_cache(entry: ZooModel, state: dict[str, Tensor], provenance: dict[str
     """Write the cache file atomically: the state_dict as safetensors, metadata in its header."""
     from safetensors.torch import save
 
-    from encnet_core.engine.model_files import METADATA_NAME
+    from encnet_core.engine.checkpoint import tensor_digest
+    from encnet_core.engine.model_files import DIGEST_HEADER, METADATA_NAME
 
     header = {"format": "pt", ZOO_HEADER: json.dumps({"name": entry.name, "kind": entry.kind, **provenance})}
     if entry.kind == "segmentation":
         header[METADATA_NAME] = json.dumps(_metadata(entry))
     target = cache_path(entry.name)
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    header[DIGEST_HEADER] = tensor_digest(tensors)  # checked on every read (model_files, backbone_state_dict)
     try:
         with atomic_write(target) as tmp:
             tmp.write_bytes(save(tensors, metadata=header))  # save_file would make it 0600
@@ -372,15 +374,22 @@ def _pth_member(zip_path: Path, entry: ZooModel, what: str) -> str:
     raise ArchiveError(f"{what} holds no {wanted} (members: {', '.join(names[:5]) or 'none'}); it is not the published zip")
 
 
-def _install(entry: ZooModel, pth: Path, checksum: str | None, source: str, origin: str, progress: ProgressCallback | None) -> Path:
-    """Check the .pth's checksum, convert it, check the fit, write the cache file; returns its path."""
+def _install(
+    entry: ZooModel, pth: Path, checksum: str | None, source: str, origin: str, progress: ProgressCallback | None,
+    added: Path | None = None,
+) -> Path:
+    """Check the .pth's checksum, convert it, check the fit, write the cache file; returns its path.
+    ``added``: the user's file (`add`), else the file was downloaded (`pull`), for the mismatch's advice."""
     algo, want, vouch = _expected(entry, checksum)
     hashes = file_hashes(pth, progress=progress)
     if hashes[algo] != want:
-        raise ChecksumError(
-            f"{source} has {algo} {hashes[algo]} but {vouch} {want} for {entry.name}, so nothing was cached: "
-            f"try again or another --mirror, or pass --checksum {algo}:{hashes[algo]} if you trust this file"
-        )
+        trust = f"--checksum {algo}:{hashes[algo]}"
+        advice = (
+            f"if you trust this file: `encnet weights add {entry.name} {added} {trust}`" if added is not None else
+            f"try again or another mirror, or if you trust this file: `encnet weights pull {entry.name} {trust}` "
+            "(with --mirror URL for a mirror)"
+        )  # fmt: skip
+        raise ChecksumError(f"{source} has {algo} {hashes[algo]} but {vouch} {want} for {entry.name}, so nothing was cached; {advice}")
     state = _convert(entry, pth, source)
     return _write_cache(entry, state, {"sha1": hashes["sha1"], "origin": origin})
 
@@ -391,9 +400,14 @@ def _extract_pth(zip_path: Path, entry: ZooModel, work: Path, what: str) -> Path
     return path
 
 
-def _offline_advice(entry: ZooModel) -> str:
+MIRROR_HINT = "pass --mirror URL"
+"""How a pull's failure message tells the user to take the zip from a mirror, unless the caller says
+otherwise: right for ``encnet weights pull``, ``predict`` and ``evaluate`` (they have ``--mirror``)."""
+
+
+def _offline_advice(entry: ZooModel, mirror_hint: str = MIRROR_HINT) -> str:
     return (
-        f"if you are offline or the file moved, pass --mirror URL (or set {MIRROR_ENV}) to a server with "
+        f"if you are offline or the file moved, {mirror_hint} (or set {MIRROR_ENV}=URL), URL being a server with "
         f"models/{entry.stem}.zip, or get {entry.stem}.pth elsewhere and run `encnet weights add {entry.name} FILE.pth`"
     )
 
@@ -410,6 +424,7 @@ def pull(
     timeout: float = 30.0,
     retries: int = 5,
     force: bool = False,
+    mirror_hint: str = MIRROR_HINT,
 ) -> Path:
     """The cached safetensors file of zoo model ``name``, downloaded and converted first if needed.
 
@@ -420,6 +435,9 @@ def pull(
     the extracted .pth are deleted afterwards, and after a checksum or conversion failure too: a
     failed pull leaves nothing usable in the cache (an interrupted download keeps its ``.part`` file,
     which the next pull resumes). A cached file is returned without any network access unless ``force``.
+    A failed download's message ends with the ways out, ``mirror_hint`` (how the caller's command takes
+    a mirror, default "pass --mirror URL") among them; a host that cannot be reached (offline) fails
+    at once, without retries.
     """
     entry = _entry(name)
     check_timeout(timeout)
@@ -433,7 +451,7 @@ def pull(
     with _locked(work / f"{entry.stem}.lock"):  # ranks of one torchrun job pull once, not into one .part at once
         if target.is_file() and not force:
             return target  # another process cached it while this one waited
-        return _pull_locked(entry, url, work, checksum, progress, timeout, retries)
+        return _pull_locked(entry, url, work, checksum, progress, timeout, retries, mirror_hint)
 
 
 @contextlib.contextmanager
@@ -460,7 +478,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _pull_locked(
-    entry: ZooModel, url: str, work: Path, checksum: str | None, progress: ProgressCallback | None, timeout: float, retries: int
+    entry: ZooModel, url: str, work: Path, checksum: str | None, progress: ProgressCallback | None, timeout: float, retries: int,
+    mirror_hint: str = MIRROR_HINT,
 ) -> Path:
     zip_path = work / f"{entry.stem}.zip"
     try:
@@ -468,12 +487,14 @@ def _pull_locked(
             download(url, zip_path, progress=progress, timeout=timeout, retries=retries)
         except ChecksumError:
             raise
+        except NetworkError as exc:  # offline, refused, or out of retries: says whether a .part is kept
+            raise exc.with_advice(_offline_advice(entry, mirror_hint)) from None
         except DownloadError as exc:
             text = str(exc)
             if not text.startswith(f"cannot download {url}"):  # a local problem (disk full): its own message
                 raise
-            detail = text.removeprefix(f"cannot download {url}").removeprefix(": ").split("; run the command again")[0]
-            raise DownloadError(f"cannot download {url} ({detail}); {_offline_advice(entry)}") from None
+            detail = text.removeprefix(f"cannot download {url}").removeprefix(": ")
+            raise DownloadError(f"cannot download {url} ({detail}); {_offline_advice(entry, mirror_hint)}") from None
         pth = _extract_pth(zip_path, entry, work / entry.stem, f"the zip downloaded from {url}")
         path = _install(entry, pth, checksum, f"{entry.stem}.pth from {url}", url, progress)
     except BaseException:
@@ -500,11 +521,11 @@ def add(name: str, file: Path, checksum: str | None = None, progress: ProgressCa
     downloads = cache_dir() / "downloads"
     with _locked(downloads / f"{entry.stem}.lock"):
         if not _is_published_zip(file):
-            return _install(entry, file, checksum, str(file), str(file.resolve()), progress)
+            return _install(entry, file, checksum, str(file), str(file.resolve()), progress, added=file)
         work = downloads / entry.stem
         try:
             pth = _extract_pth(file, entry, work, str(file))
-            return _install(entry, pth, checksum, f"{pth.name} in {file}", str(file.resolve()), progress)
+            return _install(entry, pth, checksum, f"{pth.name} in {file}", str(file.resolve()), progress, added=file)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -539,12 +560,22 @@ class _LogProgress:
             log.info("%s: %d%% of %.1f MB", description, percent, total / 1e6)
 
 
-def resolve(name_or_path: str | Path, kind: str = "segmentation", progress: ProgressCallback | None = None) -> Path:
+def resolve(
+    name_or_path: str | Path,
+    kind: str = "segmentation",
+    progress: ProgressCallback | None = None,
+    *,
+    mirror: str | None = None,
+    mirror_hint: str | None = None,
+) -> Path:
     """What a MODEL (or ``--backbone-weights``) argument names: an existing file wins; a zoo name is
-    pulled on first use (mirror from ``$ENCNET_WEIGHTS_MIRROR``) and its cached file returned;
-    anything else comes back as a Path for the caller to report as missing.
+    pulled on first use (from ``mirror``, else ``$ENCNET_WEIGHTS_MIRROR``, else the reference's) and
+    its cached file returned; anything else comes back as a Path for the caller to report as missing.
 
     A zoo name of the other ``kind`` (a backbone given as a MODEL, or the reverse) is a ModelError.
+    ``mirror_hint`` is how the calling command takes a mirror, for the message of a failed pull
+    (e.g. "pass --mirror URL"); by default it points to ``encnet weights pull NAME --mirror URL``,
+    since most commands that take a MODEL have no --mirror of their own.
     """
     path = Path(name_or_path)
     text = str(name_or_path)
@@ -562,22 +593,31 @@ def resolve(name_or_path: str | Path, kind: str = "segmentation", progress: Prog
         raise ModelError(f"{entry.name} is a segmentation model, not a backbone: pass it as the MODEL, or to --init-from")
     if is_cached(entry.name):
         return cache_path(entry.name)
-    log.info("%s is not cached yet: downloading %s", entry.name, entry.url(repo_url()))
-    path = pull(entry.name, progress=progress or _LogProgress())
+    log.info("%s is not cached yet: downloading %s", entry.name, entry.url(repo_url(mirror)))
+    hint = mirror_hint or f"run `encnet weights pull {entry.name} --mirror URL` first"
+    path = pull(entry.name, mirror=mirror, progress=progress or _LogProgress(), mirror_hint=hint)
     log.info("cached %s at %s", entry.name, path)
     return path
 
 
 def backbone_state_dict(name: str) -> tuple[ZooModel, dict[str, Tensor]]:
-    """The zoo backbone ``name`` (pulled on first use) and its cached state_dict (backbone names, no fc)."""
-    from safetensors.torch import load_file
+    """The zoo backbone ``name`` (pulled on first use) and its cached state_dict (backbone names, no fc),
+    checked against the digest in its header (cache files written before digests have none)."""
+    from safetensors import safe_open
+
+    from encnet_core.engine.checkpoint import exception_reason, tensor_digest
+    from encnet_core.engine.model_files import DIGEST_HEADER
 
     path = resolve(name, kind="backbone")
     try:
-        return _entry(name), load_file(str(path))
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            recorded = (handle.metadata() or {}).get(DIGEST_HEADER)
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:  # SafetensorError: a damaged cache file
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cached backbone {path} is unreadable ({detail}): delete it and run again") from None
+        raise ModelError(f"cached backbone {path} is unreadable ({exception_reason(exc)}): delete it and run again") from None
+    if recorded is not None and tensor_digest(state) != recorded:
+        raise ModelError(f"cached backbone {path} is corrupt (its tensors do not match the digest recorded when it was cached): delete it and run again")
+    return _entry(name), state
 
 
 def describe(entry: ZooModel, mirror: str | None = None) -> dict[str, Any]:

@@ -157,6 +157,21 @@ def test_mirror_from_the_environment(http_server, zoo_cache: Path, monkeypatch: 
     assert http_server.state.requests[-1][0] == f"/flag{published.url_path}"
 
 
+def test_segmenter_load_takes_a_mirror(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from encnet_core import Segmenter
+    from encnet_core.data.download import NetworkError
+
+    published = zf.tiny_segmentation(monkeypatch)
+    monkeypatch.setenv(zoo.MIRROR_ENV, "http://encnet-test.invalid")  # the argument wins over the environment
+    with pytest.raises(NetworkError) as info:  # .invalid never resolves: offline, at once
+        Segmenter.load(published.entry.name, device="cpu", mirror="http://encnet-test.invalid/api")
+    text = str(info.value)
+    assert "could not resolve encnet-test.invalid (offline?)" in text and "pass mirror=URL" in text and "--" not in text
+    seg = Segmenter.load(published.entry.name, device="cpu", mirror=zf.serve(http_server, published, under="/api"))
+    assert http_server.state.requests == [(f"/api{published.url_path}", None)]
+    assert seg.classes == zoo.DATASET_LABELS["pcontext"]()[0] and zoo.is_cached(published.entry.name)
+
+
 def test_interrupted_download_resumes(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     published = zf.tiny_segmentation(monkeypatch)
     mirror = zf.serve(http_server, published)
@@ -216,8 +231,11 @@ def test_offline_names_the_url_and_the_ways_out(zoo_cache: Path, monkeypatch: py
     with pytest.raises(DownloadError) as info:
         zoo.pull(name, mirror=f"http://127.0.0.1:{port}/enc", retries=1, timeout=2)
     text = str(info.value)
-    assert text.startswith(f"cannot download http://127.0.0.1:{port}/enc/models/{name}-4de91d59.zip (")
+    assert text.startswith(
+        f"cannot download http://127.0.0.1:{port}/enc/models/{name}-4de91d59.zip: 127.0.0.1:{port} refused the connection"
+    )
     assert "--mirror URL" in text and zoo.MIRROR_ENV in text and f"encnet weights add {name} FILE.pth" in text
+    assert "attempts" not in text and "resume" not in text  # refused: no retries, and nothing to resume
     assert "\n" not in text and not zoo.is_cached(name)
 
 
@@ -269,6 +287,34 @@ def test_add_a_local_pth_or_zip(tmp_path: Path, zoo_cache: Path, monkeypatch: py
     archive.write_bytes(published.zip)
     assert zoo.add(published.entry.name, archive).is_file()
     assert zf.cache_files(zoo_cache) == [f"weights/{published.entry.stem}.safetensors"]
+
+
+def test_cache_files_record_a_digest_checked_on_read(tmp_path: Path, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache file damaged after the pull (its tensor bytes changed) is refused, model and backbone alike."""
+    import struct
+
+    from safetensors import safe_open
+
+    from encnet_core.engine.checkpoint import tensor_digest
+    from encnet_core.errors import CheckpointError
+
+    for published in (zf.tiny_segmentation(monkeypatch), zf.tiny_backbone(monkeypatch)):
+        pth = tmp_path / f"{published.entry.stem}.pth"
+        pth.write_bytes(published.pth)
+        path = zoo.add(published.entry.name, pth)
+        with safe_open(str(path), "pt") as handle:
+            recorded = handle.metadata()["encnet.tensor_digest"]
+            assert recorded == tensor_digest({k: handle.get_tensor(k) for k in handle.keys()})
+        content = bytearray(path.read_bytes())
+        start = 8 + struct.unpack("<Q", content[:8])[0]
+        content[start : start + 2000] = bytes(b ^ 0xFF for b in content[start : start + 2000])
+        path.write_bytes(bytes(content))
+        if published.entry.kind == "segmentation":
+            with pytest.raises(CheckpointError, match=f"^{path} is corrupt: its tensor data"):
+                load_model(published.entry.name, torch.device("cpu"))
+        else:
+            with pytest.raises(ModelError, match=f"^cached backbone {path} is corrupt .*delete it and run again"):
+                create_model("encnet_tiny", 3, backbone_weights="tinys")
 
 
 def test_add_refuses_a_different_file(tmp_path: Path, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,22 +8,29 @@ off) must pass the caller's ``check`` instead (``encnet prepare`` checks that th
 its listing reads to the end): a download that fails it is deleted before the cache accepts it, a
 cached or local file that fails it is refused with the path to delete. Downloads use urllib only (http, https, ftp and file URLs); they stream into
 ``<name>.part``, resume it with an HTTP Range request after a dropped connection, and retry transient
-failures with exponential back-off. Progress goes through a `ProgressCallback` (in bytes), never to the terminal.
+failures (timeouts, resets, HTTP 5xx and 429) with exponential back-off. A host that cannot be
+reached at all fails at once, without retries: its name does not resolve (offline, or a typo), it
+refuses the connection (nothing listens on that port: a wrong mirror URL, or a server that is down;
+retrying within the same minute rarely helps, and a rerun resumes anyway), or there is no route to
+the network. Such failures raise `NetworkError`, which callers extend with the ways out their
+command offers. Progress goes through a `ProgressCallback` (in bytes), never to the terminal.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException, InvalidURL
 from pathlib import Path
-from urllib.error import HTTPError
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
@@ -35,6 +42,7 @@ from encnet_core.progress import ProgressCallback, ThrottledProgress
 __all__ = [
     "HASH_ALGOS",
     "FileCheck",
+    "NetworkError",
     "RemoteFile",
     "default_cache_dir",
     "download",
@@ -152,6 +160,57 @@ class _RetryableError(Exception):
     """A transient failure of one download attempt; the bytes received so far are kept."""
 
 
+class _UnreachableError(Exception):
+    """The host cannot be reached at all (no such name, connection refused, no network): do not retry."""
+
+
+class NetworkError(DownloadError):
+    """A download that failed on the network: at once for an unreachable host, else after its retries.
+
+    ``url``: what failed; ``reason``: why (one line); ``unreachable``: the host name did not resolve,
+    the host refused the connection or the network is unreachable (no retries were made);
+    ``attempts``: attempts made; ``part``: the ``.part`` file holding the bytes received so far
+    (a later run resumes it), or None when there is none. ``advice`` (the ways out the calling
+    command offers: other flags, another command) ends the message; `with_advice` adds it.
+    """
+
+    def __init__(
+        self, url: str, reason: str, *, unreachable: bool, attempts: int, part: Path | None, advice: str | None = None
+    ) -> None:
+        self.url, self.reason, self.unreachable, self.attempts, self.part = url, reason, unreachable, attempts, part
+        self.advice = advice
+        text = f"cannot download {url}: {reason}"
+        if not unreachable:
+            text += f" ({attempts} attempts in a row failed)"
+        ways = []
+        if part is not None:
+            ways.append(f"run the command again {'once online ' if unreachable else ''}to resume from {part}")
+        elif not unreachable and advice is None:
+            ways.append("try again later")
+        if advice:
+            ways.append(advice)
+        super().__init__(text + ((": " if unreachable else "; ") + ", or ".join(ways) if ways else ""))
+
+    def with_advice(self, advice: str) -> NetworkError:
+        """The same failure, its message ending with ``advice``."""
+        return NetworkError(
+            self.url, self.reason, unreachable=self.unreachable, attempts=self.attempts, part=self.part, advice=advice
+        )
+
+
+def _unreachable_reason(url: str, reason: object) -> str | None:
+    """Why the host of ``url`` cannot be reached at all, or None for a failure worth retrying."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.netloc
+    if isinstance(reason, socket.gaierror):  # EAI_NONAME, and EAI_AGAIN as an offline resolver says
+        return f"could not resolve {host} (offline?)"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"{parts.netloc} refused the connection (is the server down, or the URL wrong?)"
+    if isinstance(reason, OSError) and reason.errno == errno.ENETUNREACH:
+        return f"no route to the network for {host} (offline?)"
+    return None
+
+
 class _PartFile:
     """The ``.part`` file of a download and running hashes of exactly the bytes it holds."""
 
@@ -213,7 +272,11 @@ def _attempt(url: str, part: _PartFile, report: ThrottledProgress, timeout: floa
     except (OSError, HTTPException) as exc:
         if urlsplit(url).scheme == "file":
             raise DownloadError(f"cannot read {url}: {getattr(exc, 'reason', exc)}") from None
-        raise _RetryableError(str(getattr(exc, "reason", exc)) or type(exc).__name__) from None
+        reason = exc.reason if isinstance(exc, URLError) else exc
+        unreachable = _unreachable_reason(url, reason)
+        if unreachable:
+            raise _UnreachableError(unreachable) from None
+        raise _RetryableError(str(reason) or type(exc).__name__) from None
 
     with response:
         status = getattr(response, "status", None)  # None for file: URLs
@@ -268,7 +331,10 @@ def download(
     the download restart from the first byte). Transient failures (network errors, timeouts, HTTP
     5xx and 429, a body shorter than its Content-Length) are retried after ``backoff * 2**k`` seconds,
     keeping the bytes already received; ``retries`` is how many attempts in a row may fail without
-    receiving new bytes before `DownloadError` is raised. Other HTTP errors fail at once. With
+    receiving new bytes before `NetworkError` is raised. A host that cannot be reached at all (its
+    name does not resolve, it refuses the connection, no network) raises `NetworkError` at once, and
+    other HTTP errors `DownloadError`. Either message names the ``.part`` file only if one holds
+    bytes to resume (an empty one is removed). With
     ``verify`` and ``expected`` (``{algo: hex}``) the complete file is checked before it is renamed
     to ``dest``: on a mismatch the ``.part`` file is deleted and `ChecksumError` raised. When no
     checksum was checked, ``check`` (if given) runs on the complete ``.part`` file instead; if it
@@ -292,14 +358,16 @@ def download(
             try:
                 _attempt(url, part, report, timeout)
                 break
-            except _RetryableError as exc:
+            except (_RetryableError, _UnreachableError) as exc:
                 if part.size > best:  # this attempt made progress: start counting failures afresh
                     best, failures = part.size, 0
                 failures += 1
-                if failures > retries:
-                    raise DownloadError(
-                        f"cannot download {url}: {exc} ({failures} attempts in a row failed); "
-                        f"run the command again to resume from {part_path}"
+                unreachable = isinstance(exc, _UnreachableError)
+                if unreachable or failures > retries:
+                    if not part.size:  # nothing to resume: no empty .part is left behind either
+                        part_path.unlink(missing_ok=True)
+                    raise NetworkError(
+                        url, str(exc), unreachable=unreachable, attempts=failures, part=part_path if part.size else None
                     ) from None
                 time.sleep(min(backoff * 2 ** (failures - 1), _MAX_BACKOFF))
     except OSError as exc:  # network errors became _RetryableError above: this one is local
@@ -373,7 +441,8 @@ def fetch(
     accept the file: a download that fails it is deleted, a cached or local one is refused with a
     message naming the file. ``warn`` (default: this module's logger) hears about skipped
     verification and about files without a known checksum, with their sha256 to pin. ``timeout``
-    is the network timeout in seconds (per connection attempt and per read).
+    is the network timeout in seconds (per connection attempt and per read). A `NetworkError` from
+    the download ends with ``encnet prepare``'s ways out: ``--archive NAME=PATH`` or ``--mirror URL``.
     """
     warn = warn or _log.warning
     root = Path(root)
@@ -412,9 +481,15 @@ def fetch(
                 f"{url_override or remote.url} into {root}, or pass --archive PATH"
             )
         else:
-            hashes = download(
-                url_override or remote.url, path, expected=checks, progress=progress, check=check, timeout=timeout
-            )
+            try:
+                hashes = download(
+                    url_override or remote.url, path, expected=checks, progress=progress, check=check, timeout=timeout
+                )
+            except NetworkError as exc:  # the ways out `encnet prepare` offers (it has --archive and --mirror)
+                raise exc.with_advice(
+                    f"download {remote.name} yourself and pass --archive {remote.name}=PATH, "
+                    f"or --mirror URL (a server holding {remote.name})"
+                ) from None
     _warn_unverified(path, hashes, expected, verify, warn)
     return path, hashes
 

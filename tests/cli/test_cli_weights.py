@@ -4,6 +4,7 @@ through typer's CliRunner against reference-format zips served from 127.0.0.1.""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 import zoo_fixtures as zf
 from helpers import make_synthetic, one_error_line
 from PIL import Image
+from typer.main import get_command
 from typer.testing import CliRunner
 
+from encnet_cli import _options as opt
 from encnet_cli.main import app
 from encnet_core import zoo
 from encnet_core.data.hdf5 import read_info
@@ -85,6 +88,11 @@ def test_checksum_failure_is_one_line_and_caches_nothing(tiny, http_server, zoo_
     line = one_error_line(run("weights", "pull", published.entry.name, "--mirror", mirror, "--no-progress"))
     assert f"but the reference publishes {published.entry.sha1}" in line and "nothing was cached" in line
     assert zf.cache_files(zoo_cache) == [] and _listed(published.entry.name)["cached"] is False
+    suggested = line.split("`")[1].split()  # the command the message offers for a file the user trusts
+    assert suggested[:4] == ["encnet", "weights", "pull", published.entry.name] and suggested[4] == "--checksum"
+    result = run(*suggested[1:], "--mirror", mirror, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert _listed(published.entry.name)["cached"] is True
     line = one_error_line(run("weights", "pull", published.entry.name, "--checksum", "sha1:xyz"))
     assert "bad --checksum value" in line
 
@@ -152,3 +160,62 @@ def test_evaluate_and_info_by_name(http_server, zoo_cache: Path, tmp_path: Path,
     assert shown.exit_code == 0, shown.output
     assert "encnet_tiny" in shown.stdout and "safetensors" in shown.stdout
     assert len(http_server.state.requests) == 1
+
+
+# ----------------------------------------------------------------------------- --mirror of predict and evaluate; offline
+
+INVALID = "http://encnet-test.invalid"  # .invalid never resolves (RFC 2606): offline, without a network
+
+
+def _flags_to_pass(line: str) -> set[str]:
+    """The --flags a message tells the user to pass (not those inside a `command` it suggests running)."""
+    return set(re.findall(r"--[a-z][a-z-]*", re.sub(r"`[^`]*`", "", line)))
+
+
+def _options_of(*command: str) -> set[str]:
+    cmd = get_command(app)
+    for word in command:
+        cmd = cmd.commands[word]  # type: ignore[attr-defined]
+    return {name for param in cmd.params for name in (*param.opts, *param.secondary_opts)}
+
+
+def test_predict_and_evaluate_pull_from_their_mirror(http_server, zoo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_synthetic(tmp_path, 2, 3, size=40)
+    info = read_info(data)
+    monkeypatch.setitem(zoo.DATASET_LABELS, "synthetic", lambda: (list(info.classes), info.palette))
+    published = zf.tiny_segmentation(monkeypatch, dataset="synthetic", num_classes=len(info.classes))
+    mirror = zf.serve(http_server, published, under="/predict-mirror")
+    name = published.entry.name
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(images / "a.png")
+    result = run("predict", name, images, "-o", tmp_path / "out", "--device", "cpu", "--mirror", mirror, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert http_server.state.requests == [(f"/predict-mirror{published.url_path}", None)] and zoo.is_cached(name)
+    assert (tmp_path / "out" / "a.png").is_file()
+    zoo.cache_path(name).unlink()  # evaluate pulls it again, from its own --mirror
+    mirror = zf.serve(http_server, published, under="/evaluate-mirror")
+    result = run("evaluate", name, data, "--device", "cpu", "-j", "0", "--mirror", mirror, "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 3
+    assert http_server.state.requests[1:] == [(f"/evaluate-mirror{published.url_path}", None)]
+    assert opt.MIRROR_HELP.endswith(f"(also ${zoo.MIRROR_ENV}).")
+
+
+def test_an_unreachable_mirror_is_one_line_naming_only_the_commands_flags(zoo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr("encnet_core.data.download.time.sleep", sleeps.append)
+    data = make_synthetic(tmp_path, 2, 3, size=40)
+    name, url = "encnet_resnet101s_pcontext", f"{INVALID}/models/encnet_resnet101s_pcontext-9f27ea13.zip"
+    assert zoo.get(name).url(INVALID) == url
+    for command, args in (("predict", (tmp_path, "-o", tmp_path / "out")), ("evaluate", (data,))):
+        # -q: without it the log line "... is not cached yet: downloading URL" comes first
+        line = one_error_line(run("-q", command, name, *args, "--device", "cpu", "--mirror", INVALID, "--no-progress"))
+        assert line.startswith(f"error: cannot download {url}: could not resolve encnet-test.invalid (offline?): ")
+        assert "pass --mirror URL" in line and f"encnet weights add {name} FILE.pth" in line and "resume" not in line
+        assert _flags_to_pass(line) <= _options_of(command), line
+    monkeypatch.setenv(zoo.MIRROR_ENV, INVALID)  # a command without --mirror: the message points to `weights pull`
+    line = one_error_line(run("-q", "info", name))
+    assert f"run `encnet weights pull {name} --mirror URL` first (or set {zoo.MIRROR_ENV}=URL)" in line
+    assert "pass --mirror" not in line and _flags_to_pass(line) <= _options_of("info"), line
+    assert sleeps == [] and not zoo.is_cached(name)

@@ -40,7 +40,8 @@ class ServerState:
 
     files: dict[str, bytes] = field(default_factory=dict)  # URL path -> body
     drop_after: int | None = None  # first request: send this many body bytes, then close
-    errors_500: int = 0  # answer this many requests with 500 first
+    errors_500: int = 0  # answer this many requests with `error_code` (500 unless set) first
+    error_code: int = 500  # the status of those answers (503: a server that is briefly unavailable)
     ignore_range: bool = False  # answer Range requests with the full body (status 200)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
@@ -56,7 +57,7 @@ class Handler(BaseHTTPRequestHandler):
         state.requests.append((self.path, range_header))
         if state.errors_500:
             state.errors_500 -= 1
-            self.send_error(500)
+            self.send_error(state.error_code)
             return
         data = state.files.get(self.path)
         if data is None:
