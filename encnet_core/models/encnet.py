@@ -63,7 +63,8 @@ class EncNet(nn.Module):
     def _upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
-    def forward(self, x: Tensor, with_se: bool = False) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, with_se: bool = False, upsample: bool = True) -> dict[str, Tensor]:
+        """``upsample=False``: ``"out"`` at the head's resolution (``_upsample`` brings it to the input's)."""
         size = (x.shape[-2], x.shape[-1])
         _, c2, c3, c4 = self.backbone(x)
         se: Tensor | None = None
@@ -71,7 +72,7 @@ class EncNet(nn.Module):
             logits, se = self.head(c2, c3, c4)
         else:
             logits = self.head(c4)
-        outputs = {"out": self._upsample(logits, size)}  # (B, classes, H, W)
+        outputs = {"out": self._upsample(logits, size) if upsample else logits}  # (B, classes, H, W)
         if self.training and self.aux_head is not None:
             outputs["aux"] = self._upsample(self.aux_head(c3), size)  # (B, classes, H, W)
         if se is not None and (self.training or with_se):
