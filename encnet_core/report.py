@@ -205,7 +205,7 @@ def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> Rep
     for key in _LOSS_KEYS + tuple(sorted({k for r in train for k in r} - set(_LOSS_KEYS) - _NOT_LOSSES)):
         x, y = _series(train, key)
         if x:
-            ax.plot(x, y, label="total" if key == "loss" else key, linewidth=2 if key == "loss" else 1)
+            _plot(ax, x, y, label="total" if key == "loss" else key, linewidth=2 if key == "loss" else 1)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     if ax.lines:
@@ -216,7 +216,7 @@ def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> Rep
 
     ax = axes["lr"]
     x, y = _series(train, "lr")
-    ax.plot(x, y, color="tab:purple")
+    _plot(ax, x, y, color="tab:purple")
     ax.set_xlabel("iteration")
     ax.set_ylabel("backbone lr")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
@@ -224,12 +224,15 @@ def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> Rep
 
     ax = axes["speed"]
     x, y = _series(train, "images_per_s")
-    ax.plot(x, y, color="tab:green")
+    _plot(ax, x, y, color="tab:green", label="images/s (all processes)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("images per second")
-    _, its = _series(train, "it_per_s")
-    if its:
-        ax.text(0.98, 0.04, f"median {np.median(its):.2f} iterations/s", ha="right", fontsize=8, transform=ax.transAxes)
+    if y:  # the median of what is plotted, in its unit; iterations/s beside it
+        _, its = _series(train, "it_per_s")
+        per_iteration = f", {np.median(its):.2f} iterations/s" if its else ""
+        ax.axhline(float(np.median(y)), color="gray", linestyle="--", linewidth=1,
+                   label=f"median {np.median(y):.1f} images/s{per_iteration}")  # fmt: skip
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_title(PANELS[2])
 
     ax = axes["val"]
@@ -282,17 +285,34 @@ def write_report(run_dir: Path, options: ReportOptions = ReportOptions()) -> Rep
 _NOT_LOSSES = {"type", "iteration", "epoch", "lr", "it_per_s", "images_per_s", "data_share"}
 
 
+def _plot(ax: Any, x: list[float], y: list[float], **style: Any) -> None:
+    """``ax.plot`` with a marker on a series of one point (a line through one point draws nothing)."""
+    ax.plot(x, y, **({"marker": "o", "markersize": 4} if len(x) == 1 else {}), **style)
+
+
+IOU_PANEL_POINTS = 700
+"""Width of the per-class IoU panel in points (about 10 of the report's 16 inches): how much room a bar's label has."""
+
+
 def _iou_bars(ax: Any, classes: list[str], iou: list[float | None]) -> None:
-    from encnet_core.viz import plain
+    """Bars of the per-class IoU (the 20 worst and 20 best past 40 classes), each labelled with its value:
+    9 pt across the bar where it is over 30 pt wide, else 8 pt turned upright; names cut to 20 characters."""
+    from encnet_core.viz import plain, short
 
     scored = [(plain(c), v) for c, v in zip(classes, iou, strict=True) if v is not None]
+    gap = None
     if len(scored) > 40:  # the 20 worst and the 20 best, sorted
         scored = sorted(scored, key=lambda item: item[1])
-        scored = scored[:20] + [("...", 0.0)] + scored[-20:]
+        scored, gap = scored[:20] + [("...", 0.0)] + scored[-20:], 20
     bars = ax.bar(range(len(scored)), [v for _, v in scored], color="tab:blue")
-    ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    ax.set_xticks(range(len(scored)), [n for n, _ in scored], rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
-    ax.set_ylim(0, 1)
+    labels = ["" if i == gap else f"{v:.2f}" for i, (_, v) in enumerate(scored)]
+    if IOU_PANEL_POINTS / max(1, len(scored)) > 30:
+        ax.bar_label(bars, labels=labels, fontsize=9, padding=2)
+    else:
+        ax.bar_label(bars, labels=labels, fontsize=8, padding=2, rotation=90)
+    ax.set_xticks(range(len(scored)), [short(n, 20) for n, _ in scored], rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_ylim(0, 1.12)  # room above a bar of 1.0 for its label
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("IoU")
 
 

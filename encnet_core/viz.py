@@ -8,8 +8,9 @@ legend of ``predict --overlay`` is drawn with PIL (one per image, fast). Every P
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,10 @@ __all__ = [
     "LegendEntry",
     "legend_entries",
     "draw_legend",
+    "legend_font_size",
+    "LEGEND_FONT_SHARE",
+    "LEGEND_FONT_PX",
+    "LEGEND_MAX_SHARE",
     "blend",
     "colour_labels",
     "new_figure",
@@ -36,6 +41,9 @@ __all__ = [
     "grid_figure",
     "MAX_ANNOTATED_CLASSES",
     "plain",
+    "short",
+    "LEGEND_COLUMNS_MAX",
+    "LEGEND_NAME_CHARS",
     "dataset_grid",
 ]
 
@@ -83,39 +91,79 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+LEGEND_FONT_SHARE = 0.025
+"""Legend text size of ``draw_legend``: this share of the image's shorter side (clamped to LEGEND_FONT_PX)."""
+LEGEND_FONT_PX = (9, 120)
+"""Smallest and largest legend text size in pixels (9: still readable; 120: a 4800 px shorter side)."""
+LEGEND_MAX_SHARE = 0.5
+"""The legend's box is at most this share of the image's width and of its height (so at most a quarter of it)."""
+
+
+def legend_font_size(width: int, height: int) -> int:
+    """The legend's text size in pixels for a ``width`` x ``height`` image (see LEGEND_FONT_SHARE)."""
+    low, high = LEGEND_FONT_PX
+    return int(min(high, max(low, round(min(width, height) * LEGEND_FONT_SHARE))))
+
+
+def _fit(text: str, room: float, measure: Callable[[str], float]) -> str:
+    """``text``, or as much of it as fits in ``room`` pixels followed by an ellipsis ("" if not even one character)."""
+    if measure(text) <= room:
+        return text
+    for cut in range(len(text) - 1, 0, -1):
+        if measure(text[:cut] + "\u2026") <= room:
+            return text[:cut] + "\u2026"
+    return ""
+
+
 def draw_legend(
     image: Image.Image, entries: Sequence[LegendEntry], *, max_entries: int = 12
 ) -> tuple[Image.Image, list[tuple[LegendEntry, tuple[int, int, int, int]]]]:
-    """``image`` (RGB) with a small legend in its top-left corner: a colour swatch and a name per entry.
+    """``image`` (RGB) with a legend in its top-left corner: a colour swatch and a name per entry.
+
+    The text is ``legend_font_size`` pixels (2.5% of the shorter side, 9 to 120 px), the swatch as
+    tall and the padding in proportion, so the legend reads the same on a 128 px thumbnail and on a
+    6000 x 4000 photo. Its box stays within LEGEND_MAX_SHARE of the image's width and height (at
+    most a quarter of the picture): longer names are cut short with an ellipsis, and past the lines
+    that fit (or ``max_entries``) the last line reads "+N more". An image too small for one line at
+    the smallest size (under about 40 px) is returned without a legend.
 
     Returns the new image and, for each entry drawn, its swatch box (x0, y0, x1, y1), so callers and
-    tests can see what the legend says. It covers at most half the image's height; past that (or past
-    ``max_entries`` lines) the last line reads "+N more".
+    tests can see what the legend says.
     """
     out = image.convert("RGB").copy()
     if not entries:
         return out, []
-    size = max(8, min(18, out.height // 28))
+    size = legend_font_size(*out.size)
     font = _font(size)
     draw = ImageDraw.Draw(out, "RGBA")
-    pad, swatch, step = 3, size, size + 3
-    lines_max = max(1, min(max_entries, (out.height // 2 - pad) // step))  # the legend covers half the height at most
+    pad, gap, swatch = max(2, round(size * 0.3)), max(1, round(size * 0.15)), size
+    row = max(swatch, font.getbbox("Ag")[3])  # a line: the swatch and the text with its descenders
+    max_width, max_height = int(out.width * LEGEND_MAX_SHARE), int(out.height * LEGEND_MAX_SHARE)
+    room = max_width - (3 * pad + swatch)  # for the text
+
+    def measure(text: str) -> float:
+        return draw.textlength(text, font=font)
+
+    lines_max = min(max_entries, (max_height - 2 * pad + gap) // (row + gap))
+    if lines_max < 1 or room < measure("ab\u2026"):
+        return out, []
     shown = list(entries[: lines_max if len(entries) <= lines_max else max(1, lines_max - 1)])
-    lines = [entry.name[:24] for entry in shown]
+    lines = [_fit(entry.name, room, measure) for entry in shown]
     if len(entries) > len(shown):
-        lines.append(f"+{len(entries) - len(shown)} more")
-    text_width = max(int(draw.textlength(line, font=font)) for line in lines)
-    width = pad + swatch + pad + text_width + pad
-    height = pad + step * len(lines)
-    draw.rectangle([0, 0, width, height], fill=(255, 255, 255, 200))
+        lines.append(_fit(f"+{len(entries) - len(shown)} more", room, measure))
+    text_width = max(int(math.ceil(measure(line))) for line in lines)
+    width = min(max_width, 3 * pad + swatch + text_width)
+    height = 2 * pad + len(lines) * row + (len(lines) - 1) * gap
+    draw.rectangle([0, 0, width - 1, height - 1], fill=(255, 255, 255, 200))
     boxes = []
-    for row, line in enumerate(lines):
-        y = pad + row * step
-        if row < len(shown):
-            box = (pad, y, pad + swatch - 1, y + swatch - 1)
-            draw.rectangle(box, fill=shown[row].colour, outline=(0, 0, 0))
-            boxes.append((shown[row], box))
-        draw.text((pad + swatch + pad, y), line, fill=(0, 0, 0), font=font)
+    for index, line in enumerate(lines):
+        y = pad + index * (row + gap)
+        if index < len(shown):
+            top = y + (row - swatch) // 2
+            box = (pad, top, pad + swatch - 1, top + swatch - 1)
+            draw.rectangle(box, fill=shown[index].colour, outline=(0, 0, 0), width=max(1, size // 12))
+            boxes.append((shown[index], box))
+        draw.text((2 * pad + swatch, y), line, fill=(0, 0, 0), font=font)
     return out, boxes
 
 
@@ -230,10 +278,30 @@ def write_confusion(
     return shown
 
 
-def _patches(entries: Sequence[LegendEntry]) -> list[Any]:
+LEGEND_COLUMNS_MAX = 2
+"""A figure legend (``grid_figure``) has at most this many columns; classes past them are one "+N more" line."""
+LEGEND_NAME_CHARS = 28
+"""Class names in a figure legend are cut to this many characters (ADE20K's run to 80), with an ellipsis."""
+
+
+def short(text: str, limit: int = LEGEND_NAME_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the last an ellipsis, when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _legend_plan(entries: Sequence[LegendEntry], per_column: int) -> tuple[list[Any], int, float]:
+    """The handles of a figure legend of ``entries`` in at most LEGEND_COLUMNS_MAX columns of ``per_column``
+    lines (the classes that do not fit: one "+N more" line), its column count and its width in inches."""
     from matplotlib.patches import Patch
 
-    return [Patch(facecolor=np.asarray(e.colour) / 255.0, edgecolor="black", label=plain(e.name)) for e in entries]
+    columns = max(1, min(LEGEND_COLUMNS_MAX, -(-len(entries) // per_column)))
+    capacity = columns * per_column
+    shown = list(entries) if len(entries) <= capacity else list(entries[: capacity - 1])
+    handles = [Patch(facecolor=np.asarray(e.colour) / 255.0, edgecolor="black", label=short(plain(e.name))) for e in shown]
+    if len(entries) > len(shown):
+        handles.append(Patch(facecolor="none", edgecolor="none", label=f"+{len(entries) - len(shown)} more (fewer pixels)"))
+    longest = max(len(h.get_label()) for h in handles)
+    return handles, columns, columns * (0.6 + 0.062 * longest)  # 8 pt text: about 0.062 inch a character
 
 
 def grid_figure(
@@ -245,13 +313,18 @@ def grid_figure(
 ) -> tuple[Any, list[str]]:
     """A grid of pictures (rows of (caption, (H, W, 3) uint8)) with a legend of ``entries`` beside it.
 
-    ``figure`` may be a subfigure of a larger figure; without it a new figure is made. Returns the
-    figure and the legend's class names in order.
+    ``figure`` may be a subfigure of a larger figure; without it a new figure is made, as wide as the
+    pictures and the legend. The legend has as many lines a column as fit beside the grid and at most
+    LEGEND_COLUMNS_MAX columns (names cut to LEGEND_NAME_CHARS); the classes with the fewest pixels
+    past that are one "+N more" line, so a dataset of 150 classes still leaves the pictures their room.
+    Returns the figure and the legend's class names in order (all of them).
     """
     rows = len(cells)
     cols = max(len(row) for row in cells)
+    per_column = max(8, int(rows * cell_inches * 4))  # about as many lines as fit beside the grid
+    handles, columns, legend_inches = _legend_plan(entries, per_column) if entries else ([], 0, 0.0)
     if figure is None:
-        figure = new_figure(cols * cell_inches + 2.2, rows * cell_inches + 0.6)
+        figure = new_figure(cols * cell_inches + max(0.4, legend_inches + 0.2), rows * cell_inches + 0.6)
     axes = np.atleast_2d(np.asarray(figure.subplots(rows, cols, squeeze=False)))
     for r in range(rows):
         for c in range(cols):
@@ -263,10 +336,8 @@ def grid_figure(
                 ax.set_title(plain(caption), fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
-    if entries:
-        per_column = max(8, int(rows * cell_inches * 4))  # about as many lines as fit beside the grid
-        columns = -(-len(entries) // per_column)
-        figure.legend(handles=_patches(entries), loc="outside right upper", fontsize=8, title="classes", title_fontsize=8, ncols=columns)
+    if handles:
+        figure.legend(handles=handles, loc="outside right upper", fontsize=8, title="classes", title_fontsize=8, ncols=columns)
     return figure, [e.name for e in entries]
 
 
@@ -303,15 +374,25 @@ def dataset_grid(
     Returns the figure and what it shows: ``indices``, ``names``, ``legend`` (class names, most pixels
     first; for classification, the classes of the images shown, in class order).
     """
-    from encnet_core.data.dataset import read_image_and_mask
+    from encnet_core.data.dataset import BadSampleError
     from encnet_core.data.hdf5 import read_info, read_names
     from encnet_core.errors import DataError
 
     info = read_info(data)
     if split not in info.splits:
-        raise DataError(f"{data} has no split {split!r}; it has {', '.join(info.splits)}")
+        raise DataError(f"{data} has no split {split!r}; it has {', '.join(info.splits) or 'no splits'}")
     indices = _pick(data, split, info.splits[split], index, name, count)
     names = read_names(data, split)
+    try:
+        return _grid(data, split, info, indices, names, alpha)
+    except BadSampleError as exc:  # show has no --skip-bad: name the sample and the options that avoid it
+        raise DataError(f"{data}: {exc.sample}; fix the file, or show other images (--index, --name, --count)") from None
+
+
+def _grid(data: Path, split: str, info: Any, indices: list[int], names: list[str], alpha: float) -> tuple[Figure, dict[str, Any]]:
+    """``dataset_grid`` once the images are chosen."""
+    from encnet_core.data.dataset import read_image_and_mask
+
     if info.task == "classification":
         return _classification_grid(data, split, info, indices, names)
     cells, masks = [], []

@@ -160,3 +160,94 @@ def test_confusion_captions_name_what_is_counted() -> None:
     for unit in ("pixels", "images"):
         figure, _ = confusion_figure(matrix, ["a", "b"], unit=unit)
         assert figure.axes[1].get_ylabel() == f"share of the label's {unit}"
+
+
+def _dark_rows(out: Image.Image, x_from: int) -> np.ndarray:
+    """Rows holding text pixels (near black) right of ``x_from``."""
+    pixels = np.asarray(out.crop((x_from, 0, out.width // 2, out.height // 2)))  # the legend's corner
+    return np.flatnonzero((pixels.max(axis=2) < 80).any(axis=1))
+
+
+def test_legend_text_grows_with_the_image() -> None:
+    """The text is 2.5% of the shorter side (9 to 120 px): a 2400 px photo's legend text is four times a
+    600 px one's, and 1-3% of the side on both (it was 18 px at most: 0.75% of a 2400 px side)."""
+    entry = [viz.LegendEntry(1, "road", (200, 60, 60))]
+    heights = {}
+    for short_side in (200, 600, 2400):
+        image = Image.new("RGB", (short_side * 3 // 2, short_side), (128, 128, 128))
+        out, boxes = viz.draw_legend(image, entry)
+        (_, (x0, y0, x1, y1)), = boxes
+        rows = _dark_rows(out, x1 + 2)
+        heights[short_side] = rows.max() - rows.min() + 1
+        assert y1 - y0 + 1 == viz.legend_font_size(*image.size)  # the swatch is as tall as the text size
+    assert viz.legend_font_size(300, 200) == 9 and viz.legend_font_size(1200, 800) == 20
+    assert viz.legend_font_size(6000, 4000) == 100 and viz.legend_font_size(20000, 9000) == 120
+    assert 3.5 <= heights[2400] / heights[600] <= 4.5
+    assert 0.01 <= heights[600] / 600 <= 0.03 and 0.01 <= heights[2400] / 2400 <= 0.03
+    assert heights[200] >= 6  # the 9 px floor: "road" stays readable on a small image
+
+
+@pytest.mark.parametrize("size", [(128, 128), (128, 96), (96, 128), (200, 128)])
+def test_legend_covers_at_most_a_quarter_of_a_small_image(size: tuple[int, int]) -> None:
+    """Measured on the pixels that differ from the plain picture: inside the top-left half-width x
+    half-height box, so at most 25% of it, even with 14 classes of long names (the old legend took
+    24 characters a line and half the height: over 40% of a 128 px image)."""
+    entries = [viz.LegendEntry(i, f"a rather long class name {i}", (40 + 10 * i, 200, 90)) for i in range(14)]
+    plain = Image.new("RGB", size, (128, 128, 128))
+    out, boxes = viz.draw_legend(plain, entries)
+    changed = (np.asarray(out) != np.asarray(plain)).any(axis=2)
+    ys, xs = np.nonzero(changed)
+    assert changed.mean() <= 0.25
+    assert xs.max() < size[0] * viz.LEGEND_MAX_SHARE and ys.max() < size[1] * viz.LEGEND_MAX_SHARE
+    assert 1 <= len(boxes) < 14  # some classes, then "+N more"
+    for entry, (x0, y0, x1, y1) in boxes:
+        assert out.getpixel(((x0 + x1) // 2, (y0 + y1) // 2)) == entry.colour
+
+
+def test_no_legend_on_an_image_too_small_for_one_line() -> None:
+    entries = [viz.LegendEntry(1, "road", (200, 60, 60))]
+    for size in ((60, 60), (400, 30)):
+        plain = Image.new("RGB", size, (128, 128, 128))
+        out, boxes = viz.draw_legend(plain, entries)
+        assert boxes == [] and np.array_equal(np.asarray(out), np.asarray(plain))
+    assert viz.draw_legend(Image.new("RGB", (70, 70)), entries)[1]  # from about 70 x 34 px on
+
+
+def test_a_stored_palette_is_what_the_pictures_show(data: Path, tmp_path: Path) -> None:
+    """A file prepared before the synthetic colours changed keeps showing its own (VOC) colours."""
+    import shutil
+
+    import h5py
+
+    old = tmp_path / "old.h5"
+    shutil.copy(data, old)
+    info = read_info(data)
+    stored = voc_palette(len(info.classes))
+    assert not np.array_equal(stored, info.palette)  # today's synthetic colours differ from the VOC map
+    with h5py.File(old, "r+") as handle:
+        handle.attrs["palette"] = stored
+    figure, shown = viz.dataset_grid(old, "val", count=3)
+    colours = {t.get_text(): tuple(np.round(np.asarray(h.get_facecolor()[:3]) * 255).astype(int))
+               for t, h in zip(figure.legends[0].get_texts(), figure.legends[0].legend_handles, strict=True)}  # fmt: skip
+    assert colours == {name: tuple(int(v) for v in stored[info.classes.index(name)]) for name in shown["legend"]}
+
+
+def test_figure_legend_of_many_long_names_stays_beside_the_pictures() -> None:
+    """150 classes of names up to 80 characters: two columns at most, names cut to 28 characters,
+    the rest one "+N more" line; constrained layout keeps working (no warning)."""
+    import warnings
+
+    entries = [viz.LegendEntry(i, f"class {i}, " + "synonym, " * 8, (i, 255 - i, 100)) for i in range(150)]
+    cells = [[("a", np.zeros((8, 8, 3), np.uint8)), ("b", np.zeros((8, 8, 3), np.uint8))]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure, names = viz.grid_figure(cells, entries, "t")
+        figure.canvas.draw()
+    legend = figure.legends[0]
+    texts = [t.get_text() for t in legend.get_texts()]
+    per_column = 8  # one row of 2.2 inch pictures
+    assert len(texts) == 2 * per_column and texts[-1] == f"+{150 - 2 * per_column + 1} more (fewer pixels)"
+    assert texts[0] == ("class 0, " + "synonym, " * 8)[:27] + "\u2026" and max(len(t) for t in texts) <= viz.LEGEND_NAME_CHARS
+    assert len(names) == 150  # what the caller prints: every class
+    bbox = legend.get_window_extent()
+    assert bbox.x1 <= figure.bbox.x1 + 1 and all(ax.get_window_extent().width > 50 for ax in figure.axes)

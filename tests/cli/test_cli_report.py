@@ -118,3 +118,140 @@ def test_iou_panel_with_many_classes_shows_the_worst_and_best_20() -> None:
     _iou_bars(ax, [f"c{i}" for i in range(60)], [i / 100 for i in range(59)] + [None])
     names = [t.get_text() for t in ax.get_xticklabels()]
     assert len(names) == 41 and names[:2] == ["c0", "c1"] and names[20] == "..." and names[-1] == "c58"
+
+
+def _saved_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib figures write_report saves (still written to disk)."""
+    from encnet_core import viz
+
+    figures: list = []
+    original = viz.save_figure
+
+    def keep(figure, path, dpi=100):
+        figures.append(figure)
+        original(figure, path, dpi)
+
+    monkeypatch.setattr(viz, "save_figure", keep)
+    return figures
+
+
+def _axes(figure) -> dict:
+    """Every axes of the report (its subfigures' too) by title."""
+    return {ax.get_title(): ax for ax in [*figure.axes, *(a for sub in figure.subfigs for a in sub.axes)]}
+
+
+def _no_warnings(call, caplog: pytest.LogCaptureFixture):
+    """``call()`` with every Python warning an error (torchvision's decoder deprecation aside) and no
+    matplotlib log warning."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        with caplog.at_level(logging.WARNING):
+            result = call()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("matplotlib")] == []
+    return result
+
+
+def test_report_throughput_median_is_of_what_is_plotted(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The panel plots images/s; its median line and legend say images/s (the old note said
+    "median N iterations/s" on the images/s axis), with the iterations/s beside it."""
+    import numpy as np
+
+    _, run_dir = trained
+    figures = _saved_figures(monkeypatch)
+    write_report(run_dir, ReportOptions(out=tmp_path / "r.png", device="cpu", images=1, limit=2))
+    ax = _axes(figures[0])["throughput"]
+    train_records, _ = read_metrics(run_dir)
+    images = np.median([r["images_per_s"] for r in train_records])
+    iterations = np.median([r["it_per_s"] for r in train_records])
+    assert ax.get_ylabel() == "images per second"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "images/s (all processes)", f"median {images:.1f} images/s, {iterations:.2f} iterations/s"]  # fmt: skip
+    curve, median = ax.get_lines()
+    assert list(curve.get_ydata()) == [r["images_per_s"] for r in train_records]
+    assert list(median.get_ydata()) == [images, images] and len(ax.texts) == 0
+
+
+def test_report_iou_labels_are_readable(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bar's value at 9 pt (was 6 pt: about 8 px at 100 dpi), the class names at 8 pt."""
+    _, run_dir = trained
+    figures = _saved_figures(monkeypatch)
+    result = write_report(run_dir, ReportOptions(out=tmp_path / "r.png", device="cpu", images=0, limit=2))
+    ax = _axes(figures[0])[result.panels[4]]
+    scored = [v for v in result.best["iou"] if v is not None]
+    assert [t.get_text() for t in ax.texts] == [f"{v:.2f}" for v in scored]
+    assert {t.get_fontsize() for t in ax.texts} == {9.0} and {t.get_rotation() for t in ax.texts} == {0.0}
+    assert {t.get_fontsize() for t in ax.get_xticklabels()} == {8.0}
+
+
+def test_report_draws_without_warnings(
+    trained: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, run_dir = trained
+    result = _no_warnings(
+        lambda: write_report(run_dir, ReportOptions(out=tmp_path / "r.png", device="cpu", images=2, limit=2)),
+        caplog,
+    )
+    assert result.panels[-1] == PANELS[5]
+
+
+def test_report_of_150_long_class_names_keeps_its_layout(trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """An ADE20K-sized run whose predictions hold every class: the legend used to take 5 columns of
+    80-character names and matplotlib warned "constrained_layout not applied because axes sizes
+    collapsed to zero" (the pictures squeezed away); now two columns, "+N more", no warning."""
+    import numpy as np
+
+    from encnet_core import report
+    from encnet_core.data.sources.ade20k import ADE20K_CLASSES
+    from encnet_core.palette import voc_palette
+
+    classes = list(ADE20K_CLASSES)
+    rng = np.random.default_rng(0)
+
+    def fake_best(best, data, split, options):
+        samples = [(i, rng.integers(0, 255, (40, 48, 3), dtype=np.uint8), rng.integers(0, 150, (40, 48), dtype=np.uint8),
+                    rng.integers(0, 150, (40, 48), dtype=np.uint8)) for i in range(options.images)]  # fmt: skip
+        iou = [float(v) for v in rng.uniform(0, 1, len(classes))]
+        return {"classes": classes, "iou": iou, "images": 2, "pixAcc": 0.5, "mIoU": float(np.mean(iou)), "dataset": "d",
+                "split": "val", "palette": voc_palette(151)[1:]}, samples  # fmt: skip
+
+    monkeypatch.setattr(report, "_evaluate_best", fake_best)
+    figures = _saved_figures(monkeypatch)
+    _, run_dir = trained
+    _no_warnings(
+        lambda: write_report(run_dir, ReportOptions(out=tmp_path / "r.png", device="cpu", images=2)), caplog
+    )
+    legend = figures[0].subfigs[1].legends[0]
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert len(texts) == 34 and texts[-1] == "+117 more (fewer pixels)"  # 2 columns of 17 lines beside 2 rows
+    iou = _axes(figures[0])["per-class IoU (best.pt), 2 val images"]
+    assert (
+        len(iou.texts) == 41
+        and iou.texts[20].get_text() == ""
+        and {t.get_rotation() for t in iou.texts} == {90.0}
+    )
+
+
+def test_report_shows_a_lone_record_as_a_point(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run shorter than log_every has one train record: a line through one point drew nothing."""
+    _, run_dir = trained
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    figures = _saved_figures(monkeypatch)
+    write_report(copy, ReportOptions(out=tmp_path / "r.png"))
+    axes = _axes(figures[0])
+    for title in ("loss", "learning rate", "throughput"):
+        assert {line.get_marker() for line in axes[title].get_lines() if len(line.get_xdata()) == 1} == {
+            "o"
+        }, title

@@ -15,14 +15,17 @@ from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.synthetic import (
     CLASSES,
     CONTEXT_PAIRS,
+    FAR_CLASSES,
     PALETTE,
     SCENES,
     generate_indexed_scene,
     generate_scene,
+    layout_classes,
+    layout_palette,
     write_voc_archive,
 )
 from encnet_core.errors import ConfigError
-from encnet_core.palette import pil_palette, voc_palette
+from encnet_core.palette import delta_e76, pil_palette, voc_palette
 
 ROOT = "VOCdevkit/VOC2012"
 SMALL = {"num_train": 5, "num_val": 3, "size": 48, "seed": 7}
@@ -125,8 +128,32 @@ def test_generate_scene_is_deterministic() -> None:
     assert scene == second[2]
 
 
-def test_palette_is_the_voc_palette() -> None:
-    np.testing.assert_array_equal(PALETTE, voc_palette(len(CLASSES)))
+def test_class_colours_are_far_apart_in_cielab() -> None:
+    """Every two classes of either layout, and each class and the white of ignored pixels, differ by
+    deltaE76 >= 39 (the VOC colour map they had before: 8.8 for sea/ground, 11.3 for counter/person)."""
+    far = layout_palette("far")
+    assert layout_classes("far") == FAR_CLASSES and far.shape == (len(FAR_CLASSES), 3) and far.dtype == np.uint8
+    np.testing.assert_array_equal(PALETTE, far[: len(CLASSES)])
+    np.testing.assert_array_equal(layout_palette("standard"), PALETTE)
+    with_white = np.concatenate([far, [[255, 255, 255]]])
+    distance = delta_e76(with_white)
+    np.fill_diagonal(distance, np.inf)
+    assert distance.min() >= 39.0
+    old = delta_e76(voc_palette(len(FAR_CLASSES)))
+    np.fill_diagonal(old, np.inf)
+    assert old.min() < 10.0  # what the check would have caught
+    assert len({tuple(row) for row in with_white.tolist()}) == len(with_white)
+
+
+def test_prepared_synthetic_file_carries_the_class_colours(tmp_path: Path) -> None:
+    from encnet_core.data.hdf5 import read_info
+    from encnet_core.data.prepare import PrepareOptions, prepare
+
+    out = tmp_path / "syn.h5"
+    prepare("synthetic", PrepareOptions(out=out, root=tmp_path / "cache", workers=1, params={"num_train": 2, "num_val": 1, "size": 48}))
+    info = read_info(out)
+    assert info.classes == list(CLASSES)
+    np.testing.assert_array_equal(info.palette, PALETTE)
 
 
 def test_every_class_appears_in_the_default_dataset(default_scenes: list[Scene]) -> None:

@@ -182,9 +182,10 @@ def plan_synthetic(files: dict[str, Path], workdir: Path, params: dict[str, Any]
             raise DataError(f"cannot write {archive}: {exc.strerror or exc}") from None
     splits, classes = voc_items(archive, classes_required=True, limits=params.get("_limits"))
     assert classes is not None
+    known = tuple(classes) == synthetic.layout_classes(layout)  # distinct colours (synthetic.CLASS_COLOURS), not the VOC map
     return SourcePlan(
         classes,
-        voc_palette(len(classes)),
+        synthetic.layout_palette(layout) if known else voc_palette(len(classes)),
         splits,
         {"train": num_train, "val": num_val},
         files={"synthetic_archive": str(archive), "seed": seed, "size": size, "layout": layout},
