@@ -10,20 +10,33 @@ bin=".venv/bin"
 encnet="$bin/encnet"
 mkdir -p "$out"
 start=$(date +%s)
+steps=7 step_no=0 step_start=$start
 
-echo "== 1/7 prepare: built-in synthetic dataset (VOC-style archive -> HDF5)"
+minsec() { echo "$(( $1 / 60 )) min $(( $1 % 60 )) s"; }
+step() {  # the time the previous step took, then the next step's heading
+    local now
+    now=$(date +%s)
+    if (( step_no > 0 )); then
+        echo "   step $step_no/$steps took $(minsec $(( now - step_start ))) ($(minsec $(( now - start ))) so far)"
+    fi
+    step_no=$(( step_no + 1 )) step_start=$now
+    echo "== step $step_no/$steps: $*"
+}
+
+step "prepare: built-in synthetic dataset (VOC-style archive -> HDF5)"
 $encnet prepare synthetic --out "$out/synthetic.h5" --root "$out/cache" --overwrite
 $encnet info "$out/synthetic.h5" --json > "$out/dataset-info.json"
 
-echo "== 2/7 train: a small EncNet from scratch ($iters iterations, recipe synthetic_cpu, device $device)"
+step "train: a small EncNet from scratch ($iters iterations, recipe synthetic_cpu, device $device);" \
+    "most of the demo's time: the progress bar shows the time left"
 rm -rf "$out/run"
 $encnet train "$out/synthetic.h5" --recipe synthetic_cpu --iters "$iters" --device "$device" --output-dir "$out/run"
 
-echo "== 3/7 evaluate: single scale, then multi-scale + flip"
+step "evaluate: single scale, then multi-scale + flip"
 $encnet evaluate "$out/run/best.pt" "$out/synthetic.h5" --device "$device" --json "$out/eval-single.json" --confusion "$out/confusion.png"
 $encnet evaluate "$out/run/best.pt" "$out/synthetic.h5" --device "$device" --scales 0.75,1.0,1.25 --flip --json "$out/eval-multiscale.json"
 
-echo "== 4/7 predict: a folder of images"
+step "predict: a folder of images"
 rm -rf "$out/images" "$out/predictions"
 $bin/python - "$out/synthetic.h5" "$out/images" <<'PY'
 import sys
@@ -38,15 +51,15 @@ with h5py.File(data) as f:
 PY
 $encnet predict "$out/run/best.pt" "$out/images" --output "$out/predictions" --overlay --device "$device"
 
-echo "== 5/7 export: safetensors (code-free, safe to share), checked against PyTorch"
+step "export: safetensors (code-free, safe to share), checked against PyTorch"
 $encnet export "$out/run/best.pt" "$out/encnet_demo.safetensors" --format safetensors --overwrite
 # safetensors holds tensors and JSON only: every command opens it without --trust-code
 $encnet evaluate "$out/encnet_demo.safetensors" "$out/synthetic.h5" --device "$device" --json "$out/eval-export.json" --no-progress > /dev/null
 
-echo "== 6/7 report: curves, per-class IoU of best.pt, validation images | ground truth | prediction"
+step "report: curves, per-class IoU of best.pt, validation images | ground truth | prediction"
 $encnet report "$out/run" --html --device "$device"
 
-echo "== 7/7 summary"
+step "summary"
 $bin/python - "$out" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 from pathlib import Path

@@ -47,6 +47,7 @@ from encnet_core.engine.device import autocast_context, pin_memory
 from encnet_core.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, gather_lists
 from encnet_core.engine.events import CLASSIFICATION_VAL_METRICS
 from encnet_core.engine.model_files import LoadedModel
+from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.models import create_model
 from encnet_core.paths import atomic_write, check_output_dir
@@ -247,7 +248,8 @@ def evaluate_classifier(
     count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
     sampler = ShardSampler(count, info)
     batches = CheckedBatches(
-        DataLoader(CheckedSamples(dataset), batch_size=options.inference.batch_size, sampler=sampler, num_workers=options.workers,
+        DataLoader(CheckedSamples(dataset), batch_size=options.inference.batch_size, sampler=sampler,
+                   num_workers=loader_workers(options.workers, len(sampler)),
                    collate_fn=collate_checked, pin_memory=pin_memory(info.device)),
         data, options.skip_bad,
     )  # fmt: skip

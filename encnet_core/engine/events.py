@@ -71,7 +71,7 @@ class Validated:
     """A validation pass over the validation split ended."""
 
     iteration: int  # iterations done
-    epoch: int  # epochs done
+    epoch: int  # the epoch of the last iteration done, from 1 (a run's last may be partial): train.epoch_of
     metrics: dict[str, float]  # VAL_METRICS ("score" = (pixAcc + mIoU) / 2) or CLASSIFICATION_VAL_METRICS ("score" = accuracy)
 
     def record(self) -> dict[str, Any]:

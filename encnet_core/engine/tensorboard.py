@@ -70,7 +70,7 @@ class TensorBoardCallback:
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
         self.writer.add_text(
             "run",
-            f"{event.total_iters} iterations, {event.epochs} epochs of {event.iters_per_epoch}; global batch "
+            f"{event.total_iters} iterations, {event.epochs} epoch{'' if event.epochs == 1 else 's'} of {event.iters_per_epoch}; global batch "
             f"{event.global_batch} on {event.world_size} x {event.device}; lr {event.lr:g}; {event.params:,} parameters",
             event.iteration,
         )

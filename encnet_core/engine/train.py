@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -79,6 +77,7 @@ from encnet_core.engine.model_files import check_trusted
 from encnet_core.engine.optim import PolySchedule, build_optimizer, build_scheduler, scaled_lr
 from encnet_core.engine.sampling import EpochSampler, SeededSamples, ShardSampler
 from encnet_core.engine.tasks import SEGMENTATION, Task, config_task, task_for
+from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, EncNetError
 from encnet_core.models import create_model, list_models, model_task
 from encnet_core.paths import check_output_dir
@@ -87,7 +86,7 @@ log = logging.getLogger("encnet")
 
 __all__ = [
     "train", "TrainResult", "NonFiniteLoss", "setup", "TrainSetup", "LogWindow", "build_model", "validate",
-    "init_from_checkpoint", "EpochSampler", "SeededSamples", "PolySchedule",
+    "init_from_checkpoint", "EpochSampler", "SeededSamples", "PolySchedule", "epoch_of",
 ]  # fmt: skip
 
 
@@ -102,7 +101,7 @@ class TrainResult:
     output_dir: Path  # the run folder
     iteration: int  # iterations done
     total_iters: int  # iterations of the whole run
-    epoch: int  # complete epochs done
+    epoch: int  # epochs trained in, the last possibly partial: epoch_of(iteration, iters_per_epoch)
     best: dict[str, Any] | None  # the best validation record (None: no validation)
     last_checkpoint: Path | None  # last.pt, once written
     best_checkpoint: Path | None  # best.pt, once written
@@ -112,6 +111,18 @@ class TrainResult:
     images_per_second: float = 0.0  # training images per second of step time, over all processes
     data_share: float = 0.0  # share of step time spent waiting for data
     skipped: list[dict[str, Any]] = field(default_factory=list)  # bad samples left out (--skip-bad), once each
+    iters_per_epoch: int = 0  # global batches per epoch
+
+
+def epoch_of(iteration: int, iters_per_epoch: int) -> int:
+    """The epoch, counted from 1, that iteration number ``iteration`` (counted from 1) falls in; 0 for 0.
+
+    ``ceil(iteration / iters_per_epoch)``: the one definition of every epoch number a run states, so
+    they agree. ``epoch_of(total_iters, ...)`` is the run's epoch count (its last epoch may be partial:
+    1200 iterations of 37 are 33 epochs, the 33rd of 16 iterations); a metrics record's, a validation's,
+    a checkpoint's and the summary's epoch is that of the last iteration done.
+    """
+    return -(-iteration // iters_per_epoch)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -186,7 +197,7 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
     return TrainSetup(
         config=config, data_info=data_info, task=task, model=model, net=net, sampler=sampler, train_loader=train_loader,
         val_loader=val_loader, optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion, state=state,
-        total_iters=total_iters, iters_per_epoch=iters_per_epoch, total_epochs=math.ceil(total_iters / iters_per_epoch),
+        total_iters=total_iters, iters_per_epoch=iters_per_epoch, total_epochs=epoch_of(total_iters, iters_per_epoch),
         global_batch=global_batch, lr=lr, reinitialised=reinitialised,
     )  # fmt: skip
 
@@ -202,7 +213,8 @@ def _loaders(
             f"the {config.train_split} split has {len(train_set)} images, fewer than one global batch "
             f"({config.batch_size} x {info.world_size}); lower --batch-size"
         )
-    workers = min(config.workers, os.cpu_count() or 1)  # more workers than cores only adds contention
+    run_samples = (config.iters or (config.epochs or 1) * sampler.batches_per_epoch) * config.batch_size  # this process's, over the run
+    workers = loader_workers(config.workers, run_samples)  # auto: from the usable cores and the work (engine/workers.py)
     loader_args = {
         "num_workers": workers,
         "pin_memory": pin_memory(info.device),
@@ -383,7 +395,7 @@ class _RunOutputs:
 
     def save(self, path: Path, run: TrainSetup, metrics: dict[str, Any] | None) -> None:
         if self.is_main:
-            epoch = run.state.iteration // run.iters_per_epoch
+            epoch = epoch_of(run.state.iteration, run.iters_per_epoch)
             save_checkpoint(training_payload(run.model, run.optimizer, run.scheduler, run.scaler, run.config,
                                              run.data_info, run.state, epoch, metrics), path)  # fmt: skip
 
@@ -425,7 +437,7 @@ def _end_of_epoch(run: TrainSetup, out: _RunOutputs, info: DistInfo) -> None:
     metrics = None
     if run.val_loader is not None and (state.iteration >= run.total_iters or due):
         metrics = run.task.validate(run.net, run.val_loader, run.data_info.num_classes, info, config.amp)
-        event = Validated(state.iteration, completed, {k: metrics[k] for k in run.task.val_metrics})
+        event = Validated(state.iteration, epoch_of(state.iteration, run.iters_per_epoch), {k: metrics[k] for k in run.task.val_metrics})
         out.record(event.record())
         out.emit(event)
         if metrics["score"] > state.best_score:
@@ -500,7 +512,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
                     last_of_epoch = state.iteration % run.iters_per_epoch == 0 or state.iteration >= run.total_iters
                     if window.steps >= config.log_every or last_of_epoch or stop.signal:
                         window.check_finite(state.iteration, out.last_path)
-                        logged = window.close(state.iteration, run, epoch + 1)
+                        logged = window.close(state.iteration, run, epoch_of(state.iteration, run.iters_per_epoch))
                         out.record(logged.record())
                         out.emit(logged)
                     else:
@@ -521,7 +533,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         output_dir=Path(config.output_dir),
         iteration=state.iteration,
         total_iters=run.total_iters,
-        epoch=state.iteration // run.iters_per_epoch,
+        epoch=epoch_of(state.iteration, run.iters_per_epoch),
         best=state.best_metrics,
         last_checkpoint=out.last_path if out.last_path.exists() else None,
         best_checkpoint=out.best_path if out.best_path.exists() else None,
@@ -531,4 +543,5 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
         images_per_second=window.total_images / window.total_step_time if window.total_step_time else 0.0,
         data_share=window.total_data / window.total_step_time if window.total_step_time else 0.0,
         skipped=[sample.to_dict() for sample in skipped],
+        iters_per_epoch=run.iters_per_epoch,
     )
