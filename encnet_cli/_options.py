@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from encnet_core.engine.inference import InferenceConfig, parse_scales
+from encnet_core.choices import MIRROR_ENV
+
+if TYPE_CHECKING:  # the engine imports torch: loaded when a command runs, not to parse its options
+    from encnet_core.engine.inference import InferenceConfig
 
 
 class Amp(StrEnum):
@@ -69,6 +72,31 @@ def device_option(suffix: str = "") -> typer.models.OptionInfo:
     )  # fmt: skip
 
 
+WORKERS_HELP = (
+    "DataLoader worker processes (per process) decoding the data: auto picks them from the usable CPUs "
+    "(the affinity mask, shared by torchrun's local processes) and the work: none with 2 CPUs or fewer "
+    "or under 64 samples to load, else one per CPU but one, at most 8; a number is used as given, at most the usable CPUs"
+)
+
+
+def _parse_workers(value: str | None) -> int | str | None:
+    """``--workers``: "auto" or an integer (a negative one is refused by the options' own check, exit 1)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a worker count: use auto or a number >= 0") from None
+
+
+def workers_option(default: str | None, suffix: str = "") -> typer.models.OptionInfo:
+    """``--workers/-j`` for a command with DataLoaders: ``auto`` or N (engine/workers.py ``loader_workers``)."""
+    return typer.Option(default, "--workers", "-j", help=f"{WORKERS_HELP}{suffix}.", callback=_parse_workers, metavar="auto|N")
+
+
 def value(choice: Enum | str | None) -> str | None:
     """The plain string of an Enum choice (library functions take strings)."""
     return choice.value if isinstance(choice, Enum) else choice
@@ -79,6 +107,8 @@ def inference_config(
     stride_rate: float, merge: Merge | str, batch_size: int, default_crop: int, default_base: int,
 ) -> InferenceConfig:  # fmt: skip
     """Build the InferenceConfig from the shared options (crop/base size default to the model's)."""
+    from encnet_core.engine.inference import InferenceConfig, parse_scales
+
     return InferenceConfig(
         scales=parse_scales(scales),
         slide=slide,
@@ -128,6 +158,13 @@ TrustCode = Annotated[
         "Only for files from a source you trust (weights, safetensors and checkpoints never need it).",
     ),
 ]
+
+MIRROR_HELP = (
+    "Base URL holding models/NAME-SHA.zip, used instead of the reference's when a zoo model is downloaded "
+    f"(also ${MIRROR_ENV})."
+)
+Mirror = Annotated[Optional[str], typer.Option("--mirror", metavar="URL", help=MIRROR_HELP)]
+"""``--mirror URL`` of the commands that pull a zoo model by name (weights pull, predict, evaluate)."""
 
 JSON_HELP = (
     "JSON result: a bare --json or --json - prints it on stdout instead of the table; --json FILE writes FILE "

@@ -9,14 +9,48 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
+from rich.text import Text
 
 from encnet_core.errors import ConfigError
 from encnet_core.paths import atomic_write, check_output_file
 
-console = Console()  # results (tables, summaries)
-err_console = Console(stderr=True)  # progress, logs, warnings and errors
+UNWRAPPED_WIDTH = 10_000
+"""The width of a console that is not a terminal (and COLUMNS is unset): wide enough that nothing wraps."""
+
+
+class _Console(Console):
+    """rich's Console, except that output to a file or a pipe is not wrapped.
+
+    On a terminal, lines wrap at its width. Elsewhere (a log, a pipe, CI) each line is as long as its
+    content, so a long path in a table, in a table's title or in a message stays in one piece (and
+    greppable) instead of breaking at 80 columns. COLUMNS, when set, is the width either way.
+    """
+
+    def unwrapped(self) -> bool:
+        """Whether lines are left whole: not a terminal, and COLUMNS unset."""
+        return not self.is_terminal and not self._environ.get("COLUMNS", "").isdigit()
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return ConsoleDimensions(UNWRAPPED_WIDTH, size.height) if self.unwrapped() else size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        """Strings as rich renders them; unwrapped, also a table's title (rich fits it to the table's width)."""
+        rendered = super().render_str(text, **kwargs)
+        if self.unwrapped():
+            rendered.no_wrap, rendered.overflow = True, "ignore"
+        return rendered
+
+
+console = _Console()  # results (tables, summaries)
+err_console = _Console(stderr=True)  # progress, logs, warnings and errors
 
 
 # C0 controls (ESC, BEL, CR, LF, ...), DEL, C1 controls (CSI, OSC, ...), and the bidi overrides and
@@ -40,6 +74,21 @@ def safe_text(value: object, *, markup: bool = True) -> str:
     """
     text = _UNSAFE.sub(_visible, str(value))
     return escape(text) if markup else text
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and its noun: "1 image", "2 images", "0 images"; ``words`` for another plural ("class", "classes")."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def usage_text(message: str) -> str:
+    """A usage error's message as one safe line (for a sink without markup).
+
+    The parser lays out a list of choices on tab-indented lines ("Missing argument 'source'. Choose
+    from:\n\tvoc,\n\tvoc-aug, ..."): that layout becomes spaces. Any other control code (typed on the
+    command line) is shown escaped, as ``safe_text`` shows names read from files.
+    """
+    return safe_text(message.replace("\n\t", " "), markup=False)
 
 
 def json_to_stdout(target: Path | None) -> bool:

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
-from encnet_core.engine.doctor import run_doctor
+from encnet_core.errors import EncNetError
 
 
 def doctor(
@@ -26,21 +26,38 @@ def doctor(
     json_out: opt.JsonOut = None,
 ) -> None:
     """Print the environment, then build a model and run one forward/backward step on random data."""
+    from encnet_core.engine.device import resolve_device  # torch: not for --help
+    from encnet_core.engine.doctor import environment_report, run_doctor
+
     check_json_target(json_out)
+    try:
+        resolve_device(device_name)
+    except EncNetError as exc:  # --device cuda without a GPU: the environment shows why, then the one-line error
+        failed = {**environment_report(), "status": "error", "error": str(exc)}
+        if json_out is not None:
+            emit_json(failed, json_out)
+        if not json_to_stdout(json_out):
+            _print_report({k: v for k, v in failed.items() if k != "error"})
+        raise
     say = (lambda text: err_console.print(text, style="dim", markup=False, highlight=False)) if bench else None
     report = run_doctor(model_name, num_classes, size, batch_size, device_name, opt.value(amp), bench=bench, say=say)
     if json_out is not None:
         emit_json(report, json_out)
     if not json_to_stdout(json_out):
-        table = Table(title="encnet doctor", show_header=False)
-        for key, value in report.items():
-            if key != "bench":
-                table.add_row(key, str(value))
-        console.print(table)
+        _print_report(report)
         if "bench" in report:
             _print_bench(report["bench"])
     if report["status"] != "ok":
         raise typer.Exit(1)
+
+
+def _print_report(report: dict) -> None:
+    """The report's entries (but the benchmark's) as a two-column table."""
+    table = Table(title="encnet doctor", show_header=False)
+    for key, value in report.items():
+        if key != "bench":
+            table.add_row(key, safe_text(value))  # GPU names come from the driver
+    console.print(table)
 
 
 def _print_bench(bench: dict) -> None:

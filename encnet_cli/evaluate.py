@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout
-from encnet_cli._progress import ProgressReporter
-from encnet_core.engine.evaluate import EvaluateOptions
-from encnet_core.engine.evaluate import evaluate as run_evaluate
-from encnet_core.engine.inference import InferenceConfig
-from encnet_core.engine.model_files import LoadedModel, check_trusted
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
 from encnet_core.errors import ConfigError
+
+if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
+    from encnet_core.engine.inference import InferenceConfig
+    from encnet_core.engine.model_files import LoadedModel
 
 
 def evaluate(
@@ -35,7 +35,7 @@ def evaluate(
     batch_size: int = typer.Option(8, "--batch-size", help="Views per forward pass."),
     device: opt.Device = "auto",
     amp: opt.AmpOpt = opt.Amp.off,
-    workers: int = typer.Option(2, "--workers", "-j", help="Image decoding workers."),
+    workers: str = opt.workers_option("auto"),
     save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images; a name that would leave the folder (absolute, '..') is rejected before any work."),
     confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG: class names on both axes, rates in the cells, a colour bar (past 30 classes: the most confused pairs and the sorted per-class IoU)."),
     json_out: opt.JsonOut = None,
@@ -46,6 +46,7 @@ def evaluate(
     ),  # fmt: skip
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     trust_code: opt.TrustCode = False,
+    mirror: opt.Mirror = None,
 ) -> None:
     """Evaluate a model: pixAcc, mIoU (two conventions), mean accuracy, fwIoU and per-class IoU.
 
@@ -56,10 +57,17 @@ def evaluate(
     A classifier on a classification file: top-1 and top-5 error, accuracy and per-class accuracy,
     each image scored once at the model's training size (the inference options above do not apply).
     """
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core import zoo
+    from encnet_core.engine.evaluate import EvaluateOptions
+    from encnet_core.engine.evaluate import evaluate as run_evaluate
+    from encnet_core.engine.model_files import check_trusted
+
     if protocol is opt.Protocol.reference:
         _check_protocol_flags(ctx)
     _check_classification_flags(ctx, data)
     check_json_target(json_out)
+    zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
     check_trusted(model, trust_code)
 
     def inference_for(loaded: LoadedModel) -> InferenceConfig:  # crop/base size default to the model's: one read of the file
@@ -90,12 +98,13 @@ def evaluate(
     mode += (", flip" if flipped else "") + (f", merge {used['merge']}" if scales_used or used["slide"] or flipped else "")
     if "protocol" in result:
         mode += ", reference protocol"
-    table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, {mode})")
+    title = f"{safe_text(model.name)} on {safe_text(data.name)}/{safe_text(split)} ({plural(result['images'], 'image')}, {mode})"
+    table = Table(title=title)
     table.add_column("class")
     table.add_column("IoU", justify="right")
     table.add_column("accuracy", justify="right")
     for name, iou, acc in zip(result["classes"], result["iou"], result["acc"], strict=True):
-        table.add_row(name, "-" if iou is None else f"{iou:.4f}", "-" if acc is None else f"{acc:.4f}")
+        table.add_row(safe_text(name), "-" if iou is None else f"{iou:.4f}", "-" if acc is None else f"{acc:.4f}")  # names: data
     console.print(table)
     console.print(
         f"pixAcc [bold]{result['pixAcc']:.4f}[/]  mIoU [bold]{result['mIoU']:.4f}[/] (headline: classes present)  "
@@ -105,10 +114,10 @@ def evaluate(
     if "protocol" in result:
         _print_protocol(result["protocol"], split)
     if result["skipped"]:
-        console.print(f"skipped {len(result['skipped'])} bad sample(s), not scored:", style="yellow", highlight=False)
+        console.print(f"skipped {plural(len(result['skipped']), 'bad sample')}, not scored:", style="yellow", highlight=False)
         for bad in result["skipped"]:
             text = f"  split {bad['split']!r} sample {bad['index']} ({bad['name']!r}): {bad['reason']}"
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            console.print(safe_text(text, markup=False), markup=False, highlight=False, soft_wrap=True)
 
 
 _SEGMENTATION_ONLY = ("scales", "slide", "flip", "crop_size", "base_size", "stride_rate", "merge", "protocol", "save_predictions")
@@ -129,12 +138,12 @@ def _check_classification_flags(ctx: typer.Context, data: Path) -> None:
 
 def _print_classification(result: dict, model: Path, data: Path, split: str) -> None:
     """Per-class accuracy table, then top-1/top-5 error and accuracy."""
-    table = Table(title=f"{model.name} on {data.name}/{split} ({result['images']} images, classification)")
+    table = Table(title=f"{safe_text(model.name)} on {safe_text(data.name)}/{safe_text(split)} ({plural(result['images'], 'image')}, classification)")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("accuracy", justify="right")
     for name, count, acc in zip(result["classes"], result["class_images"], result["class_accuracy"], strict=True):
-        table.add_row(name, str(count), "-" if acc is None else f"{acc:.4f}")
+        table.add_row(safe_text(name), str(count), "-" if acc is None else f"{acc:.4f}")  # names: data
     console.print(table)
     k = result["top5_k"]
     console.print(
@@ -143,10 +152,10 @@ def _print_classification(result: dict, model: Path, data: Path, split: str) -> 
         f"mean class accuracy {result['mean_class_accuracy']:.4f}  loss {result['loss']:.4f}  ({result['seconds']:.1f}s)"
     )
     if result["skipped"]:
-        console.print(f"skipped {len(result['skipped'])} bad sample(s), not scored:", style="yellow", highlight=False)
+        console.print(f"skipped {plural(len(result['skipped']), 'bad sample')}, not scored:", style="yellow", highlight=False)
         for bad in result["skipped"]:
             text = f"  split {bad['split']!r} sample {bad['index']} ({bad['name']!r}): {bad['reason']}"
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            console.print(safe_text(text, markup=False), markup=False, highlight=False, soft_wrap=True)
 
 
 _FIXED_BY_PROTOCOL = ("scales", "slide", "flip", "merge", "stride_rate", "crop_size", "base_size")  # set by --protocol reference
@@ -167,7 +176,7 @@ def _check_protocol_flags(ctx: typer.Context) -> None:
 def _print_protocol(protocol: dict, split: str) -> None:
     """The reference's two numbers as measured, and the published ones for a zoo MODEL."""
     published = protocol["published"]
-    table = Table(title=f"reference protocol, {protocol['dataset']}")
+    table = Table(title=f"reference protocol, {safe_text(protocol['dataset'])}")
     table.add_column("")
     table.add_column("pixAcc %", justify="right")
     table.add_column("mIoU % (all classes: mIoU_all)", justify="right")

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, safe_text
-from encnet_core.engine.export import FORMATS, export_model
+from encnet_core.choices import EXPORT_FORMATS
 
-_Format = StrEnum("Format", {name: name for name in FORMATS})  # choices from the library's list of formats
+_Format = StrEnum("Format", {name: name for name in EXPORT_FORMATS})  # choices from the library's list of formats
 
 
 def export(
@@ -32,6 +32,8 @@ def export(
     (no pickle, no code) is the format to share weights; TorchScript and pt2 are programs that
     others open only with --trust-code.
     """
+    from encnet_core.engine.export import export_model  # torch: when the command runs, not for --help
+
     check_json_target(json_out)
     result = export_model(
         checkpoint, out, opt.value(fmt), half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code

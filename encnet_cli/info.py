@@ -8,11 +8,7 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, safe_text
-from encnet_cli._progress import ProgressReporter
-from encnet_core.data.hdf5 import dataset_statistics
-from encnet_core.data.prepare import recompute_targets
-from encnet_core.engine.model_files import MODEL_FORMATS, detect_format, peek_metadata
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
 
 
 def _print_statistics(stats: dict) -> None:
@@ -21,14 +17,14 @@ def _print_statistics(stats: dict) -> None:
         _print_classification(stats)
         return
     console.print(
-        f"[bold]{t(stats['path'])}[/]: dataset {t(stats['dataset'])}, {stats['num_classes']} classes, "
+        f"[bold]{t(stats['path'])}[/]: dataset {t(stats['dataset'])}, {plural(stats['num_classes'], 'class', 'classes')}, "
         f"ignore {stats['ignore_index']}, present when >= {stats['min_pixels']} px, encnet {t(stats['encnet_version'])}"
     )
     for split, entry in stats["splits"].items():
         if "classes" not in entry:
-            console.print(f"{t(split)}: {entry['images']} images (unlabelled)")
+            console.print(f"{t(split)}: {plural(entry['images'], 'image')} (unlabelled)")
             continue
-        table = Table(title=f"{t(split)}: {entry['images']} images, {entry['labelled_pixel_fraction']:.1%} of pixels labelled")
+        table = Table(title=f"{t(split)}: {plural(entry['images'], 'image')}, {entry['labelled_pixel_fraction']:.1%} of pixels labelled")
         for column in ("#", "class", "pixel share", "images with it"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in entry["classes"]:
@@ -40,14 +36,14 @@ def _print_classification(stats: dict) -> None:
     """A classification file: per split, the images of each class."""
     t = safe_text
     console.print(
-        f"[bold]{t(stats['path'])}[/]: classification dataset {t(stats['dataset'])}, {stats['num_classes']} classes, "
+        f"[bold]{t(stats['path'])}[/]: classification dataset {t(stats['dataset'])}, {plural(stats['num_classes'], 'class', 'classes')}, "
         f"encnet {t(stats['encnet_version'])}"
     )
     for split, entry in stats["splits"].items():
         if "classes" not in entry:
-            console.print(f"{t(split)}: {entry['images']} images (unlabelled)")
+            console.print(f"{t(split)}: {plural(entry['images'], 'image')} (unlabelled)")
             continue
-        table = Table(title=f"{t(split)}: {entry['images']} images")
+        table = Table(title=f"{t(split)}: {plural(entry['images'], 'image')}")
         for column in ("#", "class", "images", "share"):
             table.add_column(column, justify="left" if column == "class" else "right")
         for row in entry["classes"]:
@@ -96,8 +92,16 @@ def info(
     A TorchScript/pt2 model's metadata is read from its archive without running it; with
     --trust-code the program is also opened (which runs its code), checking that it loads.
     """
+    import h5py
+
+    from encnet_core.data.hdf5 import dataset_statistics
+
     check_json_target(json_out)
-    if detect_format(path) in MODEL_FORMATS:
+    # HDF5 content is a dataset (as detect_format decides): read without loading the model readers (torch)
+    is_dataset = path.is_file() and h5py.is_hdf5(path)
+    if not is_dataset:
+        from encnet_core.engine.model_files import MODEL_FORMATS, detect_format, peek_metadata
+    if not is_dataset and detect_format(path) in MODEL_FORMATS:
         meta = peek_metadata(path, trust_code=trust_code)
         if json_out is not None:
             emit_json(meta, json_out)
@@ -118,6 +122,10 @@ def targets(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Recompute the SE-loss class-presence targets and class pixel counts from the stored masks."""
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core.data.hdf5 import dataset_statistics
+    from encnet_core.data.prepare import recompute_targets
+
     check_json_target(json_out)
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         updated = recompute_targets(path, min_pixels, progress=reporter)

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
-from rich.logging import RichHandler
 from rich.text import Text
 from typer._click.exceptions import UsageError
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from encnet_cli import _options as opt
 from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, report, show, train, weights
-from encnet_cli._output import err_console, safe_text
+from encnet_cli._output import err_console, safe_text, usage_text
 from encnet_core import __version__
 from encnet_core.errors import EncNetError
 
 
-class EncNetGroup(TyperGroup):
+class _FlagHelp:
+    """Help pages show no value type for a flag (typer prints ``<bool>``, but a flag takes no value)."""
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        for param in self.get_params(ctx):  # type: ignore[attr-defined]
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # the type column then stays empty
+        super().format_help(ctx, formatter)  # type: ignore[misc]
+
+
+class EncNetCommand(_FlagHelp, TyperCommand):
+    """A command of the encnet app (see ``_FlagHelp``)."""
+
+
+class EncNetSubGroup(_FlagHelp, TyperGroup):
+    """A group of commands under encnet (``encnet weights``); its errors reach ``EncNetGroup``."""
+
+
+class EncNetGroup(_FlagHelp, TyperGroup):
     """Prints an ``EncNetError`` as one red line and exits 1 (a traceback only with ENCNET_DEBUG=1); a
     usage error of a command (unknown option, bad choice, wrong type) is one line too, exit 2."""
 
@@ -32,7 +53,7 @@ class EncNetGroup(TyperGroup):
         except UsageError as exc:
             command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path  # "encnet weights pull" too
             err_console.print(
-                Text.assemble(("error: ", "bold red"), safe_text(exc.format_message(), markup=False), f" (see {command} --help)"),
+                Text.assemble(("error: ", "bold red"), usage_text(exc.format_message()), f" (see {command} --help)"),
                 highlight=False, soft_wrap=True,
             )  # fmt: skip
             ctx.exit(2)
@@ -61,6 +82,18 @@ class _SafeFormatter(logging.Formatter):
         return safe_text(super().format(record), markup=False)
 
 
+class _LineHandler(logging.Handler):
+    """Log records as whole lines ("WARNING  message") where stderr is not a terminal: rich's handler
+    wraps a message in a column at the console's width (and pads it to that width)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = Text(f"{record.levelname:<8}", style=f"logging.level.{record.levelname.lower()}")
+            err_console.print(Text.assemble(level, " ", self.format(record)), highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must not raise (logging.Handler's convention)
+            self.handleError(record)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"encnet {__version__}")
@@ -76,25 +109,39 @@ def _root(
     """EncNet semantic segmentation: prepare datasets, train, evaluate, predict and export."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logger = logging.getLogger("encnet")
-    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    if err_console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    else:
+        handler = _LineHandler()
     handler.setFormatter(_SafeFormatter("%(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
 
 
-app.command("prepare")(prepare.prepare)
-app.command("targets")(info.targets)
-app.command("train")(train.train)
-app.command("evaluate")(evaluate.evaluate)
-app.command("predict")(predict.predict)
-app.command("export")(export.export)
-app.command("info")(info.info)
-app.command("show")(show.show)
-app.command("report")(report.report)
-app.command("models")(models.models)
-app.command("doctor")(doctor.doctor)
-app.add_typer(weights.app, name="weights")
+def help_text(function: Callable[..., Any]) -> str:
+    """A command's docstring as its help: each paragraph on one line, for rich to wrap at the terminal's
+    width (typer's rich help keeps the docstring's own line breaks, mid-sentence)."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(function.__doc__ or "").split("\n\n"))
+
+
+def summary(function: Callable[..., Any]) -> str:
+    """A command's line in ``encnet --help``: the first sentence of its docstring, on one line.
+    ``encnet CMD --help`` shows the whole docstring."""
+    return re.split(r"(?<=\.) (?=[A-Z])", help_text(function).split("\n\n")[0])[0]
+
+
+for _name, _function in (
+    ("prepare", prepare.prepare), ("targets", info.targets), ("train", train.train), ("evaluate", evaluate.evaluate),
+    ("predict", predict.predict), ("export", export.export), ("info", info.info), ("show", show.show),
+    ("report", report.report), ("models", models.models), ("doctor", doctor.doctor),
+):  # fmt: skip
+    app.command(_name, cls=EncNetCommand, help=help_text(_function), short_help=summary(_function))(_function)
+for _command in weights.app.registered_commands:  # encnet weights list/pull/add
+    _command.cls, _command.help, _command.short_help = EncNetCommand, help_text(_command.callback), summary(_command.callback)
+app.add_typer(weights.app, name="weights", cls=EncNetSubGroup)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,8 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural
 from encnet_core.constants import CIFAR_CROP_SIZE, DEFAULT_CROP_SIZE
-from encnet_core.models import CLASSIFIERS, MODELS, count_flops
 
 CIFAR_CLASSES = 10  # the classifiers are counted for CIFAR-10
 
@@ -23,6 +22,8 @@ def models(
     Segmentation models are counted at --size and --num-classes; the CIFAR classifiers at 32 x 32 and
     10 classes (CIFAR-10).
     """
+    from encnet_core.models import CLASSIFIERS, MODELS, count_flops  # torch: when it runs, not for --help
+
     check_json_target(json_out)
     rows = []
     for name, spec in MODELS.items():
@@ -38,7 +39,7 @@ def models(
         if json_to_stdout(json_out):
             return
     for task, title in (
-        ("segmentation", f"segmentation models ({num_classes} classes, GFLOPs at {size}x{size}, 1 MAC = 2 FLOPs)"),
+        ("segmentation", f"segmentation models ({plural(num_classes, 'class', 'classes')}, GFLOPs at {size}x{size}, 1 MAC = 2 FLOPs)"),
         ("classification", f"classification models ({CIFAR_CLASSES} classes, GFLOPs at {CIFAR_CROP_SIZE}x{CIFAR_CROP_SIZE}, 1 MAC = 2 FLOPs)"),
     ):
         table = Table(title=f"encnet models: {title}")

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.text import Text
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
-from encnet_cli._progress import ProgressReporter
-from encnet_core.engine.classification import ClassifyOptions, predict_classes
-from encnet_core.engine.device import resolve_device
-from encnet_core.engine.model_files import LoadedModel, load_model
-from encnet_core.engine.predict import PredictOptions
-from encnet_core.engine.predict import predict as run_predict
+from encnet_cli._output import (
+    check_json_target,
+    console,
+    emit_json,
+    err_console,
+    json_to_stdout,
+    plural,
+    safe_text,
+)
 from encnet_core.errors import ConfigError
+
+if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
+    from encnet_core.engine.model_files import LoadedModel
 
 
 def predict(
     ctx: typer.Context,
     model: Path = typer.Argument(..., help="Training checkpoint, exported model, or a zoo name (encnet weights list; pulled on first use)."),
-    inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively)."),
+    inputs: list[Path] = typer.Argument(..., help="Image files and folders (searched recursively for files with an image suffix; other files are left out). Images that share a name (coffee.jpg, coffee.png) keep their suffix in their outputs (coffee.jpg.png, coffee.png.png)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (masks keep the inputs' relative paths); refused if it is, contains or holds an input, skipped when inside an input folder."),
     mask_format: opt.MaskFormat = typer.Option(opt.MaskFormat.color, "--format", help="Mask PNGs: color (palette) or index (label values)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.jpg with the classes blended in and a legend of the classes present."),
@@ -41,13 +47,22 @@ def predict(
     amp: opt.AmpOpt = opt.Amp.off,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     trust_code: opt.TrustCode = False,
+    mirror: opt.Mirror = None,
     json_out: opt.JsonOut = None,
 ) -> None:
     """Segment images: a palette PNG per image, optional overlays, and predictions.json listing the
     classes found by pixel share and by the SE head. A classifier instead prints the top --top-k
     classes and scores of each image and writes them to predictions.json (no masks). Unreadable files
     are reported and skipped (exit code 1 if any)."""
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core import zoo
+    from encnet_core.engine.device import resolve_device
+    from encnet_core.engine.model_files import load_model
+    from encnet_core.engine.predict import PredictOptions
+    from encnet_core.engine.predict import predict as run_predict
+
     check_json_target(json_out)
+    zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
     loaded = load_model(model, resolve_device(device), opt.value(amp), trust_code=trust_code)
     _check_task_flags(ctx, loaded)
     if loaded.task == "classification":
@@ -63,14 +78,14 @@ def predict(
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         result = run_predict(loaded, inputs, options, progress=reporter)
     for failure in result.failed:
-        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False)
+        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False, soft_wrap=True)
     if json_out is not None:  # predictions.json's content plus the run's summary
         emit_json({
             "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
             "classes": loaded.classes, "se_threshold": se_threshold, "images": result.predictions}, json_out)  # fmt: skip
     if not json_to_stdout(json_out):
         console.print(
-            f"{result.written} images segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
+            f"{plural(result.written, 'image')} segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
             f"(predictions.json)"
         )
     if result.failed:
@@ -101,11 +116,14 @@ def _classify(
     loaded: LoadedModel, inputs: list[Path], output: Path, top_k: int, overwrite: bool, batch_size: int, progress: bool, json_out: Path | None
 ) -> None:
     """A classifier's predict: one line per image (its top-k classes and scores), predictions.json."""
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core.engine.classification import ClassifyOptions, predict_classes
+
     options = ClassifyOptions(output=output, top_k=top_k, overwrite=overwrite, batch_size=batch_size)
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         result = predict_classes(loaded, inputs, options, progress=reporter)
     for failure in result.failed:
-        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False)
+        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False, soft_wrap=True)
     if json_out is not None:
         emit_json({
             "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
@@ -114,6 +132,6 @@ def _classify(
         for stem, entry in result.predictions.items():
             scores = ", ".join(f"{top['class']} {top['score']:.3f}" for top in entry["top"])
             console.print(safe_text(f"{stem}: {scores}"), highlight=False, soft_wrap=True)
-        console.print(f"{result.written} images classified, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} (predictions.json)")
+        console.print(f"{plural(result.written, 'image')} classified, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} (predictions.json)")
     if result.failed:
         raise typer.Exit(1)

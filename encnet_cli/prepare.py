@@ -11,20 +11,29 @@ import typer
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
-from encnet_cli._progress import ProgressReporter
-from encnet_core.data.archives import ArchiveLimits, MiB
-from encnet_core.data.download import parse_checksum_option, parse_url_option
-from encnet_core.data.prepare import PrepareOptions, check_options
-from encnet_core.data.prepare import prepare as run_prepare
-from encnet_core.data.sources import SOURCES
-from encnet_core.data.sources.pcontext import DEFAULT_LABELS, LABEL_SOURCES
-from encnet_core.data.sources.synthetic_cls import CLASSIFICATION_DEFAULTS, TASKS
-from encnet_core.data.synthetic import DEFAULT_SIZES, LAYOUTS
+from encnet_cli._output import (
+    check_json_target,
+    console,
+    emit_json,
+    err_console,
+    json_to_stdout,
+    plural,
+    safe_text,
+)
+from encnet_core.choices import (
+    ARCHIVE_MAX_MEMBER_MIB,
+    ARCHIVE_MAX_RATIO,
+    DEFAULT_LABELS,
+    DEFAULT_SIZES,
+    LABEL_SOURCES,
+    LAYOUTS,
+    SOURCES,
+    TASKS,
+)
+from encnet_core.choices import SYNTHETIC_CLASSIFICATION_DEFAULTS as CLASSIFICATION_DEFAULTS
 from encnet_core.errors import ConfigError
 
 log = logging.getLogger("encnet")
-_DEFAULT_LIMITS = ArchiveLimits()
 
 SourceName = Enum("SourceName", {name.replace("-", "_"): name for name in SOURCES}, type=str)  # type: ignore[misc]
 LabelSource = Enum("LabelSource", {name: name for name in LABEL_SOURCES}, type=str)  # type: ignore[misc]
@@ -49,8 +58,8 @@ def prepare(
     checksum: list[str] = typer.Option([], "--checksum", help="FILE=ALGO:HEX: expected checksum of FILE (md5, sha1, sha256)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify archive checksums (skipping warns; an unverified archive must still open and list to its end)."),
     timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds, per connection attempt and per read."),
-    max_member_size: int = typer.Option(_DEFAULT_LIMITS.max_member_bytes // MiB, "--max-member-size", help="Largest archive member read into memory, in MiB."),
-    max_ratio: float = typer.Option(_DEFAULT_LIMITS.max_ratio, "--max-ratio", help="Refuse an archive that expands more than this many times its size on disk (whole archive)."),
+    max_member_size: int = typer.Option(ARCHIVE_MAX_MEMBER_MIB, "--max-member-size", help="Largest archive member read into memory, in MiB."),
+    max_ratio: float = typer.Option(ARCHIVE_MAX_RATIO, "--max-ratio", help="Refuse an archive that expands more than this many times its size on disk (whole archive)."),
     workers: int = typer.Option(0, "--workers", "-j", help="Conversion processes; 0 = one per core (never more than the cores)."),
     strict: bool = typer.Option(False, "--strict", help="Make a split size that differs from the reference an error."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and record) corrupt images and bad masks instead of stopping."),
@@ -71,6 +80,13 @@ def prepare(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Download, verify and convert a dataset to one HDF5 file (see docs/dataset-format.md)."""
+    # numpy, PIL, h5py and scipy: when the command runs, not to parse its options or print --help
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core.data.archives import ArchiveLimits, MiB
+    from encnet_core.data.download import parse_checksum_option, parse_url_option
+    from encnet_core.data.prepare import PrepareOptions, check_options
+    from encnet_core.data.prepare import prepare as run_prepare
+
     name = source.value
     if max_member_size < 1:
         raise ConfigError(f"--max-member-size must be at least 1 (MiB), got {max_member_size}")
@@ -139,4 +155,4 @@ def prepare(
     for split, count in result.counts.items():
         table.add_row(safe_text(split), str(count))
     console.print(table)
-    console.print(f"{len(result.classes)} classes, {len(result.skipped)} skipped, {result.seconds:.1f}s")
+    console.print(f"{plural(len(result.classes), 'class', 'classes')}, {len(result.skipped)} skipped, {result.seconds:.1f}s")

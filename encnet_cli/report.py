@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from encnet_cli import _options as opt
-from encnet_cli._output import console, err_console, safe_text
-from encnet_core.report import ReportOptions, write_report
+from encnet_cli._output import console, err_console, plural, safe_text
 
 
 def report(
@@ -26,6 +25,8 @@ def report(
     best.pt is evaluated on the first --limit images of the validation split (whole image, single scale):
     quick, not the full evaluation (encnet evaluate).
     """
+    from encnet_core.report import ReportOptions, write_report  # numpy, matplotlib: not for --help
+
     result = write_report(run_dir, ReportOptions(out=out, html=html, data=data, device=device, limit=limit, images=images))
     for note in result.notes:
         err_console.print(f"note: {safe_text(note)}", style="yellow", highlight=False, soft_wrap=True)
@@ -35,6 +36,6 @@ def report(
     final = result.final
     if "best.pt mIoU" in final:
         console.print(
-            f"best.pt on {final['best.pt images evaluated']} images: pixAcc {final['best.pt pixAcc']:.4f}  mIoU {final['best.pt mIoU']:.4f}",
+            f"best.pt on {plural(final['best.pt images evaluated'], 'image')}: pixAcc {final['best.pt pixAcc']:.4f}  mIoU {final['best.pt mIoU']:.4f}",
             highlight=False,
         )  # fmt: skip

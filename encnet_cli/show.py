@@ -9,7 +9,6 @@ import typer
 
 from encnet_cli._output import console, safe_text
 from encnet_core.paths import check_output_file
-from encnet_core.viz import dataset_grid, save_figure
 
 
 def show(
@@ -26,6 +25,8 @@ def show(
     Without --index/--name: the first --count images of the split. Unlabelled splits show the images alone;
     a classification dataset's images are captioned with their class name instead.
     """
+    from encnet_core.viz import dataset_grid, save_figure  # numpy, matplotlib: when it runs, not for --help
+
     if index is not None and name is not None:
         raise typer.BadParameter("give --index or --name, not both", param_hint="'--index' / '--name'")
     check_output_file(out, "--out")

@@ -9,18 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from encnet_cli import _options as opt
-from encnet_cli._output import check_json_target, console, emit_json, err_console, json_to_stdout, safe_text
+from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
 from encnet_core.config import (
     CLASSIFICATION_DEFAULTS,
     LR_SCHEDULES,
@@ -29,79 +21,15 @@ from encnet_core.config import (
     parse_set_option,
     resolve_train_config,
 )
-from encnet_core.data.dataset import dataset_task
-from encnet_core.engine.events import (
-    Message,
-    SampleSkipped,
-    TrainEvent,
-    TrainLog,
-    TrainStart,
-    TrainStep,
-    Validated,
-)
-from encnet_core.engine.tensorboard import TENSORBOARD_DIR, TensorBoardCallback
-from encnet_core.engine.train import train as run_train
 from encnet_core.errors import EncNetError
 
 _Schedule = StrEnum("Schedule", {name: name for name in LR_SCHEDULES})  # choices from the library's list
 
 
-class _TrainDisplay:
-    """Rich progress for the library's training events (rank 0 only)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            disable=not enabled,
-        )
-        self.task: Any = None
-
-    def __call__(self, event: TrainEvent) -> None:
-        match event:
-            case TrainStart():
-                self.progress.start()
-                err_console.print(
-                    f"training on {event.device} x{event.world_size}: {event.total_iters} iterations "
-                    f"({event.iters_per_epoch}/epoch, {event.epochs} epochs), global batch {event.global_batch}, "
-                    f"lr {event.lr:.3g}, {event.params / 1e6:.2f}M parameters"
-                )
-                self.task = self.progress.add_task("train", total=event.total_iters, completed=event.iteration, epoch=1, stats="")
-            case TrainStep() if self.task is not None:
-                self.progress.update(self.task, completed=event.iteration)
-            case TrainLog() if self.task is not None:
-                losses = event.losses
-                parts = " ".join(f"{k} {losses[k]:.3f}" for k in ("seg", "aux", "se") if k in losses)
-                stats = (
-                    f"loss {losses['loss']:.3f}{f' ({parts})' if parts else ''} lr {event.lr:.2e} {event.it_per_s:.2f} it/s "
-                    f"data {event.data_share:.0%}"
-                )
-                self.progress.update(self.task, completed=event.iteration, epoch=event.epoch, stats=stats)
-            case Validated():
-                self.progress.console.print(f"val epoch {event.epoch} (it {event.iteration}): {_val_text(event.metrics)}")
-            case Message():
-                self.progress.console.print(safe_text(event.text))  # messages hold paths and names from files
-            case SampleSkipped():
-                self.progress.console.print(f"skipped bad sample: {safe_text(event.sample)}")
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def _val_text(metrics: dict[str, Any]) -> str:
-    """A validation record in words: pixAcc/mIoU (segmentation) or top-1/top-5 error (classification)."""
-    if "top1_error" in metrics:
-        return f"top-1 error {metrics['top1_error']:.2%}, top-5 error {metrics['top5_error']:.2%} (accuracy {metrics['accuracy']:.4f})"
-    return f"pixAcc {metrics['pixAcc']:.4f} mIoU {metrics['mIoU']:.4f} (all-classes {metrics['mIoU_all']:.4f})"
-
-
 def _data_task(data: Path) -> str:
     """What the dataset holds; "segmentation" when it cannot be read (the run's set-up then says why, in one line)."""
+    from encnet_core.data.dataset import dataset_task  # torch: when a command runs, not for --help
+
     try:
         return dataset_task(data)
     except (EncNetError, OSError):
@@ -114,7 +42,7 @@ def _skipped_text(skipped: list[dict[str, Any]]) -> str | None:
         return None
     shown = ", ".join(f"{s['split']} {s['index']} ({s['name']!r})" for s in skipped[:5])
     more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-    return safe_text(f"{len(skipped)} bad sample(s): {shown}{more}; reasons in metrics.jsonl")
+    return safe_text(f"{plural(len(skipped), 'bad sample')}: {shown}{more}; reasons in metrics.jsonl")
 
 
 def _complete_recipe(incomplete: str) -> list[str]:
@@ -156,7 +84,7 @@ def train(
     base_size: int = typer.Option(None, "--base-size", help=f"Long side before random scaling{_d('base_size')}."),
     scale_min: float = typer.Option(None, "--scale-min", help=f"Smallest random scale of the base size{_d('scale_min')}."),
     scale_max: float = typer.Option(None, "--scale-max", help=f"Largest random scale of the base size{_d('scale_max')}."),
-    workers: int = typer.Option(None, "--workers", "-j", help=f"DataLoader workers per process, at most the core count{_d('workers')}."),
+    workers: str = opt.workers_option(None, _d("workers")),
     num_codes: int = typer.Option(None, "--num-codes", help="Codewords K of the Encoding layer (default: the model's, 32)."),
     se_loss: bool = typer.Option(None, "--se-loss/--no-se-loss", help=f"Semantic Encoding loss{_d('se_loss')}."),
     se_weight: float = typer.Option(None, "--se-weight", help=f"SE loss weight{_d('se_weight')}."),
@@ -201,6 +129,11 @@ def train(
     --set KEY=VALUE < named flags (config.toml in the run folder records the result). mean/std and
     every other setting without a flag go through --set.
     """
+    # torch and rich.progress: when the command runs, not to parse its options or print --help
+    from encnet_cli._progress import TrainDisplay, val_text
+    from encnet_core.engine.tensorboard import TENSORBOARD_DIR, TensorBoardCallback
+    from encnet_core.engine.train import train as run_train
+
     flags = {
         "output_dir": output_dir, "model": model, "epochs": epochs, "iters": iters, "batch_size": batch_size,
         "lr": lr, "head_lr_mult": head_lr_mult, "momentum": momentum, "weight_decay": weight_decay,
@@ -216,7 +149,7 @@ def train(
     check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
     board = TensorBoardCallback(Path(config.output_dir) / TENSORBOARD_DIR) if tensorboard else None  # installed?
-    display = _TrainDisplay(enabled=progress and is_main and not json_to_stdout(json_out))
+    display = TrainDisplay(enabled=progress and is_main and not json_to_stdout(json_out))
     if board is not None:
         board.inner = display
     try:
@@ -231,7 +164,8 @@ def train(
         "output_dir": str(result.output_dir),
         "iteration": result.iteration,
         "total_iters": result.total_iters,
-        "epochs": result.epoch,
+        "epochs": result.epoch,  # epochs trained in, the last possibly partial (encnet_core.engine.train.epoch_of)
+        "iters_per_epoch": result.iters_per_epoch,
         "best": result.best,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
@@ -247,10 +181,14 @@ def train(
     if not json_to_stdout(json_out):
         best = result.best
         if best:
-            scores = _val_text(best) if "top1_error" in best else f"pixAcc {best['pixAcc']:.4f}, mIoU {best['mIoU']:.4f}"
+            scores = val_text(best) if "top1_error" in best else f"pixAcc {best['pixAcc']:.4f}, mIoU {best['mIoU']:.4f}"
             summary["best"] = f"{scores} (epoch {best['epoch']}, iteration {best['iteration']})"
         summary["skipped"] = _skipped_text(result.skipped)
-        table = Table(title=f"encnet train: {config.model} on {data.name}", show_header=False)
+        in_last = result.iteration - (result.epoch - 1) * result.iters_per_epoch
+        if 0 < in_last < result.iters_per_epoch:
+            which = "partial" if result.epoch == 1 else "the last one partial"
+            summary["epochs"] = f"{result.epoch} ({which}: {in_last} of {result.iters_per_epoch} iterations)"
+        table = Table(title=f"encnet train: {safe_text(config.model)} on {safe_text(data.name)}", show_header=False)
         for key, value in summary.items():
             if value not in (None, []):
                 table.add_row(key, str(value))

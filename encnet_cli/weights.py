@@ -10,8 +10,6 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, safe_text
-from encnet_cli._progress import ProgressReporter
-from encnet_core import zoo
 
 app = typer.Typer(
     name="weights",
@@ -23,6 +21,8 @@ _NAME_HELP = "Zoo name, e.g. encnet_resnet50s_pcontext (see `encnet weights list
 
 
 def _complete_name(incomplete: str) -> list[str]:
+    from encnet_core import zoo  # torch: when a command runs, not for --help
+
     return [name for name in zoo.ZOO if name.startswith(incomplete)]
 
 
@@ -35,6 +35,8 @@ def list_weights(
     json_out: opt.JsonOut = None,
 ) -> None:
     """The published models: dataset, classes, the reference's pixAcc/mIoU, sha1, whether cached."""
+    from encnet_core import zoo  # torch: when a command runs, not for --help
+
     check_json_target(json_out)
     rows = [zoo.describe(entry) for entry in zoo.list_models()]
     if json_out is not None:
@@ -71,7 +73,7 @@ def _report(name: str, path: Path, json_out: Path | None, verb: str) -> None:
 @app.command("pull")
 def pull(
     name: str = typer.Argument(..., help=_NAME_HELP, autocompletion=_complete_name),
-    mirror: str = typer.Option(None, "--mirror", help=f"Base URL holding models/NAME-SHA.zip instead of the reference's (also ${zoo.MIRROR_ENV})."),
+    mirror: opt.Mirror = None,
     checksum: str = typer.Option(None, "--checksum", help="ALGO:HEX the .pth must have instead of the published sha1, e.g. sha1:4de91d59..."),
     timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds, per connection attempt and per read."),
     retries: int = typer.Option(5, "--retries", min=0, help="Failed attempts in a row (without new bytes) before giving up; waits double from 1 s."),
@@ -80,6 +82,9 @@ def pull(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Download a published model, verify its sha1, convert it and cache it as safetensors with metadata."""
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core import zoo  # torch: when a command runs, not for --help
+
     check_json_target(json_out)
     cached = zoo.is_cached(name) and not force
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
@@ -96,6 +101,9 @@ def add(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Cache a published model from a local file (verified and converted like a pull; the file is kept)."""
+    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
+    from encnet_core import zoo  # torch: when a command runs, not for --help
+
     check_json_target(json_out)
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         path = zoo.add(name, file, checksum=checksum, progress=reporter)

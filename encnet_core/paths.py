@@ -64,10 +64,19 @@ def _refuse_kind(path: Path, kind: str, option: str | None = None) -> None:
             "give the file it points to, or another name"
         )
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False where a folder on the way may not be looked into (``PermissionError``):
+    the caller then climbs to that folder, and the write check names it in one line."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _nearest_existing(path: Path) -> Path:
-    """``path`` itself or its closest ancestor that exists."""
+    """``path`` itself or its closest ancestor that exists (and that this process may look at)."""
     current = path.absolute()
-    while not current.exists() and current != current.parent:
+    while not _exists(current) and current != current.parent:
         current = current.parent
     return current
 
@@ -104,7 +113,7 @@ def check_output_file(path: Path, option: str, overwrite: bool = True) -> None:
 def check_output_dir(path: Path, option: str) -> None:
     """Raise unless ``path`` is, or can be created as, a folder this process can write in."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if _exists(path) and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file; give a folder")
     _check_writable(_nearest_existing(path), path, option)
 

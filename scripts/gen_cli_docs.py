@@ -49,6 +49,10 @@ def render() -> str:
         "",
         "Generated from the Typer app by `scripts/gen_cli_docs.py` (a test fails when it is stale).",
         "Every command also prints this with `--help`. Global options: `encnet [--version] [-v/--verbose] [-q/--quiet] COMMAND`.",
+        "`--help`, `--version` and a usage error (exit 2) answer without loading torch; a command loads it when it runs.",
+        "Results go to stdout, progress, logs and errors to stderr. On a terminal, lines wrap at its width; written to a "
+        "file or a pipe, tables, their titles and log lines are not wrapped (a long path stays on one line), unless "
+        "COLUMNS sets a width.",
         "",
     ]
     for name, command in _commands(group, ctx):

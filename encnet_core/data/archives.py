@@ -58,6 +58,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from encnet_core.choices import ARCHIVE_MAX_MEMBER_MIB, ARCHIVE_MAX_RATIO  # the defaults; the CLI shows them
 from encnet_core.errors import ArchiveError, ConfigError, DataError
 from encnet_core.paths import atomic_write, is_disk_full
 from encnet_core.progress import ProgressCallback, ThrottledProgress
@@ -84,8 +85,8 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
 class ArchiveLimits:
     """How far an archive may expand (see the module docstring); real datasets stay far below."""
 
-    max_member_bytes: int = 64 * MiB  # largest member read into memory
-    max_ratio: float = 400.0  # decompressed bytes of the whole archive / its bytes on disk
+    max_member_bytes: int = ARCHIVE_MAX_MEMBER_MIB * MiB  # largest member read into memory
+    max_ratio: float = ARCHIVE_MAX_RATIO  # decompressed bytes of the whole archive / its bytes on disk
     ratio_floor: int = 32 * MiB  # decompressed bytes below which the ratio is not checked
 
     def __post_init__(self) -> None:

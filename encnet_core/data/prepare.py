@@ -439,7 +439,7 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
             for i in range(count):
                 try:
                     labels = decode_mask(masks[i])
-                except DataError as exc:
+                except (DataError, OSError) as exc:  # OSError: a damaged HDF5 chunk that cannot be read
                     raise DataError(f"{path}: mask of {split}/{names[i].decode()} (sample {i}): {exc}") from None
                 bad = invalid_label(labels, info.num_classes)
                 if bad is not None:

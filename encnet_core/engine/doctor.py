@@ -16,7 +16,13 @@ from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.errors import ConfigError
 from encnet_core.models import create_model
 
-__all__ = ["run_doctor"]
+__all__ = ["environment_report", "run_doctor"]
+
+
+def environment_report() -> dict[str, Any]:
+    """The environment part of the doctor's report: versions, whether CUDA is available, the visible GPUs.
+    Needs no device, so it is shown even when the step cannot run (e.g. ``--device cuda`` without a GPU)."""
+    return {"encnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__, **environment()}
 
 
 def run_doctor(
@@ -49,10 +55,7 @@ def run_doctor(
     grads = sum(p.grad is not None for p in model.parameters())
     finite = bool(torch.isfinite(loss))
     report = {
-        "encnet": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        **environment(),  # cuda_available, gpus
+        **environment_report(),  # encnet, torch, torchvision, cuda_available, gpus
         "device": str(device),
         "amp": amp,
         "model": model_name,

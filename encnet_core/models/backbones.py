@@ -173,7 +173,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused or corrupt file
-        raise ModelError(f"cannot read backbone weights {path}: {str(exc).splitlines()[0]}") from exc
+        raise ModelError(f"cannot read backbone weights {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

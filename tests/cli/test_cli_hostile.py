@@ -93,8 +93,29 @@ def test_evaluate_label_above_class_count_stops_or_is_skipped(tiny: tuple[Path, 
         pixels = handle["val/class_pixels"][...]
     assert report["pixels"] == int(pixels.sum() - pixels[2].sum())
     table = run("evaluate", ckpt, bad, *EVAL, "--skip-bad")
-    assert table.exit_code == 0 and "skipped 1 bad sample(s), not scored:" in table.stdout
+    assert table.exit_code == 0 and "skipped 1 bad sample, not scored:" in table.stdout
     assert f"split 'val' sample 2 ('{name}'): the mask has label 20" in table.stdout
+
+
+HOSTILE_CLASS = "\x1b]0;owned\x07\x1b[31mred[bold]x[/]"
+
+
+def test_evaluate_table_escapes_class_names_and_counts_in_words(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """Class names come from the files: evaluate's per-class table shows their terminal codes (OSC, CSI,
+    BEL) and rich markup escaped, as `info` does; the title counts "1 image", not "1 images"."""
+    from encnet_core.engine.checkpoint import save_checkpoint
+
+    data, ckpt = tiny
+    payload = torch.load(ckpt, map_location="cpu", weights_only=False)
+    payload["classes"] = [HOSTILE_CLASS, *payload["classes"][1:]]
+    hostile = tmp_path / "hostile.pt"
+    save_checkpoint({k: v for k, v in payload.items() if k not in ("format", "version", "encnet_version")}, hostile)
+    result = run("evaluate", hostile, data, *EVAL, "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout, result.stdout
+    row = next(line for line in result.stdout.splitlines() if "owned" in line)
+    assert "\\x1b]0;owned\\x07\\x1b[31mred[bold]x[/]" in row, row  # every code visible, the markup as written
+    assert "hostile.pt on synthetic.h5/val (1 image, whole image)" in result.stdout
 
 
 def test_evaluate_undecodable_image_in_a_worker_is_one_line(tiny: tuple[Path, Path], tmp_path: Path) -> None:

@@ -136,3 +136,51 @@ def test_shell_completion_offers_choices_and_recipes() -> None:
     assert complete("encnet predict m --amp ") == ["off", "bf16", "fp16"]
     assert complete("encnet train d --recipe pcontext") == ["pcontext_resnet101s", "pcontext_resnet50s"]
     assert complete("encnet eva") == ["evaluate"]
+
+
+def _help_pages() -> list[list[str]]:
+    group = typer.main.get_command(app)
+    return [["--help"], *([name, "--help"] for name in group.commands), *(["weights", n, "--help"] for n in ("list", "pull", "add"))]
+
+
+def test_help_shows_no_value_type_for_flags() -> None:
+    """A flag takes no value: its row in --help has no type (typer printed <bool> there)."""
+    for page in _help_pages():
+        result = runner.invoke(app, page, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, (page, result.output)
+        assert "<bool>" not in result.output, page
+    flags = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "250"}).output
+    row = next(line for line in flags.splitlines() if "--progress" in line)
+    assert row.split("--no-progress")[1].split()[0] == "Show", row  # the help text follows the flag, no type
+    assert "<int>" in next(line for line in flags.splitlines() if "--batch-size" in line)  # options keep theirs
+
+
+def test_top_level_help_lists_each_command_on_one_line() -> None:
+    """`encnet --help` lists each command with one sentence of its docstring on one line (rich kept the
+    docstring's line breaks there); `encnet CMD --help` shows each paragraph unbroken."""
+    from encnet_cli.main import summary
+    from encnet_cli.predict import predict
+
+    assert summary(predict) == (
+        "Segment images: a palette PNG per image, optional overlays, and predictions.json listing the classes "
+        "found by pixel share and by the SE head."
+    )
+    output = runner.invoke(app, ["--help"], env={"COLUMNS": "300"}).output
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        rows = [line for line in output.splitlines() if line.startswith(f"│ {name} ")]
+        listed = command.short_help or command.help  # the weights group's help is one line already
+        assert len(rows) == 1 and listed and "\n" not in listed, name
+        assert listed in rows[0], (name, rows[0])
+    page = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
+    assert "a classification file (encnet prepare cifar10, synthetic --task classification) a classifier (default encnet_cifar14)," in page
+
+
+def test_usage_error_lists_choices_on_one_line() -> None:
+    """A missing choice argument: the parser's tab-indented list of choices reads as one line, not as
+    escaped \\x0a\\x09 codes; a control code typed on the command line stays escaped."""
+    line = usage_line(run("prepare", "-o", "x.h5"))
+    assert "Choose from: voc, voc-aug, pcontext, ade20k, folder, synthetic, cifar10" in line, line
+    assert "\\x09" not in line and "\\x0a" not in line and "\t" not in line
+    hostile = usage_line(run("prepare", "voc\x1b[2J\tx", "-o", "x.h5"))
+    assert "'voc\\x1b[2J\\tx' is not one of" in hostile and "\x1b" not in hostile, hostile  # shown as typed, escaped

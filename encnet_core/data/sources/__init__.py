@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from encnet_core.choices import SOURCES  # the source names, also the CLI's choices
 from encnet_core.data.download import RemoteFile
 from encnet_core.errors import DataError
 
@@ -108,7 +109,6 @@ def _registry() -> dict[str, Source]:
     }
 
 
-SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10")
 
 
 def get_source(name: str) -> Source:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
+from encnet_core.choices import DEFAULT_LABELS, LABEL_SOURCES  # the `labels` parameter
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.data.archives import open_archive
 from encnet_core.data.download import RemoteFile
@@ -54,8 +55,6 @@ TRAINVAL_MERGED = RemoteFile(
     url="https://codalabuser.blob.core.windows.net/public/trainval_merged.json",
     sha1="169325d9f7e9047537fedca7b04de4dddf10b881",
 )
-LABEL_SOURCES = ("json", "mat")  # the `labels` parameter: trainval_merged.json or trainval.tar.gz
-DEFAULT_LABELS = "json"
 
 # (labels.txt id, name) of the 59-class benchmark, in class-index order
 CONTEXT59 = (

@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from encnet_core.choices import SYNTHETIC_CLASSIFICATION_DEFAULTS, TASKS
 from encnet_core.data.sources import Item, Source, SourcePlan, voc
 from encnet_core.errors import ConfigError
 from encnet_core.palette import voc_palette
 
 __all__ = ["SCENE_CLASSES", "CLASSIFICATION_DEFAULTS", "TASKS", "SYNTHETIC", "render_scene"]
 
-TASKS = ("segmentation", "classification")
-CLASSIFICATION_DEFAULTS = {"num_train": 1500, "num_val": 300, "size": 32}
-"""Split sizes and image side of the classification set when not given."""
+CLASSIFICATION_DEFAULTS = SYNTHETIC_CLASSIFICATION_DEFAULTS
+"""Split sizes and image side of the classification set when not given (choices.py: the CLI shows them in help)."""
 
 
 def _scene_classes() -> tuple[str, ...]:

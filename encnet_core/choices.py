@@ -1,0 +1,44 @@
+"""The names (and their defaults) that the CLI offers as choices, defined once in a module that imports
+nothing: ``encnet --help``, ``encnet prepare --help`` and a usage error are answered from these before
+torch, numpy or scipy load. The modules that use them import them from here (``export.FORMATS``,
+``sources.SOURCES``, ``pcontext.LABEL_SOURCES`` ... are these same objects)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "SOURCES", "LABEL_SOURCES", "DEFAULT_LABELS", "TASKS", "SYNTHETIC_CLASSIFICATION_DEFAULTS", "LAYOUTS",
+    "DEFAULT_SIZES", "EXPORT_FORMATS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
+]  # fmt: skip
+
+SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10")
+"""Dataset sources of ``encnet prepare`` (data/sources/)."""
+
+LABEL_SOURCES = ("json", "mat")
+"""PASCAL Context's label sources (the ``labels`` parameter): trainval_merged.json or trainval.tar.gz."""
+
+DEFAULT_LABELS = "json"
+"""PASCAL Context's label source when none is given."""
+
+TASKS = ("segmentation", "classification")
+"""What a dataset holds and a model predicts: label maps, or one class per image."""
+
+SYNTHETIC_CLASSIFICATION_DEFAULTS = {"num_train": 1500, "num_val": 300, "size": 32}
+"""Split sizes and image side of the synthetic classification set when not given."""
+
+LAYOUTS = ("standard", "far")
+"""Synthetic scene layouts: ``standard`` (the default dataset) and ``far`` (context beyond a small receptive field)."""
+
+DEFAULT_SIZES = {"standard": 128, "far": 256}
+"""Default image side of each synthetic layout."""
+
+EXPORT_FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx")
+"""What ``encnet export --format`` writes (engine/export.py)."""
+
+ARCHIVE_MAX_MEMBER_MIB = 64
+"""Largest archive member read into memory, in MiB (``ArchiveLimits.max_member_bytes``, ``--max-member-size``)."""
+
+ARCHIVE_MAX_RATIO = 400.0
+"""Decompressed bytes of a whole archive / its bytes on disk, at most (``ArchiveLimits.max_ratio``, ``--max-ratio``)."""
+
+MIRROR_ENV = "ENCNET_WEIGHTS_MIRROR"
+"""Environment variable that replaces the zoo's download URL (``--mirror`` replaces both; zoo.py)."""
