@@ -139,7 +139,7 @@ class TrainDisplay:
     On a terminal the progress is a rich bar (epoch N/M, iterations, the latest losses, times). Elsewhere
     (a log file, a pipe, CI) a bar cannot redraw, so it is a plain line at the first metrics record, then
     at most every ``interval`` seconds, and at the last iteration: "it 300/1200 (25%), epoch 9/33: loss
-    ...; 0:00:24 elapsed, 0:01:13 left", the time left estimated at the speed since the previous line. With
+    ...; 0:00:24 elapsed, 0:01:13 left", the time left estimated at the run's average speed so far. With
     ``enabled`` False (``--no-progress``, ``--json`` to stdout) only the messages are printed.
     """
 
@@ -210,7 +210,7 @@ class TrainDisplay:
         """A plain progress line, when due: the first record, ``interval`` seconds after the last line, the end."""
         assert self.start is not None
         now = self.clock()
-        since, done_then = self._last or (self._started_at, self.start.iteration)
+        since = self._last[0] if self._last else self._started_at
         last = event.iteration >= event.total_iters
         if self._last is not None and now - since < self.interval and not last:
             return
@@ -218,8 +218,8 @@ class TrainDisplay:
         done, total = event.iteration, event.total_iters
         if last:
             left = "done"
-        elif now > since and done > done_then:
-            left = f"{duration((total - done) * (now - since) / (done - done_then))} left"
+        elif now > self._started_at and done > self.start.iteration:  # the run's average speed: steadier on a busy machine
+            left = f"{duration((total - done) * (now - self._started_at) / (done - self.start.iteration))} left"
         else:
             left = "? left"
         self.console.print(

@@ -63,7 +63,7 @@ def test_in_a_log_progress_is_a_plain_line_with_the_time_left() -> None:
     clock.now += 20
     display(_log(300, 1200, 9))  # 20 s after the last line: not yet
     clock.now += 20
-    display(_log(400, 1200, 11))  # 40 s after: 300 its in 40 s -> 800 left at 7.5 it/s
+    display(_log(400, 1200, 11))  # 40 s after: 400 its in 50 s since the start -> 800 left at 8 it/s
     display(Validated(400, 11, {"pixAcc": 0.9, "mIoU": 0.5, "mIoU_all": 0.4}))
     clock.now += 1
     display(_log(1200, 1200, 33))  # the end, however soon
@@ -74,7 +74,7 @@ def test_in_a_log_progress_is_a_plain_line_with_the_time_left() -> None:
         "training on cpu x1: 1200 iterations (37/epoch, 33 epochs, the last one of 16 iterations), global batch 8, "
         "lr 0.05, 0.36M parameters",
         "it 100/1200 (8%), epoch 3/33: loss 1.500 (seg 1.000) lr 1.00e-02 10.00 it/s data 25%; 0:00:10 elapsed, 0:01:50 left",
-        "it 400/1200 (33%), epoch 11/33: loss 1.500 (seg 1.000) lr 1.00e-02 10.00 it/s data 25%; 0:00:50 elapsed, 0:01:47 left",
+        "it 400/1200 (33%), epoch 11/33: loss 1.500 (seg 1.000) lr 1.00e-02 10.00 it/s data 25%; 0:00:50 elapsed, 0:01:40 left",
         "val epoch 11 (it 400): pixAcc 0.9000 mIoU 0.5000 (all-classes 0.4000)",
         "it 1200/1200 (100%), epoch 33/33: loss 1.500 (seg 1.000) lr 1.00e-02 10.00 it/s data 25%; 0:00:51 elapsed, done",
         "saved [x]",
