@@ -44,6 +44,9 @@ class EncNetGroup(_FlagHelp, TyperGroup):
     """Prints an ``EncNetError`` as one red line and exits 1 (a traceback only with ENCNET_DEBUG=1); a
     usage error of a command (unknown option, bad choice, wrong type) is one line too, exit 2."""
 
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return sorted(super().list_commands(ctx), key=lambda name: name != "prepare")  # the sub-apps come last, but prepare is the first step
+
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, opt.expand_json_flag(args))  # --json [FILE|-]: a bare --json means stdout
 
@@ -134,13 +137,17 @@ def summary(function: Callable[..., Any]) -> str:
 
 
 for _name, _function in (
-    ("prepare", prepare.prepare), ("targets", info.targets), ("train", train.train), ("evaluate", evaluate.evaluate),
+    ("targets", info.targets), ("train", train.train), ("evaluate", evaluate.evaluate),
     ("predict", predict.predict), ("export", export.export), ("info", info.info), ("show", show.show),
     ("report", report.report), ("models", models.models), ("doctor", doctor.doctor),
 ):  # fmt: skip
     app.command(_name, cls=EncNetCommand, help=help_text(_function), short_help=summary(_function))(_function)
-for _command in weights.app.registered_commands:  # encnet weights list/pull/add
+for _command in (*prepare.app.registered_commands, *weights.app.registered_commands):  # prepare voc/..., weights list/pull/add
     _command.cls, _command.help, _command.short_help = EncNetCommand, help_text(_command.callback), summary(_command.callback)
+app.add_typer(
+    prepare.app, name="prepare", cls=type("PrepareGroup", (_FlagHelp, prepare.SourceGroup), {}),
+    help=help_text(prepare.prepare), short_help=summary(prepare.prepare),
+)  # fmt: skip
 app.add_typer(weights.app, name="weights", cls=EncNetSubGroup)
 
 

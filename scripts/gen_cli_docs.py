@@ -32,13 +32,16 @@ def _option_row(param) -> str:
 
 
 def _commands(group, ctx, prefix: str = ""):
-    """(name, command) of every command, a sub-app's as "weights pull" (in the order --help lists them)."""
+    """(name, command, ctx) of every command, a sub-app's as "weights pull" after the sub-app itself (in the
+    order --help lists them)."""
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         if hasattr(command, "list_commands"):  # a Typer sub-app (a click group)
-            yield from _commands(command, typer.Context(command, info_name=name, parent=ctx), f"{prefix}{name} ")
+            sub_ctx = typer.Context(command, info_name=name, parent=ctx)
+            yield f"{prefix}{name}", command, sub_ctx
+            yield from _commands(command, sub_ctx, f"{prefix}{name} ")
         else:
-            yield f"{prefix}{name}", command
+            yield f"{prefix}{name}", command, ctx
 
 
 def render() -> str:
@@ -55,7 +58,18 @@ def render() -> str:
         "COLUMNS sets a width.",
         "",
     ]
-    for name, command in _commands(group, ctx):
+    for name, command, sub_ctx in _commands(group, ctx):
+        if hasattr(command, "list_commands"):  # a sub-app: its help and its commands, one line each
+            pieces = command.collect_usage_pieces(sub_ctx)
+            usage = " ".join([f"encnet {name}", *(p for p in pieces if p != "[OPTIONS]")])
+            lines += [f"## `encnet {name}`", "", inspect.cleandoc(command.help or ""), "", f"    {usage}", ""]
+            lines += ["| command | meaning |", "| --- | --- |"]
+            for sub_name in command.list_commands(sub_ctx):
+                sub = command.get_command(sub_ctx, sub_name)
+                text = " ".join((sub.short_help or sub.help or "").split())
+                lines.append(f"| [`{sub_name}`](#encnet-{name.replace(' ', '-')}-{sub_name}) | {text.replace('|', '/')} |")
+            lines.append("")
+            continue
         arguments = [p for p in command.params if p.param_type_name == "argument"]
         options = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
         usage = " ".join(

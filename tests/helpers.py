@@ -38,6 +38,15 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+def usage_error_line(result) -> str:
+    """The single non-empty output line of a usage error (exit 2): an unknown option, a bad value."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
 def tiny_trained(tmp_path_factory, name: str, num_train: int = 8, num_val: int = 4):
     """Yield (dataset, checkpoint) for a module-scoped fixture: a synthetic set and encnet_tiny after 2
     iterations, built with one intra-op thread (restored afterwards)."""

@@ -33,9 +33,13 @@ def _options() -> tuple[dict[str, set[str]], set[str]]:
     per_command: dict[str, set[str]] = {}
     for name, command in group.commands.items():
         flags = {"--help", "-h"}
-        for sub in getattr(command, "commands", {}).values() or [command]:  # a sub-app (weights): its commands' flags
+        for sub_name, sub in getattr(command, "commands", {}).items() or [("", command)]:  # a sub-app: its commands' flags
+            sub_flags = {"--help", "-h"}
             for param in sub.params:
-                flags |= set(param.opts) | set(param.secondary_opts)
+                sub_flags |= set(param.opts) | set(param.secondary_opts)
+            flags |= sub_flags
+            if sub_name:
+                per_command[f"{name} {sub_name}"] = sub_flags  # "prepare voc": only voc's own flags
         per_command[name] = flags
     root = {o for p in group.params for o in (*p.opts, *p.secondary_opts)}
     return per_command, root
@@ -69,9 +73,12 @@ def test_docs_mention_only_existing_flags() -> None:
                 words = line.split()
             if "encnet_cli" in words:
                 words = words[words.index("encnet_cli") :]
-            command = next((w for w in words[1:] if w in per_command), None)
-            if command is None:
+            at = next((i for i, w in enumerate(words[1:], 1) if w in per_command), None)
+            if at is None:
                 continue
+            command = words[at]
+            if at + 1 < len(words) and f"{command} {words[at + 1]}" in per_command:  # prepare voc, weights pull
+                command = f"{command} {words[at + 1]}"
             for word in words:
                 flag = word.split("=")[0]
                 if flag.startswith("--") and flag not in per_command[command] | root | OTHER_TOOLS:

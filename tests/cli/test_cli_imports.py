@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "encnet_cli").glob("*.py") if p.stem != "__main__")
+_CLI = Path(__file__).resolve().parents[2] / "encnet_cli"
+MODULES = sorted(
+    ".".join(p.relative_to(_CLI).with_suffix("").parts).removesuffix(".__init__")
+    for p in _CLI.rglob("*.py") if p.stem != "__main__"
+)  # fmt: skip
 
 SCRIPT = """
 import importlib, sys
@@ -21,7 +25,7 @@ for name in sys.argv[1:]:
 
 
 def test_each_command_module_imports_alone() -> None:
-    assert {"main", "train", "evaluate", "predict", "_progress", "_output"} <= set(MODULES)
+    assert {"main", "train", "evaluate", "predict", "_progress", "_output", "prepare", "prepare.voc"} <= set(MODULES)
     result = subprocess.run([sys.executable, "-c", SCRIPT, *MODULES], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [w for name in MODULES for w in ("ok", name)]
@@ -63,9 +67,11 @@ def test_help_version_and_usage_errors_load_no_heavy_library() -> None:
 
     group = typer.main.get_command(app)
     helps = [[name, "--help"] for name in group.commands] + [["weights", name, "--help"] for name in ("list", "pull", "add")]
+    helps += [["prepare", name, "--help"] for name in group.commands["prepare"].commands]  # prepare voc --help ...
     usage_errors = [
         ["evaluate", "--bogus"],  # unknown option
         ["prepare", "nope", "-o", "x.h5"],  # bad choice
+        ["prepare", "voc", "--images", "x"],  # another source's option
         ["export", "a.pt", "b.pt", "--format", "zip"],  # bad choice of an option
         ["predict"],  # missing argument
         ["weights", "pull"],  # missing argument of a sub-command

@@ -149,5 +149,7 @@ def test_every_json_option_is_the_shared_one() -> None:
                 if "--json" in param.opts:
                     assert not getattr(param, "is_flag", False) and param.metavar == "[FILE|-]", (name, sub_name)
                     with_json.add(name if sub is command else f"{name} {sub_name}")
-    assert {"prepare", "targets", "train", "evaluate", "predict", "export", "info", "models", "doctor",
-            "weights list", "weights pull", "weights add"} <= with_json  # fmt: skip
+    from encnet_core.choices import SOURCES
+
+    assert {*(f"prepare {source}" for source in SOURCES), "targets", "train", "evaluate", "predict", "export", "info",
+            "models", "doctor", "weights list", "weights pull", "weights add"} <= with_json  # fmt: skip

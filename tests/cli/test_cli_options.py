@@ -103,7 +103,8 @@ def test_help_shows_every_default() -> None:
     so the recipe/config layers can speak) and say TrainConfig's default in their help instead."""
     group = typer.main.get_command(app)
     missing = []
-    for name, command in group.commands.items():
+    leaves = [(f"{name} {sub}", c) for name, g in group.commands.items() for sub, c in getattr(g, "commands", {}).items()]
+    for name, command in [*group.commands.items(), *leaves]:  # prepare voc, weights pull ... too
         for param in command.params:
             if param.param_type_name != "option" or param.name == "help":
                 continue
@@ -119,7 +120,7 @@ def test_help_shows_every_default() -> None:
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert "Images per process and step (default: 8; classification data: 128)." in result.output
     assert "(default: runs/MODEL-DATASTEM)" in result.output
-    result = runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
+    result = runner.invoke(app, ["prepare", "voc", "--help"], env={"COLUMNS": "200"})
     assert "[default: 400.0]" in result.output  # typer's own default display survives
 
 
@@ -140,7 +141,10 @@ def test_shell_completion_offers_choices_and_recipes() -> None:
 
 def _help_pages() -> list[list[str]]:
     group = typer.main.get_command(app)
-    return [["--help"], *([name, "--help"] for name in group.commands), *(["weights", n, "--help"] for n in ("list", "pull", "add"))]
+    from encnet_core.choices import SOURCES
+
+    return [["--help"], *([name, "--help"] for name in group.commands), *(["weights", n, "--help"] for n in ("list", "pull", "add")),
+            *(["prepare", source, "--help"] for source in SOURCES)]  # fmt: skip
 
 
 def test_help_shows_no_value_type_for_flags() -> None:

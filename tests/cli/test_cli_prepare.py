@@ -16,7 +16,7 @@ from types import ModuleType
 import h5py
 import numpy as np
 import pytest
-from helpers import one_error_line
+from helpers import one_error_line, usage_error_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -189,8 +189,47 @@ def test_bad_checksum_syntax_is_one_line(tmp_path: Path) -> None:
 
 
 def test_folder_options_are_refused_for_other_sources(tmp_path: Path) -> None:
+    """Each source takes only its own options: the parser refuses another's as unknown (exit 2)."""
     result = invoke("prepare", "voc", "--out", tmp_path / "voc.h5", "--images", tmp_path)
-    assert "--images only apply to `prepare folder`" in one_error_line(result)
+    assert "No such option: --images" in usage_error_line(result)
+    assert "encnet prepare voc --help" in usage_error_line(result)
+
+
+def test_prepare_help_lists_each_source_on_one_line() -> None:
+    from encnet_cli.prepare import COMMANDS
+    from encnet_core.choices import SOURCES
+
+    assert tuple(COMMANDS) == SOURCES
+    output = invoke("prepare", "--help").output
+    assert "Usage: encnet prepare SOURCE [OPTIONS]" in output
+    for source in SOURCES:
+        rows = [line for line in output.splitlines() if line.startswith(f"│ {source} ")]
+        assert len(rows) == 1, (source, output)
+    assert invoke("prepare", "--help").exit_code == 0
+
+
+SHARED = {"--out", "--root", "--url", "--mirror", "--archive", "--download", "--checksum", "--verify", "--timeout",
+          "--max-member-size", "--max-ratio", "--workers", "--skip-bad", "--overwrite", "--json", "--progress"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "own"),
+    [
+        ("voc", {"--strict", "--min-pixels"}),
+        ("voc-aug", {"--strict", "--min-pixels"}),
+        ("pcontext", {"--labels", "--strict", "--min-pixels"}),
+        ("ade20k", {"--strict", "--min-pixels"}),
+        ("folder", {"--images", "--masks", "--classes", "--val-fraction", "--seed", "--min-pixels"}),
+        ("synthetic", {"--num-train", "--num-val", "--size", "--task", "--layout", "--seed", "--min-pixels"}),
+        ("cifar10", {"--strict"}),
+    ],
+)
+def test_each_source_takes_its_own_options_and_the_shared_ones(source: str, own: set[str]) -> None:
+    import typer
+
+    command = typer.main.get_command(app).commands["prepare"].commands[source]
+    assert {param.opts[0] for param in command.params} == SHARED | own
+    assert command.params[0].opts[0] == "--out"  # then the source's own options, then the shared ones
 
 
 def test_info_on_a_file_that_is_not_hdf5(tmp_path: Path) -> None:
@@ -387,6 +426,6 @@ def test_prepare_escapes_file_names_in_its_warnings(tmp_path: Path) -> None:
 
 
 def test_layout_only_applies_to_synthetic(tmp_path: Path) -> None:
-    text = one_line(invoke("prepare", "voc", "--layout", "far", "--root", tmp_path / "root", "--out", tmp_path / "voc.h5"))
-    assert "--layout far only applies to `prepare synthetic`" in text
+    result = invoke("prepare", "voc", "--layout", "far", "--root", tmp_path / "root", "--out", tmp_path / "voc.h5")
+    assert "No such option: --layout" in usage_error_line(result)
     assert files_under(tmp_path) == []

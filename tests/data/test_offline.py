@@ -177,7 +177,7 @@ def test_prepare_offline_is_one_line_with_its_own_flags(source: str, tmp_path: P
     line = one_error_line(result)
     assert f"cannot download {INVALID}/" in line and "could not resolve encnet-test.invalid (offline?)" in line
     assert "--archive" in line and "--mirror URL" in line and "resume" not in line
-    assert _flags_outside_commands(line) <= _options_of("prepare")
+    assert _flags_outside_commands(line) <= _options_of("prepare", source)
     assert sleeps == [] and not (tmp_path / "x.h5").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []
 
