@@ -27,7 +27,6 @@ from encnet_core.engine.classification import evaluate_classifier
 from encnet_core.engine.device import pin_memory
 from encnet_core.engine.distributed import (
     DistInfo,
-    ShardSampler,
     all_reduce_sum,
     gather_lists,
     init_distributed,
@@ -36,6 +35,7 @@ from encnet_core.engine.distributed import (
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.model_files import LoadedModel, load_model
+from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.tasks import check_task
 from encnet_core.engine.workers import check_workers, loader_workers
 from encnet_core.errors import ConfigError, DataError
