@@ -50,13 +50,13 @@ class MaskFormat(StrEnum):
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def _check_device(value: str | None) -> str | None:
+def check_device(value: str | None) -> str | None:
     if value is not None and not _DEVICE.match(value):
         raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
     return value
 
 
-def _complete_device(incomplete: str) -> list[str]:
+def complete_device(incomplete: str) -> list[str]:
     from encnet_core.engine.device import device_names  # here: completion should not wait for torch at import
 
     names = device_names()
@@ -68,7 +68,7 @@ def device_option(suffix: str = "") -> typer.models.OptionInfo:
     completed from the visible GPUs)."""
     return typer.Option(
         "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N.{suffix}",
-        callback=_check_device, autocompletion=_complete_device,
+        callback=check_device, autocompletion=complete_device,
     )  # fmt: skip
 
 

@@ -114,7 +114,7 @@ def train(
     dropout: float = typer.Option(None, "--dropout", help="Dropout before the classifiers (default: the model's, 0.1)."),
     output_stride: int = typer.Option(None, "--output-stride", help=f"Backbone output stride, 8 or 16{_d('output_stride')}."),
     amp: opt.Amp = typer.Option(None, "--amp", help=f"Mixed precision (fp16 needs CUDA and adds a GradScaler){_d('amp')}."),
-    device: str = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N{_d('device')}.", callback=opt._check_device, autocompletion=opt._complete_device),
+    device: str = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N{_d('device')}.", callback=opt.check_device, autocompletion=opt.complete_device),
     seed: int = typer.Option(None, "--seed", help=f"Seed of model init, data order and augmentation{_d('seed')}."),
     val_split: str = typer.Option(None, "--val-split", help=f"Split to validate on; '' to skip{_d('val_split')}."),
     train_split: str = typer.Option(None, "--train-split", help=f"Split to train on{_d('train_split')}."),
