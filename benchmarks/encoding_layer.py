@@ -4,7 +4,7 @@ Three variants run on the same input, the same upstream gradient and the same co
 
 - ``ours``: ``encnet_core.models.layers.Encoding`` (distances and aggregation as batched matrix products).
 - ``broadcast``: the formulation of mmsegmentation's ``EncodingLayer`` in plain PyTorch
-  (``encnet_core.engine.benchmark.BroadcastEncoding``, shared with benchmarks/gpu.py). It materialises
+  (``encnet_core.diagnostics.benchmark.BroadcastEncoding``, shared with benchmarks/gpu.py). It materialises
   the residuals x_i - d_k as a (B, N, K, C) tensor. (mmsegmentation even builds that tensor twice,
   once for the distances and once for the aggregation; this baseline builds it once.)
 - ``matmul``: only the two matrix products our layer is made of, chained with no softmax in between:
@@ -65,7 +65,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from encnet_core.engine.benchmark import BroadcastEncoding
+from encnet_core.diagnostics.benchmark import BroadcastEncoding
 from encnet_core.engine.device import synchronize
 from encnet_core.models.layers import Encoding
 

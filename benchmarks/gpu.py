@@ -1,6 +1,6 @@
 """One GPU benchmark: every ratio measured in the same run, each printed with its goal (sized for ~5 minutes on one GPU).
 
-Rows (see ``encnet_core/engine/benchmark.py`` for how each is measured):
+Rows (see ``encnet_core/diagnostics/benchmark.py`` for how each is measured):
 
 - the Encoding layer against the broadcast formulation: time (goal >= 20x), extra peak memory
   (>= 15x), outputs and gradients equal (<= 1e-4);
@@ -33,7 +33,7 @@ import json
 import sys
 from pathlib import Path
 
-from encnet_core.engine.benchmark import BenchConfig, BenchReport, run_benchmark
+from encnet_core.diagnostics.benchmark import BenchConfig, BenchReport, run_benchmark
 from encnet_core.errors import EncNetError
 
 

@@ -14,7 +14,7 @@ import typer
 from encnet_core.choices import MIRROR_ENV
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when a command runs, not to parse its options
-    from encnet_core.engine.inference import InferenceConfig
+    from encnet_core.engine.inference import InferenceRequest
 
 
 class Amp(StrEnum):
@@ -50,13 +50,13 @@ class MaskFormat(StrEnum):
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def _check_device(value: str | None) -> str | None:
+def check_device(value: str | None) -> str | None:
     if value is not None and not _DEVICE.match(value):
         raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
     return value
 
 
-def _complete_device(incomplete: str) -> list[str]:
+def complete_device(incomplete: str) -> list[str]:
     from encnet_core.engine.device import device_names  # here: completion should not wait for torch at import
 
     names = device_names()
@@ -68,7 +68,7 @@ def device_option(suffix: str = "") -> typer.models.OptionInfo:
     completed from the visible GPUs)."""
     return typer.Option(
         "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N.{suffix}",
-        callback=_check_device, autocompletion=_complete_device,
+        callback=check_device, autocompletion=complete_device,
     )  # fmt: skip
 
 
@@ -102,23 +102,15 @@ def value(choice: Enum | str | None) -> str | None:
     return choice.value if isinstance(choice, Enum) else choice
 
 
-def inference_config(
+def inference_request(
     scales: str | None, slide: bool, flip: bool, crop_size: int | None, base_size: int | None,
-    stride_rate: float, merge: Merge | str, batch_size: int, default_crop: int, default_base: int,
-) -> InferenceConfig:  # fmt: skip
-    """Build the InferenceConfig from the shared options (crop/base size default to the model's)."""
-    from encnet_core.engine.inference import InferenceConfig, parse_scales
+    stride_rate: float, merge: Merge | str, batch_size: int,
+) -> InferenceRequest:  # fmt: skip
+    """The shared inference options as the engine takes them (checked, and crop/base size defaulted to the
+    model's, once the engine has read the model)."""
+    from encnet_core.engine.inference import InferenceRequest
 
-    return InferenceConfig(
-        scales=parse_scales(scales),
-        slide=slide,
-        flip=flip,
-        crop_size=default_crop if crop_size is None else crop_size,
-        base_size=default_base if base_size is None else base_size,
-        stride_rate=stride_rate,
-        merge=value(merge),
-        batch_size=batch_size,
-    )
+    return InferenceRequest(scales, slide, flip, crop_size, base_size, stride_rate, value(merge), batch_size)
 
 
 SCALES_HELP = "Multi-scale inference, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 (the reference's; long side = base size x scale)."

@@ -26,8 +26,8 @@ def doctor(
     json_out: opt.JsonOut = None,
 ) -> None:
     """Print the environment, then build a model and run one forward/backward step on random data."""
+    from encnet_core.diagnostics.doctor import environment_report, run_doctor
     from encnet_core.engine.device import resolve_device  # torch: not for --help
-    from encnet_core.engine.doctor import environment_report, run_doctor
 
     check_json_target(json_out)
     try:

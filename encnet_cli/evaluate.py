@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -13,10 +12,6 @@ from rich.table import Table
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
 from encnet_core.errors import ConfigError
-
-if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
-    from encnet_core.engine.inference import InferenceConfig
-    from encnet_core.engine.model_files import LoadedModel
 
 
 def evaluate(
@@ -58,31 +53,22 @@ def evaluate(
     each image scored once at the model's training size (the inference options above do not apply).
     """
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core import zoo
     from encnet_core.engine.evaluate import EvaluateOptions
-    from encnet_core.engine.evaluate import evaluate as run_evaluate
-    from encnet_core.engine.model_files import check_trusted
+    from encnet_core.engine.evaluate import run as run_evaluate
 
     if protocol is opt.Protocol.reference:
         _check_protocol_flags(ctx)
     _check_classification_flags(ctx, data)
     check_json_target(json_out)
-    zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
-    check_trusted(model, trust_code)
-
-    def inference_for(loaded: LoadedModel) -> InferenceConfig:  # crop/base size default to the model's: one read of the file
-        return opt.inference_config(
-            scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
-        )
-
     options = EvaluateOptions(
         split=split, device=device, amp=opt.value(amp), workers=workers,
         save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
         skip_bad=skip_bad, protocol=opt.value(protocol),
     )  # fmt: skip
+    request = opt.inference_request(scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size)
     is_main = int(os.environ.get("RANK", "0")) == 0
     with ProgressReporter(enabled=progress and is_main and not json_to_stdout(json_out)) as reporter:
-        result = run_evaluate(model, data, options, progress=reporter, inference_for=inference_for)
+        result = run_evaluate(model, data, options, request, progress=reporter, mirror=mirror)
     if not is_main:
         return
     if json_out is not None:
@@ -125,10 +111,10 @@ _SEGMENTATION_ONLY = ("scales", "slide", "flip", "crop_size", "base_size", "stri
 
 def _check_classification_flags(ctx: typer.Context, data: Path) -> None:
     """Segmentation's inference options on a classification file: one line naming them, before any work."""
-    from encnet_cli.train import _data_task
+    from encnet_core.data.hdf5 import probe_task  # h5py: when the command runs
 
     given = [name for name in _SEGMENTATION_ONLY if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
-    if given and _data_task(data) == "classification":
+    if given and probe_task(data) == "classification":
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(
             f"{flags} {'does' if len(given) == 1 else 'do'} not apply to the classification dataset {data} "

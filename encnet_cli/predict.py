@@ -18,10 +18,9 @@ from encnet_cli._output import (
     plural,
     safe_text,
 )
-from encnet_core.errors import ConfigError
 
 if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
-    from encnet_core.engine.model_files import LoadedModel
+    from encnet_core.engine.classification import ClassifyResult
 
 
 def predict(
@@ -55,83 +54,51 @@ def predict(
     classes and scores of each image and writes them to predictions.json (no masks). Unreadable files
     are reported and skipped (exit code 1 if any)."""
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core import zoo
-    from encnet_core.engine.device import resolve_device
-    from encnet_core.engine.model_files import load_model
-    from encnet_core.engine.predict import PredictOptions
-    from encnet_core.engine.predict import predict as run_predict
+    from encnet_core.engine.predict import CLASSIFICATION_ONLY, SEGMENTATION_ONLY, PredictRequest
+    from encnet_core.engine.predict import run as run_predict
 
     check_json_target(json_out)
-    zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
-    loaded = load_model(model, resolve_device(device), opt.value(amp), trust_code=trust_code)
-    _check_task_flags(ctx, loaded)
-    if loaded.task == "classification":
-        _classify(loaded, inputs, output, top_k, overwrite, batch_size, progress, json_out)
-        return
-    inference = opt.inference_config(
-        scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size, loaded.crop_size, loaded.base_size
-    )
-    options = PredictOptions(
-        output=output, inference=inference, mask_format=opt.value(mask_format), overlay=overlay, alpha=alpha,
-        se_threshold=se_threshold, overwrite=overwrite, batch_size=batch_size,
+    request = PredictRequest(
+        output=output, inference=opt.inference_request(scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size),
+        mask_format=opt.value(mask_format), overlay=overlay, alpha=alpha, se_threshold=se_threshold, top_k=top_k,
+        overwrite=overwrite, batch_size=batch_size, device=device, amp=opt.value(amp), trust_code=trust_code, mirror=mirror,
+        given=frozenset(_given(ctx, (*SEGMENTATION_ONLY, *CLASSIFICATION_ONLY))),
     )  # fmt: skip
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
-        result = run_predict(loaded, inputs, options, progress=reporter)
+        done = run_predict(model, inputs, request, progress=reporter)
+    result = done.result
     for failure in result.failed:
         err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False, soft_wrap=True)
-    if json_out is not None:  # predictions.json's content plus the run's summary
-        emit_json({
-            "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
-            "classes": loaded.classes, "se_threshold": se_threshold, "images": result.predictions}, json_out)  # fmt: skip
-    if not json_to_stdout(json_out):
-        console.print(
-            f"{plural(result.written, 'image')} segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
-            f"(predictions.json)"
-        )
+    if done.task == "classification":
+        _print_classes(result, done.classes, output, top_k, json_out)
+    else:
+        if json_out is not None:  # predictions.json's content plus the run's summary
+            emit_json({
+                "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
+                "classes": done.classes, "se_threshold": se_threshold, "images": result.predictions}, json_out)  # fmt: skip
+        if not json_to_stdout(json_out):
+            console.print(
+                f"{plural(result.written, 'image')} segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
+                f"(predictions.json)"
+            )
     if result.failed:
         raise typer.Exit(1)
 
 
-_SEGMENTATION_ONLY = ("mask_format", "overlay", "alpha", "se_threshold", "scales", "slide", "flip", "crop_size",
-                      "base_size", "stride_rate", "merge")  # fmt: skip
+def _given(ctx: typer.Context, flags: tuple[str, ...]) -> list[str]:
+    """The options among ``flags`` (as the engine names them) given on the command line."""
+    param = {"--format": "mask_format"}  # the one flag that is not its parameter's name
+    return [f for f in flags if getattr(ctx.get_parameter_source(param.get(f, f[2:].replace("-", "_"))), "name", None) == "COMMANDLINE"]
 
 
-def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
-    """The options among ``names`` given on the command line, as flags."""
-    flag = {"mask_format": "format"}
-    return ["--" + flag.get(n, n).replace("_", "-") for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]
-
-
-def _check_task_flags(ctx: typer.Context, loaded: LoadedModel) -> None:
-    """Options of the other task: one line naming them, before any image is read."""
-    if loaded.task == "classification":
-        given, what = _given(ctx, _SEGMENTATION_ONLY), "a classification model (it writes no masks or overlays, only classes and scores)"
-    else:
-        given, what = _given(ctx, ("top_k",)), "a segmentation model (it is for classifiers)"
-    if given:
-        raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {what}; drop {'it' if len(given) == 1 else 'them'}")
-
-
-def _classify(
-    loaded: LoadedModel, inputs: list[Path], output: Path, top_k: int, overwrite: bool, batch_size: int, progress: bool, json_out: Path | None
-) -> None:
-    """A classifier's predict: one line per image (its top-k classes and scores), predictions.json."""
-    from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core.engine.classification import ClassifyOptions, predict_classes
-
-    options = ClassifyOptions(output=output, top_k=top_k, overwrite=overwrite, batch_size=batch_size)
-    with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
-        result = predict_classes(loaded, inputs, options, progress=reporter)
-    for failure in result.failed:
-        err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False, soft_wrap=True)
+def _print_classes(result: ClassifyResult, classes: list[str], output: Path, top_k: int, json_out: Path | None) -> None:
+    """A classifier's predict: one line per image (its top-k classes and scores)."""
     if json_out is not None:
         emit_json({
             "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
-            "task": "classification", "classes": loaded.classes, "top_k": top_k, "images": result.predictions}, json_out)  # fmt: skip
+            "task": "classification", "classes": classes, "top_k": top_k, "images": result.predictions}, json_out)  # fmt: skip
     if not json_to_stdout(json_out):
         for stem, entry in result.predictions.items():
             scores = ", ".join(f"{top['class']} {top['score']:.3f}" for top in entry["top"])
             console.print(safe_text(f"{stem}: {scores}"), highlight=False, soft_wrap=True)
         console.print(f"{plural(result.written, 'image')} classified, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} (predictions.json)")
-    if result.failed:
-        raise typer.Exit(1)

@@ -21,19 +21,39 @@ from encnet_core.config import (
     parse_set_option,
     resolve_train_config,
 )
-from encnet_core.errors import EncNetError
 
 _Schedule = StrEnum("Schedule", {name: name for name in LR_SCHEDULES})  # choices from the library's list
 
+# Each option is written once, in train()'s signature: the ones named after a TrainConfig field are its flags.
+NOT_FLAGS = {  # TrainConfig fields without a flag of their own, and why
+    "data": "the DATA argument",
+    "mean": "three numbers: --set mean=[R,G,B] (or a recipe / --config)",
+    "std": "three numbers: --set std=[R,G,B] (or a recipe / --config)",
+    "recipe": "recorded from --recipe, which is a layer of settings rather than one setting",
+}
+CLI_ONLY = {  # train() parameters that are no TrainConfig field: how the run is set up, resumed or shown
+    "ctx": "typer's context",
+    "recipe": "a layer of settings (the field records its name)",
+    "config_file": "a layer of settings (--config FILE)",
+    "set_values": "a layer of settings (--set KEY=VALUE)",
+    "resume": "where to continue from, not a setting of the run (config.toml would resume every rerun)",
+    "trust_code": "a permission: no recipe or saved config.toml may turn it on",
+    "json_out": "output of the command",
+    "tensorboard": "output of the command (a callback around the display)",
+    "progress": "output of the command",
+}
+FIELD_OF = {"compile_model": "compile"}  # parameters named apart from their field (compile is a builtin)
 
-def _data_task(data: Path) -> str:
-    """What the dataset holds; "segmentation" when it cannot be read (the run's set-up then says why, in one line)."""
-    from encnet_core.data.dataset import dataset_task  # torch: when a command runs, not for --help
 
-    try:
-        return dataset_task(data)
-    except (EncNetError, OSError):
-        return "segmentation"
+def flag_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """train()'s flags by TrainConfig field, as resolve_train_config takes them (None: not given), in the
+    signature's order; ``params``: train()'s arguments (its locals() before anything else is assigned)."""
+    fields = TrainConfig.__dataclass_fields__
+    return {
+        FIELD_OF.get(name, name): value
+        for name, value in params.items()
+        if name not in CLI_ONLY and FIELD_OF.get(name, name) in fields and FIELD_OF.get(name, name) not in NOT_FLAGS
+    }
 
 
 def _skipped_text(skipped: list[dict[str, Any]]) -> str | None:
@@ -94,7 +114,7 @@ def train(
     dropout: float = typer.Option(None, "--dropout", help="Dropout before the classifiers (default: the model's, 0.1)."),
     output_stride: int = typer.Option(None, "--output-stride", help=f"Backbone output stride, 8 or 16{_d('output_stride')}."),
     amp: opt.Amp = typer.Option(None, "--amp", help=f"Mixed precision (fp16 needs CUDA and adds a GradScaler){_d('amp')}."),
-    device: str = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N{_d('device')}.", callback=opt._check_device, autocompletion=opt._complete_device),
+    device: str = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N{_d('device')}.", callback=opt.check_device, autocompletion=opt.complete_device),
     seed: int = typer.Option(None, "--seed", help=f"Seed of model init, data order and augmentation{_d('seed')}."),
     val_split: str = typer.Option(None, "--val-split", help=f"Split to validate on; '' to skip{_d('val_split')}."),
     train_split: str = typer.Option(None, "--train-split", help=f"Split to train on{_d('train_split')}."),
@@ -129,23 +149,14 @@ def train(
     --set KEY=VALUE < named flags (config.toml in the run folder records the result). mean/std and
     every other setting without a flag go through --set.
     """
+    flags = flag_settings(locals())  # first: locals() holds the parameters only
     # torch and rich.progress: when the command runs, not to parse its options or print --help
     from encnet_cli._progress import TrainDisplay, val_text
+    from encnet_core.data.hdf5 import probe_task
     from encnet_core.engine.tensorboard import TENSORBOARD_DIR, TensorBoardCallback
     from encnet_core.engine.train import train as run_train
 
-    flags = {
-        "output_dir": output_dir, "model": model, "epochs": epochs, "iters": iters, "batch_size": batch_size,
-        "lr": lr, "head_lr_mult": head_lr_mult, "momentum": momentum, "weight_decay": weight_decay,
-        "lr_schedule": lr_schedule, "lr_step": lr_step, "poly_power": poly_power, "warmup_iters": warmup_iters, "crop_size": crop_size, "base_size": base_size,
-        "scale_min": scale_min, "scale_max": scale_max, "workers": workers, "num_codes": num_codes,
-        "se_loss": se_loss, "se_weight": se_weight, "aux": aux, "aux_weight": aux_weight, "lateral": lateral,
-        "dropout": dropout, "output_stride": output_stride, "amp": amp, "device": device, "seed": seed,
-        "val_split": val_split, "train_split": train_split, "val_every": val_every, "log_every": log_every,
-        "init_from": init_from, "freeze_backbone": freeze_backbone, "freeze_bn": freeze_bn,
-        "backbone_weights": backbone_weights, "compile": compile_model, "skip_bad": skip_bad,
-    }  # fmt: skip
-    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags, task=_data_task(data))
+    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags, task=probe_task(data))
     check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
     board = TensorBoardCallback(Path(config.output_dir) / TENSORBOARD_DIR) if tensorboard else None  # installed?

@@ -26,5 +26,5 @@ def _blank_sample(self: SeededSamples, key: tuple[int, int]) -> tuple[torch.Tens
 
 def stub_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the SGD step and the training samples' decoding (train with crop 32)."""
-    monkeypatch.setattr(train_module, "_train_step", _no_sgd)
+    monkeypatch.setattr(train_module, "train_step", _no_sgd)
     monkeypatch.setattr(SeededSamples, "__getitem__", _blank_sample)

@@ -35,7 +35,7 @@ from PIL import Image
 from encnet_core import __version__
 from encnet_core.choices import TASKS  # what a dataset holds
 from encnet_core.constants import IGNORE_INDEX
-from encnet_core.errors import DataError
+from encnet_core.errors import DataError, EncNetError
 from encnet_core.paths import AtomicFile, is_disk_full
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ __all__ = [
     "DatasetInfo",
     "HDF5Writer",
     "read_info",
+    "probe_task",
     "encode_mask",
     "MaskError",
     "decode_mask",
@@ -450,6 +451,16 @@ def _decodes(names: h5py.Dataset, index: int) -> bool:
     except (UnicodeDecodeError, ValueError):
         return False
     return True
+
+
+def probe_task(path: Path) -> str:
+    """What a prepared file holds, to pick defaults before a command's real work: ``read_info``'s task
+    ("segmentation" or "classification"; a truncated file is not refused here), or "segmentation" when the
+    file cannot be read; the command's set-up reads it again and then says why, in one line."""
+    try:
+        return read_info(path, allow_truncated=True).task
+    except (EncNetError, OSError):
+        return "segmentation"
 
 
 def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:

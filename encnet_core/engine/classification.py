@@ -44,9 +44,10 @@ from encnet_core.data.dataset import (
     collate_checked,
 )
 from encnet_core.engine.device import autocast_context, pin_memory
-from encnet_core.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, gather_lists
+from encnet_core.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from encnet_core.engine.events import CLASSIFICATION_VAL_METRICS
 from encnet_core.engine.model_files import LoadedModel
+from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.models import create_model

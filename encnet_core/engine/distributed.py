@@ -12,13 +12,10 @@ import torch
 import torch.distributed as dist
 
 from encnet_core.engine.device import is_cuda, process_device, resolve_device
-from encnet_core.engine.sampling import ShardSampler  # re-exported: it lives with the other samplers
 
 log = logging.getLogger("encnet")
 
-__all__ = [
-    "ShardSampler",
-    "DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "broadcast_flag", "gather_lists"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "broadcast_flag", "gather_lists"]
 
 
 @dataclass(frozen=True)

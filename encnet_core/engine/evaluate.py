@@ -12,7 +12,6 @@ classes (``mIoU_all``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -27,15 +26,15 @@ from encnet_core.engine.classification import evaluate_classifier
 from encnet_core.engine.device import pin_memory
 from encnet_core.engine.distributed import (
     DistInfo,
-    ShardSampler,
     all_reduce_sum,
     gather_lists,
     init_distributed,
     shutdown_distributed,
 )
-from encnet_core.engine.inference import InferenceConfig, infer
+from encnet_core.engine.inference import InferenceConfig, InferenceRequest, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encnet_core.engine.model_files import LoadedModel, load_model
+from encnet_core.engine.model_files import LoadedModel, check_trusted, load_model
+from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.tasks import check_task
 from encnet_core.engine.workers import check_workers, loader_workers
 from encnet_core.errors import ConfigError, DataError
@@ -45,6 +44,7 @@ from encnet_core.progress import ProgressCallback
 
 __all__ = [
     "EvaluateOptions",
+    "run",
     "evaluate",
     "evaluate_loaded",
     "ReferenceProtocol",
@@ -288,26 +288,44 @@ def evaluate_loaded(
     return result
 
 
+def run(
+    model: Path,
+    data: Path,
+    options: EvaluateOptions,
+    request: InferenceRequest,
+    progress: ProgressCallback | None = None,
+    *,
+    mirror: str | None = None,
+) -> dict[str, Any]:
+    """``encnet evaluate``: MODEL as the user gave it (a model file, or a zoo name, pulled now from ``mirror``
+    when not cached), refused before any work if it is a program and ``options.trust_code`` is off, then
+    ``evaluate`` with ``request``'s inference settings, crop and base size defaulting to the model's."""
+    from encnet_core import zoo
+
+    zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
+    check_trusted(model, options.trust_code)
+    return evaluate(model, data, options, progress, request=request)
+
+
 def evaluate(
     model_path: Path,
     data: Path,
     options: EvaluateOptions,
     progress: ProgressCallback | None = None,
     *,
-    inference_for: Callable[[LoadedModel], InferenceConfig] | None = None,
+    request: InferenceRequest | None = None,
 ) -> dict[str, Any]:
     """Load ``model_path`` (checkpoint or export) and evaluate it on ``data``; torchrun-aware.
 
-    ``inference_for``, when given, builds the inference settings from the loaded model (replacing
-    ``options.inference``): how defaults such as the model's own crop and base size are filled in
-    without reading the file a second time.
+    ``request``, when given, replaces ``options.inference``: checked once the model is loaded, with the
+    model's own crop and base size for those not given (the file is read once).
     """
     check_evaluate_outputs(options)
     info = init_distributed(options.device)
     try:
         model = load_model(model_path, info.device, options.amp, trust_code=options.trust_code)
-        if inference_for is not None:
-            options = replace(options, inference=inference_for(model))
+        if request is not None:
+            options = replace(options, inference=request.config(model.crop_size, model.base_size))
         result = evaluate_loaded(model, data, options, info, progress, model_name=Path(model_path).name)
         result["model"] = str(model_path)
         if "protocol" in result:

@@ -39,7 +39,7 @@ from torch import Tensor
 from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE
 from encnet_core.errors import ConfigError
 
-__all__ = ["InferenceConfig", "infer", "ModelFn", "window_starts", "parse_scales", "MERGES"]
+__all__ = ["InferenceConfig", "InferenceRequest", "infer", "ModelFn", "window_starts", "parse_scales", "MERGES"]
 
 MAX_SIDE = 16384  # largest crop, base size or scaled side accepted (pixels)
 MAX_SCALE = 8.0  # largest multi-scale factor accepted
@@ -84,6 +84,35 @@ class InferenceConfig:
                 )
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """The inference options as a command takes them, before the model is read: nothing is checked
+    yet, and ``crop_size``/``base_size`` None stand for the model's own training sizes.
+    ``config(crop, base)`` checks them and builds the ``InferenceConfig`` once the model is loaded."""
+
+    scales: str | None = None  # "0.5,0.75,1" as given (parse_scales); None or "": the image's own size
+    slide: bool = False  # sliding window at the image's own size
+    flip: bool = False  # add horizontally flipped views
+    crop_size: int | None = None  # window side; None: the model's training crop
+    base_size: int | None = None  # long side at scale 1.0; None: the model's training base size
+    stride_rate: float = 2 / 3  # window stride / crop_size
+    merge: str = "prob"  # "prob", "reference" or "logits" (MERGES)
+    batch_size: int = 8  # views per forward pass
+
+    def config(self, model_crop: int, model_base: int) -> InferenceConfig:
+        """The checked settings, the sizes not given taken from the model (``LoadedModel.crop_size/base_size``)."""
+        return InferenceConfig(
+            scales=parse_scales(self.scales),
+            slide=self.slide,
+            flip=self.flip,
+            crop_size=model_crop if self.crop_size is None else self.crop_size,
+            base_size=model_base if self.base_size is None else self.base_size,
+            stride_rate=self.stride_rate,
+            merge=self.merge,
+            batch_size=self.batch_size,
+        )
 
 
 def parse_scales(text: str | None) -> tuple[float, ...] | None:

@@ -21,15 +21,86 @@ from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 
 from encnet_core.data.hdf5 import FORMAT
-from encnet_core.engine.inference import InferenceConfig, infer
-from encnet_core.engine.model_files import LoadedModel
+from encnet_core.engine.classification import ClassifyOptions, predict_classes
+from encnet_core.engine.device import resolve_device
+from encnet_core.engine.inference import InferenceConfig, InferenceRequest, infer
+from encnet_core.engine.model_files import LoadedModel, load_model
 from encnet_core.errors import ConfigError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.progress import ProgressCallback
 from encnet_core.viz import draw_legend, legend_entries
 
-__all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
+__all__ = ["PredictRequest", "PredictRun", "run", "PredictOptions", "PredictResult", "predict", "collect_inputs", "check_task_options"]
+
+
+SEGMENTATION_ONLY = ("--format", "--overlay", "--alpha", "--se-threshold", "--scales", "--slide", "--flip", "--crop-size",
+                     "--base-size", "--stride-rate", "--merge")  # fmt: skip
+"""predict's options a classifier has no use for (it writes no masks or overlays)."""
+CLASSIFICATION_ONLY = ("--top-k",)
+"""predict's options only a classifier uses."""
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """``encnet predict``'s options as given, before the model is read (which decides the task and the
+    default crop/base size); ``run`` checks them against the model and builds ``PredictOptions`` (a
+    segmentation model) or ``ClassifyOptions`` (a classifier)."""
+
+    output: Path  # output folder
+    inference: InferenceRequest = InferenceRequest(batch_size=4)  # whole / sliding / multi-scale (segmentation)
+    mask_format: str = "color"  # "color" or "index" (segmentation)
+    overlay: bool = False  # also write <name>_overlay.jpg (segmentation)
+    alpha: float = 0.5  # overlay opacity (segmentation)
+    se_threshold: float = 0.5  # SE-head probability to report a class (segmentation)
+    top_k: int = 1  # classes reported per image (classification)
+    overwrite: bool = False  # replace existing outputs
+    batch_size: int = 4  # images (or views) per forward pass
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "off"  # autocast for the forward passes
+    trust_code: bool = False  # open TorchScript/pt2 models (programs: loading runs code from the file)
+    mirror: str | None = None  # where a zoo name not cached yet is pulled from (None: the default)
+    given: frozenset[str] = frozenset()  # the options set explicitly, as flags: those of the other task are refused
+
+
+@dataclass
+class PredictRun:
+    """What ``run`` did: the model's task and classes, and the result of ``predict`` or ``predict_classes``."""
+
+    task: str  # "segmentation" or "classification": the model's
+    classes: list[str]  # the model's class names
+    result: Any  # PredictResult (segmentation) or classification.ClassifyResult
+
+
+def check_task_options(task: str, given: frozenset[str] | set[str]) -> None:
+    """Options of the other task (``given``: flags set explicitly): one line naming them, before any image is read."""
+    if task == "classification":
+        flags = [f for f in SEGMENTATION_ONLY if f in given]
+        what = "a classification model (it writes no masks or overlays, only classes and scores)"
+    else:
+        flags, what = [f for f in CLASSIFICATION_ONLY if f in given], "a segmentation model (it is for classifiers)"
+    if flags:
+        raise ConfigError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {what}; drop {'it' if len(flags) == 1 else 'them'}")
+
+
+def run(model: Path, inputs: list[Path], request: PredictRequest, progress: ProgressCallback | None = None) -> PredictRun:
+    """``encnet predict``: MODEL as the user gave it (a model file, or a zoo name, pulled now when not
+    cached), read once; a segmentation model writes masks (``predict``), a classifier predictions.json
+    of its top classes (``classification.predict_classes``)."""
+    from encnet_core import zoo
+
+    zoo.resolve(model, mirror=request.mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
+    loaded = load_model(model, resolve_device(request.device), request.amp, trust_code=request.trust_code)
+    check_task_options(loaded.task, request.given)
+    if loaded.task == "classification":
+        classify = ClassifyOptions(output=request.output, top_k=request.top_k, overwrite=request.overwrite, batch_size=request.batch_size)
+        return PredictRun(loaded.task, loaded.classes, predict_classes(loaded, inputs, classify, progress=progress))
+    options = PredictOptions(
+        output=request.output, inference=request.inference.config(loaded.crop_size, loaded.base_size),
+        mask_format=request.mask_format, overlay=request.overlay, alpha=request.alpha,
+        se_threshold=request.se_threshold, overwrite=request.overwrite, batch_size=request.batch_size,
+    )  # fmt: skip
+    return PredictRun(loaded.task, loaded.classes, predict(loaded, inputs, options, progress=progress))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from encnet_core.data.dataset import BadSample, BadSampleError, HDF5SegmentationDataset
 
-if TYPE_CHECKING:  # distributed.py re-exports ShardSampler from here
+if TYPE_CHECKING:  # only for annotations: sampling needs no process group
     from encnet_core.engine.distributed import DistInfo
 
 __all__ = ["EpochSampler", "SeededSamples", "ShardSampler"]

@@ -6,7 +6,7 @@ order is a seeded permutation, and each sample's augmentation is drawn from a ge
 ``N iterations, stop, --resume, N more`` equal to ``2N`` in one go (on CPU, bit for bit).
 
 Read from the bottom up: ``train`` joins the process group and calls ``_train``, the loop, which
-gets everything it trains with from ``setup`` (one ``TrainSetup``), runs ``_train_step`` per batch,
+gets everything it trains with from ``setup`` (one ``TrainSetup``), runs ``train_step`` per batch,
 keeps the loss means in a ``LogWindow`` and ends each epoch in ``_end_of_epoch`` (validate, save).
 The parts live next door: tasks.py (what differs between segmentation and classification: model,
 datasets, loss, validation; the task is the dataset's), sampling.py (data order and augmentation
@@ -48,13 +48,13 @@ from encnet_core.engine.checkpoint import (
 )
 from encnet_core.engine.device import (
     autocast_context,
-    channels_last,
     check_amp,
     grad_scaler,
     is_cuda,
     pin_memory,
     prepare_for_training,
 )
+from encnet_core.engine.device import channels_last as device_channels_last
 from encnet_core.engine.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -85,7 +85,7 @@ from encnet_core.paths import check_output_dir
 log = logging.getLogger("encnet")
 
 __all__ = [
-    "train", "TrainResult", "NonFiniteLoss", "setup", "TrainSetup", "LogWindow", "build_model", "validate",
+    "train", "TrainResult", "NonFiniteLoss", "setup", "TrainSetup", "train_step", "LogWindow", "build_model", "validate",
     "init_from_checkpoint", "EpochSampler", "SeededSamples", "PolySchedule", "epoch_of",
 ]  # fmt: skip
 
@@ -158,13 +158,20 @@ class TrainSetup:
     global_batch: int  # images per step over all processes
     lr: float  # backbone lr after scaling by the global batch
     reinitialised: list[str]  # layers --init-from re-initialised
+    channels_last: bool  # model and batches in NHWC memory format (device.channels_last's choice unless setup was told)
 
 
-def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False) -> TrainSetup:
+def setup(
+    config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False, *,
+    channels_last: bool | None = None,
+) -> TrainSetup:  # fmt: skip
     """Check the inputs, build data, model, optimiser and schedule, restore a resumed run's state.
 
     Every check that can fail runs before the run folder is written; rank 0 writes config.toml.
+    ``channels_last``: NHWC model and batches; None (what a run uses) leaves it to ``device.channels_last``
+    (on CUDA, not on CPU); the GPU benchmark sets it to measure that choice.
     """
+    layout = device_channels_last(info.device) if channels_last is None else channels_last
     if config.model not in list_models():
         create_model(config.model, 1)  # the "unknown model" error, before anything is written
     if config.init_from:
@@ -181,7 +188,7 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.toml").write_text(config.to_toml())
     say = (lambda text: emit(Message(text))) if info.is_main else None
-    model, reinitialised = _model(config, data_info, info, say, trust_code)
+    model, reinitialised = _model(config, data_info, info, say, trust_code, layout)
     global_batch = config.batch_size * info.world_size
     lr = scaled_lr(config, global_batch)
     optimizer = build_optimizer(model, config, lr)
@@ -198,7 +205,7 @@ def setup(config: TrainConfig, resume: str | None, emit: Callback, info: DistInf
         config=config, data_info=data_info, task=task, model=model, net=net, sampler=sampler, train_loader=train_loader,
         val_loader=val_loader, optimizer=optimizer, scheduler=scheduler, scaler=scaler, criterion=criterion, state=state,
         total_iters=total_iters, iters_per_epoch=iters_per_epoch, total_epochs=epoch_of(total_iters, iters_per_epoch),
-        global_batch=global_batch, lr=lr, reinitialised=reinitialised,
+        global_batch=global_batch, lr=lr, reinitialised=reinitialised, channels_last=layout,
     )  # fmt: skip
 
 
@@ -248,9 +255,11 @@ def _run_length(config: TrainConfig, iters_per_epoch: int) -> int:
 
 
 def _model(
-    config: TrainConfig, data_info: DatasetInfo, info: DistInfo, say: Callable[[str], None] | None, trust_code: bool
+    config: TrainConfig, data_info: DatasetInfo, info: DistInfo, say: Callable[[str], None] | None, trust_code: bool,
+    channels_last: bool,
 ) -> tuple[nn.Module, list[str]]:
-    """The model, seeded, on its device: fine-tuned from ``init_from`` (with the re-initialised layers), frozen as asked."""
+    """The model, seeded, on its device (NHWC with ``channels_last``): fine-tuned from ``init_from`` (with the
+    re-initialised layers), frozen as asked."""
     torch.manual_seed(config.seed)
     model = build_model(config, data_info.num_classes)
     reinitialised: list[str] = []
@@ -263,7 +272,7 @@ def _model(
             p.requires_grad_(False)
     model.to(info.device)
     prepare_for_training(info.device)
-    if channels_last(info.device):
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     return model, reinitialised
 
@@ -296,14 +305,16 @@ def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- steps, records, validation
 
 
-def _train_step(run: TrainSetup, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+def train_step(run: TrainSetup, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
     """One SGD step on a batch (forward under autocast, fp16 loss scaling); returns the loss and its terms.
 
-    ``targets``: masks (B, H, W) for segmentation, labels (B,) for classification.
+    The loop below calls it once per batch; the GPU benchmark (diagnostics/benchmark.py) times it.
+    ``images``: (B, 3, H, W), made NHWC when ``run.channels_last``; ``targets``: masks (B, H, W) for
+    segmentation, labels (B,) for classification.
     """
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
-    if channels_last(device):
+    if run.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast_context(device, run.config.amp):
         outputs = run.net(images)
@@ -506,7 +517,7 @@ def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistIn
                 fetch_start = time.perf_counter()
                 for images, masks in run.train_loader:
                     data_time = time.perf_counter() - fetch_start
-                    loss, parts = _train_step(run, images, masks, info.device)
+                    loss, parts = train_step(run, images, masks, info.device)
                     state.iteration += 1
                     window.add(loss, parts, images.shape[0] * info.world_size, data_time, time.perf_counter() - fetch_start)
                     last_of_epoch = state.iteration % run.iters_per_epoch == 0 or state.iteration >= run.total_iters

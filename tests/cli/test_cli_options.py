@@ -69,6 +69,43 @@ def test_every_training_setting_is_a_flag_or_set(data: Path, tmp_path: Path) -> 
     assert saved["head_lr_mult"] == 5 and saved["amp"] == "bf16"
 
 
+def test_each_train_option_is_a_setting_or_listed_as_not_one() -> None:
+    """train()'s signature is the one list of its options: every TrainConfig field is a flag or listed in
+    NOT_FLAGS (with its reason), every option is a field or listed in CLI_ONLY, never both."""
+    from encnet_cli.train import CLI_ONLY, FIELD_OF, NOT_FLAGS
+
+    params = [p.name for p in typer.main.get_command(app).commands["train"].params]
+    fields = set(TrainConfig.__dataclass_fields__)
+    as_fields = {FIELD_OF.get(name, name) for name in params if name not in CLI_ONLY}
+    assert as_fields - fields == set(), "train options that are no TrainConfig field: add the field or list them in CLI_ONLY"
+    assert fields - as_fields - set(NOT_FLAGS) == set(), "TrainConfig fields without a flag: add one or list them in NOT_FLAGS"
+    assert as_fields & set(NOT_FLAGS) == {"data"}  # DATA is the argument (given to resolve_train_config on its own)
+    assert set(CLI_ONLY) - {"ctx"} <= set(params) and set(FIELD_OF) <= set(params)  # no stale entries
+    assert all(reason for reason in (*NOT_FLAGS.values(), *CLI_ONLY.values()))
+
+
+def test_train_passes_every_flag_to_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The flags dict is made from the signature: each field's flag arrives under the field's name."""
+    import encnet_cli.train as train_cli
+    from encnet_core.errors import ConfigError
+
+    seen: dict = {}
+
+    def capture(data, recipe, config_file, sets, flags, task):
+        seen.update(flags=flags, sets=sets, recipe=recipe, config_file=config_file, task=task)
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(train_cli, "resolve_train_config", capture)
+    result = run("train", tmp_path / "missing.h5", "--lr", "0.5", "--compile", "--no-aux", "--lr-schedule", "cosine",
+                 "-o", tmp_path / "run", "--recipe", "synthetic_cpu", "--set", "seed=3", "--json", "-")  # fmt: skip
+    assert result.exit_code == 1 and "captured" in result.output
+    flags = seen["flags"]
+    assert set(flags) == set(TrainConfig.__dataclass_fields__) - set(train_cli.NOT_FLAGS)
+    given = {k: v for k, v in flags.items() if v is not None}
+    assert given == {"lr": 0.5, "compile": True, "aux": False, "lr_schedule": "cosine", "output_dir": tmp_path / "run"}
+    assert seen["recipe"] == "synthetic_cpu" and seen["sets"] == {"seed": 3} and seen["task"] == "segmentation"
+
+
 @pytest.mark.parametrize(
     ("sets", "message"),
     [

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from encnet_core.engine.inference import InferenceConfig, infer, parse_scales, window_starts
+from encnet_core.engine.inference import InferenceConfig, InferenceRequest, infer, parse_scales, window_starts
 from encnet_core.errors import ConfigError
 
 C = 4
@@ -314,3 +314,26 @@ def test_parse_scales_and_config_errors() -> None:
         InferenceConfig(stride_rate=0.0)
     with pytest.raises(ConfigError, match="base-size"):
         InferenceConfig(scales=(1.0,), base_size=-5)  # was a RuntimeError from F.interpolate deep in infer()
+
+
+def test_inference_request_takes_the_model_sizes_it_was_not_given_and_checks_late() -> None:
+    """The options as a command takes them: crop/base size None are the model's, nothing is checked until then."""
+    request = InferenceRequest(scales="0.5,1", flip=True, base_size=300, merge="reference", batch_size=2)
+    assert request.config(96, 128) == InferenceConfig(
+        scales=(0.5, 1.0), flip=True, crop_size=96, base_size=300, merge="reference", batch_size=2
+    )
+    assert InferenceRequest().config(64, 80) == InferenceConfig(crop_size=64, base_size=80)
+    bad = InferenceRequest(scales="big")  # made without complaint: the model's file is read first
+    with pytest.raises(ConfigError, match="--scales must be comma-separated numbers"):
+        bad.config(64, 80)
+
+
+def test_predict_refuses_the_options_of_the_other_task_in_one_line() -> None:
+    from encnet_core.engine.predict import check_task_options
+
+    check_task_options("segmentation", {"--alpha", "--scales"})
+    check_task_options("classification", {"--top-k"})
+    with pytest.raises(ConfigError, match=r"^--format, --alpha do not apply to a classification model .*; drop them$"):
+        check_task_options("classification", {"--alpha", "--format", "--top-k"})
+    with pytest.raises(ConfigError, match=r"^--top-k does not apply to a segmentation model \(it is for classifiers\); drop it$"):
+        check_task_options("segmentation", {"--top-k"})

@@ -33,7 +33,9 @@ from encnet_core.engine.train import (
     TrainResult,
     build_model,
     init_from_checkpoint,
+    setup,
     train,
+    train_step,
 )
 from encnet_core.errors import CheckpointError
 
@@ -316,6 +318,25 @@ def test_events_come_in_order_and_logs_equal_the_metrics_records(make_config) ->
     assert result.best == events[-1].record() and set(events[-1].metrics) == set(VAL_METRICS)
     with pytest.raises(dataclasses.FrozenInstanceError):
         start.iteration = 1
+
+
+# ----------------------------------------------------------------------------- the public step
+
+
+@pytest.mark.parametrize("layout", [None, False, True])
+def test_train_step_is_one_step_in_the_layout_setup_chose(make_config, layout: bool | None) -> None:
+    """``setup(channels_last=...)`` (None: device.channels_last's choice, off on CPU) decides the model's and the
+    batches' memory format; ``train_step`` takes one SGD step (the benchmark times it without patching anything)."""
+    run = setup(make_config("step", iters=2, val_split=""), None, lambda event: None, DistInfo(), channels_last=layout)
+    assert run.channels_last is bool(layout)
+    weight = next(p for p in run.model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)  # a 3x3 conv
+    assert weight.is_contiguous(memory_format=torch.channels_last) is bool(layout)
+    before = weight.detach().clone()
+    images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
+    loss, parts = train_step(run, images, masks, torch.device("cpu"))
+    assert torch.isfinite(loss) and set(parts) >= {"seg"}
+    assert not torch.equal(before, weight.detach())  # the weights moved
+    assert run.scheduler.last_epoch == 1  # and the schedule advanced one iteration
 
 
 # ----------------------------------------------------------------------------- bf16 and non-finite loss

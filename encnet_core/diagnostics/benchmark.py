@@ -5,7 +5,7 @@ Every row compares two things measured in the same process, on the same device:
 
 * the Encoding layer against the broadcast formulation (time and extra peak memory, outputs equal);
 * EncNet-ResNet50s (lateral, 59 classes) training images/s in encnet's own training step
-  (``train.setup`` + ``train._train_step``): fp32, AMP bf16, AMP fp16 + GradScaler, bf16 +
+  (``train.setup`` + ``train.train_step``): fp32, AMP bf16, AMP fp16 + GradScaler, bf16 +
   channels_last, and bf16 + channels_last + ``torch.compile``, each against fp32;
 * EncNet-ResNet50 against torchvision's FCN-ResNet50 (training step) and DeepLabV3-ResNet50
   (inference), as ``benchmarks/heads.py`` does on CPU;
@@ -360,18 +360,6 @@ def write_dataset(path: Path, count: int, side: int, num_classes: int = NUM_CLAS
     return path
 
 
-@contextlib.contextmanager
-def _channels_last(enabled: bool) -> Iterator[None]:
-    """The training pieces with channels_last forced on or off. The library decides it per device
-    (``device.channels_last``: always on CUDA, never on CPU); the benchmark measures that decision."""
-    original = train_engine.channels_last
-    train_engine.channels_last = lambda device: enabled
-    try:
-        yield
-    finally:
-        train_engine.channels_last = original
-
-
 def _train_config(data: Path, out: Path, sizes: Sizes, device: torch.device, **overrides: Any) -> TrainConfig:
     values: dict[str, Any] = {
         "data": str(data), "output_dir": str(out), "model": sizes.model, "lateral": True, "iters": 1000,
@@ -381,16 +369,21 @@ def _train_config(data: Path, out: Path, sizes: Sizes, device: torch.device, **o
     return TrainConfig(**{**values, **overrides})
 
 
-def _rate(config: TrainConfig, info: DistInfo, batch: tuple[Tensor, Tensor], device: torch.device, sizes: Sizes) -> dict[str, Any]:
-    """Images/s of encnet's training step (``setup`` + ``_train_step``) on one fixed batch, after warm-up steps:
-    {rate, warmup (seconds of the warm-up steps), peak (MiB, CUDA), finite (last loss), sync_bn (layers)}."""
-    run = train_engine.setup(config, None, lambda event: None, info)
+def _rate(
+    config: TrainConfig, info: DistInfo, batch: tuple[Tensor, Tensor], device: torch.device, sizes: Sizes,
+    channels_last: bool | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Images/s of encnet's training step (``setup`` + ``train_step``) on one fixed batch, after warm-up steps:
+    {rate, warmup (seconds of the warm-up steps), peak (MiB, CUDA), finite (last loss), sync_bn (layers)}.
+    ``channels_last``: NHWC or not; None: the library's choice for the device (``device.channels_last``:
+    always on CUDA, never on CPU), which the layout rows measure."""
+    run = train_engine.setup(config, None, lambda event: None, info, channels_last=channels_last)
     images, masks = (t.to(device) for t in batch)
     before = _peak_reset(device)
     losses: list[Tensor] = []
 
     def step() -> None:
-        losses[:] = [train_engine._train_step(run, images, masks, device)[0]]
+        losses[:] = [train_engine.train_step(run, images, masks, device)[0]]
 
     warmup = _seconds(step, device, sizes.warmup) * sizes.warmup
     seconds = _seconds(step, device, sizes.steps)
@@ -416,10 +409,10 @@ def _training_rows(
             reason = (COMPILE_ON_CPU if not is_cuda(device) else "left out (--no-compile, or the short profile)")
             rows.skip(section, label, goal, reason)
             continue
-        with _section(rows, section, ((label, goal),)), _channels_last(layout):
+        with _section(rows, section, ((label, goal),)):
             torch.manual_seed(0)
             config = _train_config(data, work / f"train-{index}", sizes, device, amp=amp, compile=compiled)
-            result = _rate(config, DistInfo(device=device), batch, device, sizes)
+            result = _rate(config, DistInfo(device=device), batch, device, sizes, channels_last=layout)
             rates[name] = rate = result["rate"]
             detail = f"{rate:.2f} images/s"
             detail += f", first {sizes.warmup} steps {result['warmup']:.1f} s (compilation)" if compiled else ""
@@ -449,10 +442,10 @@ def _loader_rows(rows: _Rows, sizes: Sizes, device: torch.device, data: Path, wo
     fastest = max(eager, key=eager.__getitem__) if eager else None
     amp, layout = next(((a, cl) for n, a, cl, _ in TRAIN_CONFIGS if n == fastest), ("off", is_cuda(device)))
     loader_rate, waited, total = None, 0.0, 0.0
-    with _section(rows, section, names), _channels_last(layout):
+    with _section(rows, section, names):
         torch.manual_seed(0)
         config = _train_config(data, work / "loader", sizes, device, workers=workers, amp=amp)
-        loader_rate, waited, total = _loader_and_loop(config, sizes, device)
+        loader_rate, waited, total = _loader_and_loop(config, sizes, device, layout)
     if loader_rate is None:
         return
     detail = f"loader {loader_rate:.1f} samples/s"
@@ -468,10 +461,10 @@ def _loader_rows(rows: _Rows, sizes: Sizes, device: torch.device, data: Path, wo
              f"waiting {waited / per_step * 1e3:.0f} ms of {total / per_step * 1e3:.0f} ms per step ({fastest or 'fp32'})")  # fmt: skip
 
 
-def _loader_and_loop(config: TrainConfig, sizes: Sizes, device: torch.device) -> tuple[float, float, float]:
+def _loader_and_loop(config: TrainConfig, sizes: Sizes, device: torch.device, channels_last: bool) -> tuple[float, float, float]:
     """(loader samples/s, seconds waited for data, seconds in all) of encnet's training loader and of a
-    loop of that loader + ``_train_step`` (the loop of ``train._train``, synchronised after each step)."""
-    run = train_engine.setup(config, None, lambda event: None, DistInfo(device=device))
+    loop of that loader + ``train_step`` (the loop of ``train._train``, synchronised after each step)."""
+    run = train_engine.setup(config, None, lambda event: None, DistInfo(device=device), channels_last=channels_last)
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         epoch = 0
@@ -491,7 +484,7 @@ def _loader_and_loop(config: TrainConfig, sizes: Sizes, device: torch.device) ->
         start = time.perf_counter()
         images, masks = next(stream)
         fetched = time.perf_counter()
-        train_engine._train_step(run, images, masks, device)
+        train_engine.train_step(run, images, masks, device)
         synchronize(device)
         if index >= sizes.warmup:
             waited += fetched - start

@@ -1,5 +1,5 @@
 """``encnet doctor``: the environment, and one training step of a model on random data on the device;
-with ``bench``, also the short GPU benchmark (``engine/benchmark.py``, tiny sizes without CUDA)."""
+with ``bench``, also the short GPU benchmark (``diagnostics/benchmark.py``, tiny sizes without CUDA)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def run_doctor(
     }
     if bench:
         # imported here: the benchmark pulls in data, training and inference
-        from encnet_core.engine.benchmark import BenchConfig, run_benchmark
+        from encnet_core.diagnostics.benchmark import BenchConfig, run_benchmark
 
         del model, outputs, loss
         report["bench"] = run_benchmark(BenchConfig(device=str(device), profile="short"), say).to_dict()
