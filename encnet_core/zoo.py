@@ -47,16 +47,6 @@ from torch import Tensor
 from encnet_core import __version__
 from encnet_core.choices import MIRROR_ENV  # replaces REFERENCE_REPO (--mirror replaces both)
 from encnet_core.constants import IMAGENET_MEAN, IMAGENET_STD
-from encnet_core.data.archives import ArchiveLimits, open_archive, safe_extract
-from encnet_core.data.download import (
-    HASH_ALGOS,
-    NetworkError,
-    check_timeout,
-    check_url,
-    default_cache_dir,
-    download,
-    file_hashes,
-)
 from encnet_core.errors import (
     ArchiveError,
     ChecksumError,
@@ -64,6 +54,16 @@ from encnet_core.errors import (
     DownloadError,
     EncNetError,
     ModelError,
+)
+from encnet_core.fetch.archives import ArchiveLimits, open_archive, safe_extract
+from encnet_core.fetch.download import (
+    HASH_ALGOS,
+    NetworkError,
+    check_timeout,
+    check_url,
+    default_cache_dir,
+    download,
+    file_hashes,
 )
 from encnet_core.palette import voc_palette
 from encnet_core.paths import atomic_write, is_disk_full

@@ -159,7 +159,7 @@ def test_mirror_from_the_environment(http_server, zoo_cache: Path, monkeypatch: 
 
 def test_segmenter_load_takes_a_mirror(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from encnet_core import Segmenter
-    from encnet_core.data.download import NetworkError
+    from encnet_core.fetch.download import NetworkError
 
     published = zf.tiny_segmentation(monkeypatch)
     monkeypatch.setenv(zoo.MIRROR_ENV, "http://encnet-test.invalid")  # the argument wins over the environment

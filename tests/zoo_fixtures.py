@@ -150,7 +150,7 @@ def zoo_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("ENCNET_CACHE", str(cache))
     monkeypatch.delenv(zoo.MIRROR_ENV, raising=False)
-    monkeypatch.setattr("encnet_core.data.download.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("encnet_core.fetch.download.time.sleep", lambda seconds: None)
     return cache
 
 

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from encnet_core.choices import SOURCES  # the source names, also the CLI's choices
-from encnet_core.data.download import RemoteFile
 from encnet_core.errors import DataError
+from encnet_core.fetch.download import RemoteFile
 
 __all__ = ["Ref", "Item", "SourcePlan", "Source", "SOURCES", "get_source", "decode_index_png"]
 
