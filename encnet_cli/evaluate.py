@@ -12,11 +12,12 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
+from encnet_cli.train import data_task
 from encnet_core.errors import ConfigError
 
 if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
     from encnet_core.engine.inference import InferenceConfig
-    from encnet_core.engine.model_files import LoadedModel
+    from encnet_core.weights.model_files import LoadedModel
 
 
 def evaluate(
@@ -58,10 +59,10 @@ def evaluate(
     each image scored once at the model's training size (the inference options above do not apply).
     """
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core import zoo
     from encnet_core.engine.evaluate import EvaluateOptions
     from encnet_core.engine.evaluate import evaluate as run_evaluate
-    from encnet_core.engine.model_files import check_trusted
+    from encnet_core.weights import zoo
+    from encnet_core.weights.model_files import check_trusted
 
     if protocol is opt.Protocol.reference:
         _check_protocol_flags(ctx)
@@ -125,10 +126,8 @@ _SEGMENTATION_ONLY = ("scales", "slide", "flip", "crop_size", "base_size", "stri
 
 def _check_classification_flags(ctx: typer.Context, data: Path) -> None:
     """Segmentation's inference options on a classification file: one line naming them, before any work."""
-    from encnet_cli.train import _data_task
-
     given = [name for name in _SEGMENTATION_ONLY if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
-    if given and _data_task(data) == "classification":
+    if given and data_task(data) == "classification":
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(
             f"{flags} {'does' if len(given) == 1 else 'do'} not apply to the classification dataset {data} "

@@ -21,7 +21,7 @@ from encnet_cli._output import (
 from encnet_core.errors import ConfigError
 
 if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
-    from encnet_core.engine.model_files import LoadedModel
+    from encnet_core.weights.model_files import LoadedModel
 
 
 def predict(
@@ -55,11 +55,11 @@ def predict(
     classes and scores of each image and writes them to predictions.json (no masks). Unreadable files
     are reported and skipped (exit code 1 if any)."""
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core import zoo
     from encnet_core.engine.device import resolve_device
-    from encnet_core.engine.model_files import load_model
     from encnet_core.engine.predict import PredictOptions
     from encnet_core.engine.predict import predict as run_predict
+    from encnet_core.weights import zoo
+    from encnet_core.weights.model_files import load_model
 
     check_json_target(json_out)
     zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now

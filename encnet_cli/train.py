@@ -26,7 +26,7 @@ from encnet_core.errors import EncNetError
 _Schedule = StrEnum("Schedule", {name: name for name in LR_SCHEDULES})  # choices from the library's list
 
 
-def _data_task(data: Path) -> str:
+def data_task(data: Path) -> str:
     """What the dataset holds; "segmentation" when it cannot be read (the run's set-up then says why, in one line)."""
     from encnet_core.data.dataset import dataset_task  # torch: when a command runs, not for --help
 
@@ -145,7 +145,7 @@ def train(
         "init_from": init_from, "freeze_backbone": freeze_backbone, "freeze_bn": freeze_bn,
         "backbone_weights": backbone_weights, "compile": compile_model, "skip_bad": skip_bad,
     }  # fmt: skip
-    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags, task=_data_task(data))
+    config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags, task=data_task(data))
     check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
     board = TensorBoardCallback(Path(config.output_dir) / TENSORBOARD_DIR) if tensorboard else None  # installed?

@@ -1,4 +1,4 @@
-"""Reference-format zoo files for tests/test_zoo.py and tests/cli/test_cli_weights.py.
+"""Reference-format zoo files for tests/weights/test_zoo.py and tests/cli/test_cli_weights.py.
 
 A published PyTorch-Encoding model is ``models/{name}-{sha1[:8]}.zip`` holding ``{name}-{sha1[:8]}.pth``,
 a ``torch.save``d state_dict under the reference's module names (``pretrained.`` backbone,
@@ -25,7 +25,7 @@ import pytest
 import reference_code
 import torch
 
-from encnet_core import zoo
+from encnet_core.weights import zoo
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 

@@ -35,13 +35,14 @@ from encnet_core.engine.distributed import (
 )
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encnet_core.engine.model_files import LoadedModel, load_model
 from encnet_core.engine.tasks import check_task
 from encnet_core.engine.workers import check_workers, loader_workers
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir, check_output_file
 from encnet_core.progress import ProgressCallback
+from encnet_core.weights import zoo
+from encnet_core.weights.model_files import LoadedModel, load_model
 
 __all__ = [
     "EvaluateOptions",
@@ -319,8 +320,6 @@ def evaluate(
 
 def _published(model: Path | str) -> dict[str, Any] | None:
     """The reference's published numbers when ``model`` names a zoo model (a file that exists wins, as in zoo.resolve)."""
-    from encnet_core import zoo
-
     return None if Path(model).exists() else zoo.published(str(model))
 
 

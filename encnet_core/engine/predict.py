@@ -22,14 +22,14 @@ from torch import Tensor
 
 from encnet_core.data.hdf5 import FORMAT
 from encnet_core.engine.inference import InferenceConfig, infer
-from encnet_core.engine.model_files import LoadedModel
 from encnet_core.errors import ConfigError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.progress import ProgressCallback
 from encnet_core.viz import draw_legend, legend_entries
+from encnet_core.weights.model_files import LoadedModel
 
-__all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs"]
+__all__ = ["PredictOptions", "PredictResult", "predict", "collect_inputs", "load_rgb", "read_error_reason"]
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
     return (img.height, img.width) if orientation in _TRANSPOSING else img.size
 
 
-def _reason(exc: BaseException) -> str:
+def read_error_reason(exc: BaseException) -> str:
     """One line saying why a file could not be read."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -241,7 +241,7 @@ def _open_image(path: Path) -> Iterator[Image.Image]:
             yield img
 
 
-def _load_rgb(path: Path) -> np.ndarray:
+def load_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB as displayed (EXIF orientation applied); no more whole-image copies than needed
     (an image already upright and RGB is decoded once and handed to NumPy, not copied by PIL first)."""
     with _open_image(path) as img:
@@ -344,7 +344,7 @@ def predict(
             with _open_image(path) as img:
                 key = _oriented_size(img) if whole else None
         except Exception as exc:  # noqa: BLE001 - PIL raises many types on crafted files; skip the file, go on
-            result.failed.append({"file": str(path), "reason": _reason(exc)})
+            result.failed.append({"file": str(path), "reason": read_error_reason(exc)})
             continue
         groups[key].append((path, stem))
     done = len(result.failed)
@@ -355,9 +355,9 @@ def predict(
             chunk = group[begin : begin + step]
             for path, stem in chunk:
                 try:
-                    batch.append((path, stem, _load_rgb(path)))
+                    batch.append((path, stem, load_rgb(path)))
                 except Exception as exc:  # noqa: BLE001 - as above: one unreadable file does not stop the run
-                    result.failed.append({"file": str(path), "reason": _reason(exc)})
+                    result.failed.append({"file": str(path), "reason": read_error_reason(exc)})
             if batch:
                 _predict_batch(model, batch, inference, options, result)
             done += len(chunk)

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from encnet_cli import _options as opt
 from encnet_cli.main import app
-from encnet_core import zoo
 from encnet_core.data.hdf5 import read_info
+from encnet_core.weights import zoo
 
 fx = zf.data_fixtures()
 http_server = fx.http_server

@@ -10,6 +10,7 @@ import torchvision
 
 from encnet_core.errors import ModelError
 from encnet_core.models import EncHead, EncModule, FCNHead, create_model, list_models, model_task
+from encnet_core.weights.builder import build_model
 
 REQUIRED = ["encnet_resnet50", "encnet_resnet101", "encnet_resnet50s", "encnet_resnet101s", "encnet_resnet18", "fcn_resnet50"]
 
@@ -106,7 +107,7 @@ def test_backbone_weights_from_local_file(tmp_path) -> None:
     source = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(source.state_dict(), path)
-    model = create_model("encnet_resnet18", 5, backbone_weights=str(path))
+    model = build_model("encnet_resnet18", 5, backbone_weights=str(path))
     torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     torch.testing.assert_close(model.backbone.bn1.running_var, source.bn1.running_var)
     assert "backbone_weights" not in model.config
@@ -116,16 +117,16 @@ def test_backbone_weights_wrong_architecture(tmp_path) -> None:
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(ModelError, match="do not fit"):
-        create_model("encnet_resnet50", 5, backbone_weights=str(path))
+        build_model("encnet_resnet50", 5, backbone_weights=str(path))
     with pytest.raises(ModelError, match="not found"):
-        create_model("encnet_resnet18", 5, backbone_weights=str(tmp_path / "missing.pth"))
+        build_model("encnet_resnet18", 5, backbone_weights=str(tmp_path / "missing.pth"))
 
 
 def test_backbone_weights_refuse_pickled_code(tmp_path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "payload": object()}, path)
     with pytest.raises(ModelError, match="cannot read"):
-        create_model("encnet_resnet18", 5, backbone_weights=str(path))
+        build_model("encnet_resnet18", 5, backbone_weights=str(path))
 
 
 def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, tmp_path) -> None:
@@ -136,9 +137,9 @@ def test_imagenet_weights_offline_is_a_clear_error(monkeypatch, tmp_path) -> Non
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(ModelError, match="could not download ImageNet weights"):
-        create_model("encnet_resnet18", 5, backbone_weights="imagenet")
+        build_model("encnet_resnet18", 5, backbone_weights="imagenet")
     with pytest.raises(ModelError, match="no ImageNet weights"):
-        create_model("encnet_resnet50s", 5, backbone_weights="imagenet")
+        build_model("encnet_resnet50s", 5, backbone_weights="imagenet")
 
 
 @pytest.mark.parametrize(("name", "overrides"), [("encnet_tiny", {}), ("encnet_tiny", {"se_loss": False, "aux": False}),
