@@ -3,7 +3,9 @@ encnet_core and encnet_cli, read with ``ast`` (top-level, inside functions, and 
 only ``if TYPE_CHECKING:`` imports, which never run, are left out).
 
 * models/ is pure architecture: of encnet_core it imports only models/, errors and constants;
-* weights/ never reaches the training loop (engine.train, engine.train_state), directly or through others;
+* weights/ never reaches the training loop (engine.train, engine.train_state), directly or through others,
+  and takes only engine.device from engine/;
+* data/ and fetch/ import no model code (models/, weights/, engine/);
 * no import cycles among the modules (an import inside a function counts: it must not be there to
   dodge a cycle), the ones a package's ``__init__`` runs on its own left aside (Python runs a parent
   package before a submodule; that is not an edge of the graph);
@@ -127,6 +129,29 @@ def test_weights_never_reach_the_training_loop(module: str) -> None:
     reached = _reachable(module)
     for loop in ("encnet_core.engine.train", "encnet_core.engine.train_state"):
         assert loop not in reached, f"{module} reaches {loop} (imported by {reached.get(loop)})"
+
+
+def test_weights_take_only_the_device_decisions_from_the_engine() -> None:
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _within(module, "encnet_core.weights")
+        for target in targets
+        if _within(target, "encnet_core.engine") and target != "encnet_core.engine.device"
+    )
+    assert wrong == []
+
+
+def test_data_and_fetch_import_no_model_code() -> None:
+    model_code = ("encnet_core.models", "encnet_core.weights", "encnet_core.engine")
+    wrong = sorted(
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if _within(module, "encnet_core.data") or _within(module, "encnet_core.fetch")
+        for target in targets
+        if any(_within(target, package) for package in model_code)
+    )
+    assert wrong == []
 
 
 def _cycles() -> list[list[str]]:
