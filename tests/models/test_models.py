@@ -123,3 +123,14 @@ def test_model_states_its_classifier(name: str, overrides: dict) -> None:
     assert ("se" in out) == model.has_se and (not model.has_se or out["se"].shape == (1, 3))
     rebuilt = create_model(**model.config)
     rebuilt.load_state_dict(new_state)  # the checkpoint contract still holds
+
+
+def test_create_model_takes_backbone_weights_as_a_state_dict_only() -> None:
+    """models/ fetch nothing: a state_dict loads into the backbone, a name or a path is refused."""
+    source = create_model("encnet_tiny", 3)
+    state = {f"module.{k}": v + 1 for k, v in source.backbone.state_dict().items() if v.is_floating_point()}
+    model = create_model("encnet_tiny", 3, backbone_weights=state)
+    torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, source.backbone.layer3[0].conv1.weight + 1)
+    assert "backbone_weights" not in model.config
+    with pytest.raises(ModelError, match="backbone_weights takes a state_dict here, not str"):
+        create_model("encnet_tiny", 3, backbone_weights="imagenet")
