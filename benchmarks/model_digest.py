@@ -42,16 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encnet_core.engine.checkpoint import (  # noqa: E402
+from encnet_core.engine.train_state import rng_state  # noqa: E402
+from encnet_core.models import create_model  # noqa: E402
+from encnet_core.weights.checkpoint import (  # noqa: E402
     check_training_digest,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
     tensor_digest,
 )
-from encnet_core.engine.metadata import ModelMetadata  # noqa: E402
-from encnet_core.engine.model_files import DIGEST_HEADER, METADATA_NAME, _read_safetensors, load_model  # noqa: E402
-from encnet_core.models import create_model  # noqa: E402
+from encnet_core.weights.metadata import ModelMetadata  # noqa: E402
+from encnet_core.weights.model_files import DIGEST_HEADER, METADATA_NAME, _read_safetensors, load_model  # noqa: E402
 
 MODEL = "encnet_resnet101s"
 CPU = torch.device("cpu")

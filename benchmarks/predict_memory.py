@@ -55,9 +55,9 @@ def make_model(path: Path) -> int:
     import torch
 
     from encnet_core.data.synthetic import CLASSES, PALETTE
-    from encnet_core.engine.checkpoint import save_checkpoint
-    from encnet_core.engine.metadata import ModelMetadata
     from encnet_core.models import create_model
+    from encnet_core.weights.checkpoint import save_checkpoint
+    from encnet_core.weights.metadata import ModelMetadata
 
     torch.manual_seed(0)
     model = create_model("encnet_tiny", len(CLASSES)).eval()
@@ -103,7 +103,7 @@ def main() -> None:
         print(f"model: encnet_tiny, {params / 1e6:.2f}M parameters; photo: {args.width} x {args.height} "
               f"({args.width * args.height / 1e6:.1f} MP, {photo.stat().st_size / 1e6:.1f} MB JPEG); "
               f"OMP_NUM_THREADS={args.threads}")  # fmt: skip
-        model_only = peak_mb([sys.executable, "-c", "import sys, torch; from encnet_core.engine.model_files import load_model; "
+        model_only = peak_mb([sys.executable, "-c", "import sys, torch; from encnet_core.weights.model_files import load_model; "
                               "load_model(sys.argv[1], torch.device('cpu'))", str(model)], env)  # fmt: skip
         decode_only = peak_mb([sys.executable, "-c", "import sys, numpy; from PIL import Image; "
                                "numpy.asarray(Image.open(sys.argv[1]).convert('RGB'))", str(photo)], env)  # fmt: skip

@@ -38,8 +38,8 @@ from encnet_core.data.dataset import read_image_and_mask
 from encnet_core.data.hdf5 import read_info
 from encnet_core.data.synthetic import CONTEXT_PAIRS
 from encnet_core.data.transforms import normalize_image
-from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from encnet_core.models.registry import create_model
+from encnet_core.weights.checkpoint import load_checkpoint, model_from_checkpoint
 
 MASS = (0.5, 0.9, 0.99)
 _NEUTRAL = ("ground",)

@@ -32,7 +32,7 @@ def export(
     (no pickle, no code) is the format to share weights; TorchScript and pt2 are programs that
     others open only with --trust-code.
     """
-    from encnet_core.engine.export import export_model  # torch: when the command runs, not for --help
+    from encnet_core.weights.export import export_model  # torch: when the command runs, not for --help
 
     check_json_target(json_out)
     result = export_model(

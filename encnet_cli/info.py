@@ -100,7 +100,7 @@ def info(
     # HDF5 content is a dataset (as detect_format decides): read without loading the model readers (torch)
     is_dataset = path.is_file() and h5py.is_hdf5(path)
     if not is_dataset:
-        from encnet_core.engine.model_files import MODEL_FORMATS, detect_format, peek_metadata
+        from encnet_core.weights.model_files import MODEL_FORMATS, detect_format, peek_metadata
     if not is_dataset and detect_format(path) in MODEL_FORMATS:
         meta = peek_metadata(path, trust_code=trust_code)
         if json_out is not None:

@@ -1,4 +1,4 @@
-"""``encnet weights``: the reference's published models by name (list, pull, add); see encnet_core/zoo.py."""
+"""``encnet weights``: the reference's published models by name (list, pull, add); see encnet_core/weights/zoo.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _NAME_HELP = "Zoo name, e.g. encnet_resnet50s_pcontext (see `encnet weights list
 
 
 def _complete_name(incomplete: str) -> list[str]:
-    from encnet_core import zoo  # torch: when a command runs, not for --help
+    from encnet_core.weights import zoo  # torch: when a command runs, not for --help
 
     return [name for name in zoo.ZOO if name.startswith(incomplete)]
 
@@ -35,7 +35,7 @@ def list_weights(
     json_out: opt.JsonOut = None,
 ) -> None:
     """The published models: dataset, classes, the reference's pixAcc/mIoU, sha1, whether cached."""
-    from encnet_core import zoo  # torch: when a command runs, not for --help
+    from encnet_core.weights import zoo  # torch: when a command runs, not for --help
 
     check_json_target(json_out)
     rows = [zoo.describe(entry) for entry in zoo.list_models()]
@@ -83,7 +83,7 @@ def pull(
 ) -> None:
     """Download a published model, verify its sha1, convert it and cache it as safetensors with metadata."""
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core import zoo  # torch: when a command runs, not for --help
+    from encnet_core.weights import zoo  # torch: when a command runs, not for --help
 
     check_json_target(json_out)
     cached = zoo.is_cached(name) and not force
@@ -102,7 +102,7 @@ def add(
 ) -> None:
     """Cache a published model from a local file (verified and converted like a pull; the file is kept)."""
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core import zoo  # torch: when a command runs, not for --help
+    from encnet_core.weights import zoo  # torch: when a command runs, not for --help
 
     check_json_target(json_out)
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:

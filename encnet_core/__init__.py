@@ -6,7 +6,7 @@ it is imported on first use, so ``import encnet_core`` stays free of torch.
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from encnet_core.version import __version__
 
 __all__ = ["Segmenter", "Segmentation", "__version__"]
 

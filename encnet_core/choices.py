@@ -32,7 +32,7 @@ DEFAULT_SIZES = {"standard": 128, "far": 256}
 """Default image side of each synthetic layout."""
 
 EXPORT_FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx")
-"""What ``encnet export --format`` writes (engine/export.py)."""
+"""What ``encnet export --format`` writes (weights/export.py)."""
 
 ARCHIVE_MAX_MEMBER_MIB = 64
 """Largest archive member read into memory, in MiB (``ArchiveLimits.max_member_bytes``, ``--max-member-size``)."""

@@ -131,7 +131,7 @@ def _evaluate_best(best: Path, data: Path, split: str, options: ReportOptions) -
     from encnet_core.engine.distributed import DistInfo
     from encnet_core.engine.evaluate import EvaluateOptions, evaluate_loaded
     from encnet_core.engine.inference import InferenceConfig, infer
-    from encnet_core.engine.model_files import load_model
+    from encnet_core.weights.model_files import load_model
 
     device = resolve_device(options.device)
     model = load_model(best, device)

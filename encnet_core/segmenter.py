@@ -28,10 +28,11 @@ import torch
 from PIL import Image, ImageOps
 
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.images import load_rgb, read_error_reason
 from encnet_core.engine.inference import InferenceConfig, infer
-from encnet_core.engine.model_files import LoadedModel, load_model
-from encnet_core.engine.predict import _load_rgb, _reason
 from encnet_core.errors import ConfigError
+from encnet_core.weights import zoo
+from encnet_core.weights.model_files import LoadedModel, load_model
 
 __all__ = ["Segmenter", "Segmentation", "ImageInput"]
 
@@ -105,8 +106,6 @@ class Segmenter:
         whole-image mode, views per pass otherwise. ``mirror``: base URL holding ``models/NAME-SHA.zip``,
         used instead of the reference's (and of ``$ENCNET_WEIGHTS_MIRROR``) when a zoo name is downloaded.
         """
-        from encnet_core import zoo  # zoo imports the model builders
-
         zoo.resolve(name_or_path, mirror=mirror, mirror_hint="pass mirror=URL")  # a zoo name not cached yet: pulled now
         model = load_model(name_or_path, resolve_device(device), amp, trust_code=trust_code)
         inference = InferenceConfig(
@@ -182,9 +181,9 @@ def _as_chw(image: Any) -> torch.Tensor:
         if not path.is_file():
             raise ConfigError(f"image not found: {path}")
         try:
-            return _from_hwc(_load_rgb(path))
+            return _from_hwc(load_rgb(path))
         except Exception as exc:  # noqa: BLE001 - PIL raises many types on bad files: one clear error
-            raise ConfigError(f"cannot read image {path}: {_reason(exc)}") from exc
+            raise ConfigError(f"cannot read image {path}: {read_error_reason(exc)}") from exc
     if isinstance(image, Image.Image):
         return _from_hwc(np.asarray(ImageOps.exif_transpose(image).convert("RGB")))
     if isinstance(image, np.ndarray):

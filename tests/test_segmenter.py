@@ -19,9 +19,9 @@ from PIL import Image
 
 from encnet_core import Segmentation, Segmenter
 from encnet_core.engine.device import resolve_device
-from encnet_core.engine.model_files import load_model
 from encnet_core.engine.predict import PredictOptions, predict
 from encnet_core.errors import ConfigError
+from encnet_core.weights.model_files import load_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 

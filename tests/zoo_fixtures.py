@@ -1,4 +1,4 @@
-"""Reference-format zoo files for tests/test_zoo.py and tests/cli/test_cli_weights.py.
+"""Reference-format zoo files for tests/weights/test_zoo.py and tests/cli/test_cli_weights.py.
 
 A published PyTorch-Encoding model is ``models/{name}-{sha1[:8]}.zip`` holding ``{name}-{sha1[:8]}.pth``,
 a ``torch.save``d state_dict under the reference's module names (``pretrained.`` backbone,
@@ -25,7 +25,7 @@ import pytest
 import reference_code
 import torch
 
-from encnet_core import zoo
+from encnet_core.weights import zoo
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 
@@ -150,7 +150,7 @@ def zoo_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("ENCNET_CACHE", str(cache))
     monkeypatch.delenv(zoo.MIRROR_ENV, raising=False)
-    monkeypatch.setattr("encnet_core.data.download.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("encnet_core.fetch.download.time.sleep", lambda seconds: None)
     return cache
 
 

@@ -88,10 +88,10 @@ def run(source: str, shared: Shared, params: dict[str, Any], *, strict: bool = F
     """Check the options, prepare ``source`` with the library and print what was written."""
     # numpy, PIL, h5py and scipy: when the command runs, not to parse its options or print --help
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core.data.archives import ArchiveLimits, MiB
-    from encnet_core.data.download import parse_checksum_option, parse_url_option
     from encnet_core.data.prepare import PrepareOptions, check_options
     from encnet_core.data.prepare import prepare as run_prepare
+    from encnet_core.fetch.archives import ArchiveLimits, MiB
+    from encnet_core.fetch.download import parse_checksum_option, parse_url_option
 
     s = shared
     if s.max_member_size < 1:

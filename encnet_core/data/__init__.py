@@ -1,1 +1,1 @@
-"""Datasets: download, archives, per-dataset sources, the HDF5 format, the torch Dataset and the synthetic set."""
+"""Datasets: per-dataset sources, conversion, the HDF5 format, the torch Dataset and the synthetic set."""

@@ -32,11 +32,11 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from encnet_core import __version__
 from encnet_core.choices import TASKS  # what a dataset holds
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import DataError, EncNetError
 from encnet_core.paths import AtomicFile, is_disk_full
+from encnet_core.version import __version__
 
 if TYPE_CHECKING:
     import torch

@@ -34,8 +34,6 @@ import numpy as np
 from PIL import Image
 
 from encnet_core.constants import IGNORE_INDEX
-from encnet_core.data.archives import Archive, ArchiveLimits, open_archive, verify_archive
-from encnet_core.data.download import check_timeout, check_url, default_cache_dir, fetch
 from encnet_core.data.hdf5 import (
     HDF5Writer,
     Sample,
@@ -49,6 +47,8 @@ from encnet_core.data.hdf5 import (
 )
 from encnet_core.data.sources import Item, Ref, get_source
 from encnet_core.errors import ConfigError, DataError, EncNetError
+from encnet_core.fetch.archives import Archive, ArchiveLimits, open_archive, verify_archive
+from encnet_core.fetch.download import check_timeout, check_url, default_cache_dir, fetch
 from encnet_core.paths import check_output_file
 from encnet_core.progress import ProgressCallback
 

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 import torchvision
 
-from encnet_core import __version__
 from encnet_core.engine.device import autocast_context, environment, resolve_device, synchronize
 from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.errors import ConfigError
 from encnet_core.models import create_model
+from encnet_core.version import __version__
 
 __all__ = ["environment_report", "run_doctor"]
 

@@ -46,13 +46,14 @@ from encnet_core.data.dataset import (
 from encnet_core.engine.device import autocast_context, pin_memory
 from encnet_core.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from encnet_core.engine.events import CLASSIFICATION_VAL_METRICS
-from encnet_core.engine.model_files import LoadedModel
+from encnet_core.engine.images import collect_inputs, load_rgb, read_error_reason
 from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.models import create_model
 from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.progress import ProgressCallback
+from encnet_core.weights.model_files import LoadedModel
 
 log = logging.getLogger("encnet")
 
@@ -339,8 +340,6 @@ def predict_classes(
 ) -> ClassifyResult:
     """Classify every image file (folders searched recursively) and write ``predictions.json``; an
     unreadable file is recorded in ``failed`` and the rest go on."""
-    from encnet_core.engine.predict import _load_rgb, _reason, collect_inputs
-
     check_output_dir(options.output, "--output")
     files = collect_inputs(inputs, options.output)
     target = options.output / "predictions.json"
@@ -353,9 +352,9 @@ def predict_classes(
         loaded: list[tuple[Path, str, Tensor]] = []
         for path, stem in files[begin : begin + options.batch_size]:
             try:
-                loaded.append((path, stem, torch.from_numpy(np.array(_load_rgb(path), copy=True, order="C")).permute(2, 0, 1)))
+                loaded.append((path, stem, torch.from_numpy(np.array(load_rgb(path), copy=True, order="C")).permute(2, 0, 1)))
             except Exception as exc:  # noqa: BLE001 - PIL raises many types on crafted files; skip the file, go on
-                result.failed.append({"file": str(path), "reason": _reason(exc)})
+                result.failed.append({"file": str(path), "reason": read_error_reason(exc)})
         if loaded:
             tops = classify(model, [image for _, _, image in loaded], options.top_k, options.batch_size)
             for (path, stem, image), top in zip(loaded, tops, strict=True):

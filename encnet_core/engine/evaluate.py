@@ -33,7 +33,6 @@ from encnet_core.engine.distributed import (
 )
 from encnet_core.engine.inference import InferenceConfig, InferenceRequest, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encnet_core.engine.model_files import LoadedModel, check_trusted, load_model
 from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.tasks import check_task
 from encnet_core.engine.workers import check_workers, loader_workers
@@ -41,6 +40,8 @@ from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write, check_output_dir, check_output_file
 from encnet_core.progress import ProgressCallback
+from encnet_core.weights import zoo
+from encnet_core.weights.model_files import LoadedModel, check_trusted, load_model
 
 __all__ = [
     "EvaluateOptions",
@@ -300,8 +301,6 @@ def run(
     """``encnet evaluate``: MODEL as the user gave it (a model file, or a zoo name, pulled now from ``mirror``
     when not cached), refused before any work if it is a program and ``options.trust_code`` is off, then
     ``evaluate`` with ``request``'s inference settings, crop and base size defaulting to the model's."""
-    from encnet_core import zoo
-
     zoo.resolve(model, mirror=mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
     check_trusted(model, options.trust_code)
     return evaluate(model, data, options, progress, request=request)
@@ -337,8 +336,6 @@ def evaluate(
 
 def _published(model: Path | str) -> dict[str, Any] | None:
     """The reference's published numbers when ``model`` names a zoo model (a file that exists wins, as in zoo.resolve)."""
-    from encnet_core import zoo
-
     return None if Path(model).exists() else zoo.published(str(model))
 
 

@@ -38,6 +38,7 @@ from encnet_core.engine.losses import SegmentationLoss
 from encnet_core.engine.metrics import ConfusionMatrix
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.models import MODELS, create_model, model_task
+from encnet_core.weights.builder import build_model
 
 log = logging.getLogger("encnet")
 
@@ -80,7 +81,7 @@ class SegmentationTask:
             overrides.update(se_loss=config.se_loss, lateral=config.lateral or None, num_codes=config.num_codes)
         elif config.lateral:
             raise ConfigError(f"--lateral does not apply to {config.model} (no EncHead)")
-        return create_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
+        return build_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
 
     def train_dataset(self, config: TrainConfig) -> HDF5SegmentationDataset:
         dataset = HDF5SegmentationDataset(

@@ -38,14 +38,6 @@ from encnet_core.data.dataset import (
     collate_checked,
 )
 from encnet_core.data.hdf5 import DatasetInfo, read_info
-from encnet_core.engine.checkpoint import (
-    TrainState,
-    init_from_checkpoint,
-    resume_from,
-    resume_path,
-    save_checkpoint,
-    training_payload,
-)
 from encnet_core.engine.device import (
     autocast_context,
     check_amp,
@@ -73,14 +65,22 @@ from encnet_core.engine.events import (
     TrainStep,
     Validated,
 )
-from encnet_core.engine.model_files import check_trusted
 from encnet_core.engine.optim import PolySchedule, build_optimizer, build_scheduler, scaled_lr
 from encnet_core.engine.sampling import EpochSampler, SeededSamples, ShardSampler
 from encnet_core.engine.tasks import SEGMENTATION, Task, config_task, task_for
+from encnet_core.engine.train_state import (
+    TrainState,
+    init_from_checkpoint,
+    resume_from,
+    resume_path,
+    training_payload,
+)
 from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, EncNetError
 from encnet_core.models import create_model, list_models, model_task
 from encnet_core.paths import check_output_dir
+from encnet_core.weights.checkpoint import save_checkpoint
+from encnet_core.weights.model_files import check_trusted
 
 log = logging.getLogger("encnet")
 

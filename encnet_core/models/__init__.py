@@ -1,7 +1,7 @@
 """EncNet models: layers, backbones, the segmentation model, the CIFAR classifiers, the registry and the
 reference-weights converter."""
 
-from encnet_core.models.backbones import BACKBONES, load_backbone_weights
+from encnet_core.models.backbones import BACKBONES, build_backbone, load_backbone_weights
 from encnet_core.models.cifar import CifarResNet
 from encnet_core.models.convert import convert_pytorch_encoding_state_dict
 from encnet_core.models.encnet import EncNet
@@ -30,5 +30,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_backbone_weights",
+    "build_backbone",
     "model_task",
 ]

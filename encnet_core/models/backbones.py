@@ -12,10 +12,9 @@ stride 1 and dilation 4, the first block of each stage keeping the previous stag
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
@@ -160,78 +159,16 @@ def build_backbone(name: str, output_stride: int = 8) -> ResNetBackbone:
     return ResNetBackbone(BACKBONES[name], output_stride)
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise ModelError(f"backbone weights file not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # SafetensorError: bad header, offsets, dtypes
-            raise ModelError(f"cannot read backbone weights {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refused or corrupt file
-        raise ModelError(f"cannot read backbone weights {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from exc
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ModelError(f"{path} does not hold a state_dict of tensors")
-    return obj
-
-
-def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
-    spec = BACKBONES[name]
-    if spec.torchvision_name is None:
-        from encnet_core import zoo
-
-        entry = zoo.get(name)
-        zoo_hint = f", or the reference's with --backbone-weights {name}" if entry and entry.kind == "backbone" else ""
-        raise ModelError(
-            f"torchvision has no ImageNet weights for {name!r}; pass a local file with --backbone-weights PATH{zoo_hint}"
-        )
-    from torchvision.models import get_model_weights
-
-    weights = get_model_weights(spec.torchvision_name).DEFAULT
-    try:
-        return weights.get_state_dict(progress=True)
-    except Exception as exc:  # offline, proxy, disk full...
-        raise ModelError(
-            f"could not download ImageNet weights {weights} ({str(exc).splitlines()[0]}); "
-            "download them elsewhere and pass the file with --backbone-weights PATH"
-        ) from exc
-
-
-def _zoo_state_dict(name: str, source: str) -> dict[str, Tensor] | None:
-    """The reference's ImageNet backbone ``source`` from the zoo (pulled on first use), or None if
-    ``source`` is not a zoo backbone name (or is a file that exists: a path wins over a name)."""
-    from encnet_core import zoo  # zoo imports the model builders
-
-    entry = zoo.get(source)
-    if entry is None or entry.kind != "backbone" or Path(source).exists():
-        return None
-    if entry.model != name:
-        raise ModelError(f"--backbone-weights {entry.name} holds a {entry.model} backbone, but the model's is {name}")
-    return zoo.backbone_state_dict(entry.name)[1]
-
-
-def load_backbone_weights(backbone: ResNetBackbone, name: str, source: str | Path) -> dict[str, list[str]]:
-    """Load ImageNet weights into ``backbone`` from a local state_dict file (torch.save or
-    .safetensors), ``"imagenet"`` (torchvision's), or a zoo backbone name (``resnet50s``,
-    ``resnet101s``, ``resnet152s``: the reference's, pulled on first use; see encnet_core/zoo.py).
+def load_backbone_weights(
+    backbone: ResNetBackbone, name: str, state: Mapping[str, Tensor], source: str = "a state_dict"
+) -> dict[str, list[str]]:
+    """Load an ImageNet state_dict into ``backbone`` (``name``: its architecture; ``source``: what the
+    messages call the weights). weights/builder.py reads them from a file, torchvision or the zoo.
 
     Accepts torchvision state_dicts and PyTorch-Encoding ones (``module.``/``pretrained.`` prefixes);
     the classifier (``fc.*``) is dropped. Returns and logs the missing and unexpected keys; a shape
     mismatch is an error (wrong architecture).
     """
-    if str(source) == "imagenet":
-        state = _imagenet_state_dict(name)
-    else:
-        state = _zoo_state_dict(name, str(source))
-        if state is None:
-            state = _read_state_dict(Path(source))
     cleaned: dict[str, Tensor] = {}
     for key, value in state.items():
         for prefix in ("module.", "pretrained.", "backbone."):

@@ -6,7 +6,7 @@ classification variants (arguments of ``CifarResNet``); ``model_task`` says whic
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -58,7 +58,7 @@ OVERRIDES: dict[str, str] = {
     "head_channels": "width of the EncHead (512 in the paper)",
     "align_corners": "bilinear upsampling mode of the logits (reference: True)",
     "dropout": "dropout before the classifiers",
-    "backbone_weights": "local state_dict file, 'imagenet' (torchvision's, needs network) or a zoo backbone: resnet50s, resnet101s, resnet152s (the reference's, pulled once into the cache)",
+    "backbone_weights": "ImageNet weights for the backbone, a state_dict (weights.builder.build_model reads them from a local file, 'imagenet' (torchvision's) or a zoo backbone name)",
 }
 _ENC_ONLY = {"lateral", "num_codes", "se_loss", "head_channels"}
 _CLASSIFICATION_OPTIONS = {"num_codes", "dropout"}  # the rest of OVERRIDES are segmentation-only
@@ -84,7 +84,8 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet | Cifa
     The model remembers ``config`` (name, num_classes and the effective overrides, without
     ``backbone_weights``) so a checkpoint can rebuild it with ``create_model(**config)``, and has
     ``task`` (``model_task(name)``). Classification models take ``num_codes`` (Encoding ones only)
-    and ``dropout``; the other options are refused for them.
+    and ``dropout``; the other options are refused for them. ``backbone_weights`` is a state_dict:
+    this module fetches nothing (``weights.builder.build_model`` resolves a file or a name first).
     """
     task = model_task(name)  # raises the "unknown model" error
     if num_classes < 1:
@@ -103,8 +104,13 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet | Cifa
             raise ModelError(f"{name} has no Encoding head; options {sorted(dropped)} do not apply")
     args.update(overrides)
     model = EncNet(num_classes=num_classes, **args)
-    if weights:
-        load_backbone_weights(model.backbone, args["backbone"], weights if weights == "imagenet" else Path(weights))
+    if weights is not None:
+        if not isinstance(weights, Mapping):
+            raise ModelError(
+                f"backbone_weights takes a state_dict here, not {type(weights).__name__}; "
+                "encnet_core.weights.builder.build_model reads a file, 'imagenet' or a zoo name"
+            )
+        load_backbone_weights(model.backbone, args["backbone"], weights)
     model.config = {"name": name, "num_classes": num_classes, **overrides}
     return model
 

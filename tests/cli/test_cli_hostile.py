@@ -103,7 +103,7 @@ HOSTILE_CLASS = "\x1b]0;owned\x07\x1b[31mred[bold]x[/]"
 def test_evaluate_table_escapes_class_names_and_counts_in_words(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     """Class names come from the files: evaluate's per-class table shows their terminal codes (OSC, CSI,
     BEL) and rich markup escaped, as `info` does; the title counts "1 image", not "1 images"."""
-    from encnet_core.engine.checkpoint import save_checkpoint
+    from encnet_core.weights.checkpoint import save_checkpoint
 
     data, ckpt = tiny
     payload = torch.load(ckpt, map_location="cpu", weights_only=False)

@@ -97,10 +97,11 @@ def test_info_on_a_dataset_does_not_load_torch(tmp_path: Path) -> None:
 def test_choices_have_one_home() -> None:
     """The names the CLI declares as choices (from encnet_core.choices, which imports nothing) are the very
     objects the library uses."""
-    from encnet_core import choices, zoo
-    from encnet_core.data import archives, hdf5, sources, synthetic
+    from encnet_core import choices
+    from encnet_core.data import hdf5, sources, synthetic
     from encnet_core.data.sources import pcontext, synthetic_cls
-    from encnet_core.engine import export
+    from encnet_core.fetch import archives
+    from encnet_core.weights import export, zoo
 
     assert export.FORMATS is choices.EXPORT_FORMATS
     assert sources.SOURCES is choices.SOURCES and set(sources._registry()) == set(choices.SOURCES)

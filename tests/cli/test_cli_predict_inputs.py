@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from encnet_cli.main import app
 from encnet_core.data.synthetic import CLASSES, PALETTE
-from encnet_core.engine.checkpoint import save_checkpoint
-from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.errors import ConfigError
 from encnet_core.models import create_model
 from encnet_core.paths import check_output_dir
+from encnet_core.weights.checkpoint import save_checkpoint
+from encnet_core.weights.metadata import ModelMetadata
 
 runner = CliRunner()
 CPU = ("--device", "cpu", "--no-progress")

@@ -12,7 +12,7 @@ from helpers import make_synthetic, train_tiny
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
-from encnet_core import zoo
+from encnet_core.weights import zoo
 
 runner = CliRunner()
 EVAL = ("--device", "cpu", "-j", "0", "--limit", "2", "--no-progress")

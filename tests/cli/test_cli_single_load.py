@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from encnet_cli.main import app
 from encnet_core.data.hdf5 import read_info
-from encnet_core.engine.checkpoint import save_checkpoint
 from encnet_core.models import create_model
+from encnet_core.weights.checkpoint import save_checkpoint
 
 runner = CliRunner()
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from encnet_cli import _options as opt
 from encnet_cli.main import app
-from encnet_core import zoo
 from encnet_core.data.hdf5 import read_info
+from encnet_core.weights import zoo
 
 fx = zf.data_fixtures()
 http_server = fx.http_server
@@ -204,7 +204,7 @@ def test_predict_and_evaluate_pull_from_their_mirror(http_server, zoo_cache: Pat
 
 def test_an_unreachable_mirror_is_one_line_naming_only_the_commands_flags(zoo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr("encnet_core.data.download.time.sleep", sleeps.append)
+    monkeypatch.setattr("encnet_core.fetch.download.time.sleep", sleeps.append)
     data = make_synthetic(tmp_path, 2, 3, size=40)
     name, url = "encnet_resnet101s_pcontext", f"{INVALID}/models/encnet_resnet101s_pcontext-9f27ea13.zip"
     assert zoo.get(name).url(INVALID) == url

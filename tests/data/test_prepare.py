@@ -28,11 +28,11 @@ from torchvision.datasets import SBDataset, VOCSegmentation
 
 from encnet_core.data import prepare as prepare_module
 from encnet_core.data import sources
-from encnet_core.data.archives import ArchiveLimits, MiB
 from encnet_core.data.dataset import read_image_and_mask
 from encnet_core.data.hdf5 import HDF5Writer, read_info
 from encnet_core.data.prepare import Interrupted, PrepareOptions, PrepareResult, prepare
 from encnet_core.errors import ArchiveError, ChecksumError, ConfigError, DataError
+from encnet_core.fetch.archives import ArchiveLimits, MiB
 
 
 def _data_fixtures() -> ModuleType:

@@ -163,7 +163,7 @@ def test_one_normalisation_for_training_and_inference() -> None:
     """normalize_image is what the training pipelines and LoadedModel.normalize compute: the earlier
     inference formula exactly, torchvision's ToDtype + Normalize (training until now) to float rounding."""
     from encnet_core.data.transforms import normalize_image
-    from encnet_core.engine.model_files import LoadedModel
+    from encnet_core.weights.model_files import LoadedModel
 
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (2, 3, 9, 11), dtype=torch.uint8, generator=generator)

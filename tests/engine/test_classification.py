@@ -28,14 +28,14 @@ from encnet_core.config import CLASSIFICATION_DEFAULTS, TrainConfig, resolve_tra
 from encnet_core.constants import CIFAR10_MEAN, CIFAR10_STD
 from encnet_core.data import classification_transforms as cls_transforms
 from encnet_core.data.transforms import normalize_image
-from encnet_core.engine.checkpoint import init_from_checkpoint
 from encnet_core.engine.classification import ClassCounts, ClassificationLoss
 from encnet_core.engine.events import CLASSIFICATION_VAL_METRICS, Message, TrainEvent, TrainLog, TrainStep
-from encnet_core.engine.metadata import ModelMetadata
 from encnet_core.engine.optim import CosineSchedule, StepSchedule, lr_schedule
 from encnet_core.engine.train import TrainResult, build_model, train
+from encnet_core.engine.train_state import init_from_checkpoint
 from encnet_core.errors import CheckpointError, ConfigError
 from encnet_core.models import create_model
+from encnet_core.weights.metadata import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -14,16 +14,16 @@ from PIL import Image
 
 from encnet_core.data.dataset import HDF5ClassificationDataset
 from encnet_core.data.sources.synthetic_cls import render_scene
-from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from encnet_core.engine.classification import ClassifyOptions, classify, predict_classes
 from encnet_core.engine.evaluate import EvaluateOptions, evaluate
-from encnet_core.engine.export import FORMATS, export_model
 from encnet_core.engine.inference import InferenceConfig
-from encnet_core.engine.metadata import ModelMetadata
-from encnet_core.engine.model_files import load_model
 from encnet_core.engine.train import train
 from encnet_core.errors import CheckpointError, ConfigError
 from encnet_core.segmenter import Segmenter
+from encnet_core.weights.checkpoint import load_checkpoint, model_from_checkpoint
+from encnet_core.weights.export import FORMATS, export_model
+from encnet_core.weights.metadata import ModelMetadata
+from encnet_core.weights.model_files import load_model
 
 CPU = torch.device("cpu")
 

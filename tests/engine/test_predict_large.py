@@ -14,12 +14,12 @@ from PIL import Image
 
 from encnet_core.data.synthetic import CLASSES, PALETTE
 from encnet_core.engine import predict as predict_module
-from encnet_core.engine.checkpoint import save_checkpoint
-from encnet_core.engine.metadata import ModelMetadata
-from encnet_core.engine.model_files import load_model
 from encnet_core.engine.predict import PredictOptions, overlay_image, predict, upsampled_labels
 from encnet_core.models import create_model
 from encnet_core.viz import draw_legend, legend_entries
+from encnet_core.weights.checkpoint import save_checkpoint
+from encnet_core.weights.metadata import ModelMetadata
+from encnet_core.weights.model_files import load_model
 
 CPU = torch.device("cpu")
 

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from encnet_core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
-from encnet_core.engine.model_files import LoadedModel
 from encnet_core.models.registry import create_model
+from encnet_core.weights.model_files import LoadedModel
 
 NCLASS = 29
 SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -378,8 +378,8 @@ def _val_split(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_evaluate_protocol_reference_equals_the_references_test_py(tiny: tuple[Path, Path]) -> None:
     # test.py --eval: MultiEvalModule(model, nclass, scales=0.5..1.75) with its flip, the model's
     # base/crop and black padding, on the full-size image (ToTensor + Normalize), then SegmentationMetric
-    from encnet_core.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from encnet_core.engine.evaluate import EvaluateOptions, evaluate
+    from encnet_core.weights.checkpoint import load_checkpoint, model_from_checkpoint
 
     data, checkpoint = tiny
     ckpt = load_checkpoint(checkpoint)

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from encnet_core.data.archives import open_archive
-from encnet_core.data.download import RemoteFile
-from encnet_core.data.sources import Item, Source, SourcePlan, find_prefix
+from encnet_core.data.sources.base import Item, Source, SourcePlan, find_prefix
 from encnet_core.errors import DataError
+from encnet_core.fetch.archives import open_archive
+from encnet_core.fetch.download import RemoteFile
 from encnet_core.palette import voc_palette
 
 ADE20K_ZIP = RemoteFile(

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from encnet_core.data.download import RemoteFile
-from encnet_core.data.sources import Item, Source, SourcePlan, find_prefix
+from encnet_core.data.sources.base import Item, Source, SourcePlan, find_prefix
 from encnet_core.data.sources.voc import extract_once
 from encnet_core.errors import DataError
+from encnet_core.fetch.download import RemoteFile
 from encnet_core.palette import voc_palette
 
 __all__ = ["ARCHIVE", "RECORD_BYTES", "IMAGE_SIDE", "TRAIN_BATCHES", "VAL_BATCH", "CIFAR10", "read_record", "decode_record"]

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from encnet_core.constants import IGNORE_INDEX
-from encnet_core.data.sources import Item, Source, SourcePlan
+from encnet_core.data.sources.base import Item, Source, SourcePlan
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import voc_palette
 

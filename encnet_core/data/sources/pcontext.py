@@ -30,12 +30,12 @@ import scipy.io
 
 from encnet_core.choices import DEFAULT_LABELS, LABEL_SOURCES  # the `labels` parameter
 from encnet_core.constants import IGNORE_INDEX
-from encnet_core.data.archives import open_archive
-from encnet_core.data.download import RemoteFile
-from encnet_core.data.sources import Item, Source, SourcePlan, find_prefix
+from encnet_core.data.sources.base import Item, Source, SourcePlan, find_prefix
 from encnet_core.data.sources.detail_masks import DetailImage, check_detail_json, paint_mask, read_detail_json
 from encnet_core.data.sources.voc import extract_once, read_ids
 from encnet_core.errors import ConfigError, DataError
+from encnet_core.fetch.archives import open_archive
+from encnet_core.fetch.download import RemoteFile
 from encnet_core.palette import voc_palette
 from encnet_core.paths import is_disk_full
 

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from encnet_core.choices import SYNTHETIC_CLASSIFICATION_DEFAULTS, TASKS
-from encnet_core.data.sources import Item, Source, SourcePlan, voc
+from encnet_core.data.sources import voc
+from encnet_core.data.sources.base import Item, Source, SourcePlan
 from encnet_core.errors import ConfigError
 from encnet_core.palette import voc_palette
 

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from encnet_core.data.archives import ArchiveLimits, open_archive, safe_extract
-from encnet_core.data.download import RemoteFile
-from encnet_core.data.sources import Item, Source, SourcePlan, decode_index_png, find_prefix
+from encnet_core.data.sources.base import Item, Source, SourcePlan, decode_index_png, find_prefix
 from encnet_core.errors import DataError
+from encnet_core.fetch.archives import ArchiveLimits, open_archive, safe_extract
+from encnet_core.fetch.download import RemoteFile
 from encnet_core.palette import voc_palette
 from encnet_core.paths import atomic_write, is_disk_full
 

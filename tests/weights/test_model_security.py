@@ -25,12 +25,12 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
-from encnet_core.engine import checkpoint as checkpoint_module
-from encnet_core.engine.export import export_model
-from encnet_core.engine.model_files import detect_format, load_model, read_model_file
 from encnet_core.engine.train import init_from_checkpoint
 from encnet_core.errors import CheckpointError
 from encnet_core.models import create_model
+from encnet_core.weights import checkpoint as checkpoint_module
+from encnet_core.weights.export import export_model
+from encnet_core.weights.model_files import detect_format, load_model, read_model_file
 
 runner = CliRunner()
 CPU = torch.device("cpu")

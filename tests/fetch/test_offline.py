@@ -18,11 +18,11 @@ from helpers import one_error_line
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
-from encnet_core.data import download as download_module
-from encnet_core.data.download import NetworkError, RemoteFile, download, fetch
+from encnet_core.fetch import download as download_module
+from encnet_core.fetch.download import NetworkError, RemoteFile, download, fetch
 
 if TYPE_CHECKING:
-    from conftest import Server  # tests/data/conftest.py: the loopback HTTP server
+    from loopback import Server  # tests/loopback.py: the loopback HTTP server
 
 INVALID = "http://encnet-test.invalid"
 DATA = bytes(range(256)) * 40  # 10,240 bytes

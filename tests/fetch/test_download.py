@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from encnet_core.data.archives import verify_archive
-from encnet_core.data.download import (
+from encnet_core.errors import ArchiveError, ChecksumError, ConfigError, DataError, DownloadError
+from encnet_core.fetch.archives import verify_archive
+from encnet_core.fetch.download import (
     RemoteFile,
     check_timeout,
     default_cache_dir,
@@ -28,10 +29,9 @@ from encnet_core.data.download import (
     parse_url_option,
     verify_file,
 )
-from encnet_core.errors import ArchiveError, ChecksumError, ConfigError, DataError, DownloadError
 
 if TYPE_CHECKING:
-    from conftest import Server  # tests/data/conftest.py: the loopback HTTP server
+    from loopback import Server  # tests/loopback.py: the loopback HTTP server
 
 DATA = random.Random(0).randbytes(300_000)
 FAST = {"backoff": 0.01, "timeout": 5.0}  # keep retries and stalls short in tests

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from encnet_core.choices import TASKS  # what a model predicts: the task of the data it was trained on
 from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
-from encnet_core.data.hdf5 import TASKS  # what a model predicts: the task of the data it was trained on
 from encnet_core.errors import CheckpointError
+from encnet_core.models import create_model, list_models, model_task
 from encnet_core.palette import voc_palette
 
 __all__ = [
@@ -27,7 +28,10 @@ __all__ = [
     "MAX_CLASSES",
     "MAX_IMAGE_SIDE",
     "MAX_MODEL_ARG",
+    "METADATA_NAME",
 ]
+
+METADATA_NAME = "encnet.json"  # the metadata member/key of an export (TorchScript, pt2, ONNX, safetensors header)
 
 MAX_CLASSES = 1024  # masks are 8-bit with 255 = ignore; anything far above is a damaged or hostile file
 MAX_IMAGE_SIDE = 8192  # base/crop size bound
@@ -72,8 +76,6 @@ class ModelMetadata:
         """
         if not self.model_config or self.task != "segmentation":
             return False
-        from encnet_core.models import create_model
-
         try:
             with torch.device("meta"):
                 return getattr(create_model(**self.model_config), "has_se", False)
@@ -201,8 +203,6 @@ def _model_config_task(config: dict[str, Any] | None) -> str | None:
 
     (A file from before classification existed has no ``task``: its models are all segmentation ones.)
     """
-    from encnet_core.models import list_models, model_task
-
     if not config or config.get("name") not in list_models():
         return "segmentation" if not config else None
     return model_task(config["name"])

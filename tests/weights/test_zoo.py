@@ -1,4 +1,4 @@
-"""The model zoo (encnet_core/zoo.py): the published table, pull/add/resolve over reference-format zips
+"""The model zoo (encnet_core/weights/zoo.py): the published table, pull/add/resolve over reference-format zips
 served from 127.0.0.1, and zoo names wherever a model or backbone weights are taken."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 import torch
 import zoo_fixtures as zf
 
-from encnet_core import zoo
-from encnet_core.engine.model_files import load_model, peek_metadata, read_model_file
 from encnet_core.errors import ArchiveError, ChecksumError, ConfigError, DownloadError, ModelError
 from encnet_core.models import create_model
+from encnet_core.weights import zoo
+from encnet_core.weights.builder import build_model
+from encnet_core.weights.model_files import load_model, peek_metadata, read_model_file
 
 fx = zf.data_fixtures()
 http_server = fx.http_server
@@ -159,7 +160,7 @@ def test_mirror_from_the_environment(http_server, zoo_cache: Path, monkeypatch: 
 
 def test_segmenter_load_takes_a_mirror(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from encnet_core import Segmenter
-    from encnet_core.data.download import NetworkError
+    from encnet_core.fetch.download import NetworkError
 
     published = zf.tiny_segmentation(monkeypatch)
     monkeypatch.setenv(zoo.MIRROR_ENV, "http://encnet-test.invalid")  # the argument wins over the environment
@@ -295,8 +296,8 @@ def test_cache_files_record_a_digest_checked_on_read(tmp_path: Path, zoo_cache: 
 
     from safetensors import safe_open
 
-    from encnet_core.engine.checkpoint import tensor_digest
     from encnet_core.errors import CheckpointError
+    from encnet_core.weights.checkpoint import tensor_digest
 
     for published in (zf.tiny_segmentation(monkeypatch), zf.tiny_backbone(monkeypatch)):
         pth = tmp_path / f"{published.entry.stem}.pth"
@@ -314,7 +315,7 @@ def test_cache_files_record_a_digest_checked_on_read(tmp_path: Path, zoo_cache: 
                 load_model(published.entry.name, torch.device("cpu"))
         else:
             with pytest.raises(ModelError, match=f"^cached backbone {path} is corrupt .*delete it and run again"):
-                create_model("encnet_tiny", 3, backbone_weights="tinys")
+                build_model("encnet_tiny", 3, backbone_weights="tinys")
 
 
 def test_add_refuses_a_different_file(tmp_path: Path, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -347,21 +348,21 @@ def test_resolve_prefers_an_existing_path(tmp_path: Path, zoo_cache: Path, monke
 def test_backbone_weights_by_name(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     published = zf.tiny_backbone(monkeypatch)
     monkeypatch.setenv(zoo.MIRROR_ENV, zf.serve(http_server, published))
-    model = create_model("encnet_tiny", 3, backbone_weights="tinys")  # what train --backbone-weights does
+    model = build_model("encnet_tiny", 3, backbone_weights="tinys")  # what train --backbone-weights does
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, published.state[key]), key
     cached = zoo.cache_path("tinys")
     from safetensors.torch import load_file
 
     assert set(load_file(str(cached))) == set(model.backbone.state_dict())  # fc dropped, nothing else
-    create_model("encnet_tiny", 3, backbone_weights="tinys")
+    build_model("encnet_tiny", 3, backbone_weights="tinys")
     assert len(http_server.state.requests) == 1  # cached
     with pytest.raises(ModelError, match="holds a tiny backbone, but the model's is resnet18"):
-        create_model("encnet_resnet18", 3, backbone_weights="tinys")
+        build_model("encnet_resnet18", 3, backbone_weights="tinys")
     # a .safetensors file works as a FILE too, and 'imagenet' for a deep-stem backbone points at the zoo
-    assert create_model("encnet_tiny", 3, backbone_weights=str(cached)).config["name"] == "encnet_tiny"
+    assert build_model("encnet_tiny", 3, backbone_weights=str(cached)).config["name"] == "encnet_tiny"
     with pytest.raises(ModelError, match="--backbone-weights resnet50s"):
-        create_model("encnet_resnet50s", 3, backbone_weights="imagenet")
+        build_model("encnet_resnet50s", 3, backbone_weights="imagenet")
 
 
 def test_cache_root_is_encnet_cache(zoo_cache: Path) -> None:
@@ -380,8 +381,8 @@ def test_entry_fields_are_frozen() -> None:
 
 
 def test_init_from_and_export_take_a_name(http_server, zoo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from encnet_core.engine.checkpoint import init_from_checkpoint
-    from encnet_core.engine.export import export_model
+    from encnet_core.engine.train_state import init_from_checkpoint
+    from encnet_core.weights.export import export_model
 
     published = zf.tiny_segmentation(monkeypatch)
     monkeypatch.setenv(zoo.MIRROR_ENV, zf.serve(http_server, published))

@@ -34,16 +34,16 @@ import torch
 from torch import Tensor, nn
 
 from encnet_core.choices import EXPORT_FORMATS
-from encnet_core.engine.checkpoint import (
+from encnet_core.errors import CheckpointError, ConfigError, EncNetError
+from encnet_core.paths import AtomicFile, check_output_file
+from encnet_core.weights.checkpoint import (
     exception_reason,
     model_from_checkpoint,
     save_checkpoint,
     tensor_digest,
 )
-from encnet_core.engine.metadata import ModelMetadata
-from encnet_core.engine.model_files import DIGEST_HEADER, METADATA_NAME, read_model_file
-from encnet_core.errors import CheckpointError, ConfigError, EncNetError
-from encnet_core.paths import AtomicFile, check_output_file
+from encnet_core.weights.metadata import ModelMetadata
+from encnet_core.weights.model_files import DIGEST_HEADER, METADATA_NAME, load_model, read_model_file
 
 log = logging.getLogger("encnet")
 
@@ -200,8 +200,6 @@ def export_model(
 
 def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tolerance: float) -> float:
     """Reload the export the way evaluate/predict do and compare with the PyTorch model on two input sizes."""
-    from encnet_core.engine.model_files import load_model
-
     loaded = load_model(path, torch.device("cpu"), trust_code=True)  # the temp file this process just wrote
     worst = 0.0
     other = sample[..., : sample.shape[-2] - 8, : sample.shape[-1] - 16].contiguous()  # a second size: dynamic shapes

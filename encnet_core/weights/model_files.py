@@ -16,11 +16,11 @@ Which files are opened how:
 * ``onnx``: an onnxruntime session (a graph interpreted by native code; no Python runs).
 
 The tensors of checkpoints, ``weights`` and ``safetensors`` files written by encnet are checked against
-the digest recorded in the file (engine/checkpoint.py ``tensor_digest``; safetensors: the header key
+the digest recorded in the file (weights/checkpoint.py ``tensor_digest``; safetensors: the header key
 ``encnet.tensor_digest``); files without one (older encnet files, other tools' files) load as before.
 A dataset given where a model goes is refused as such (``model_format``).
 
-Every metadata dict, whatever the format, goes through ``ModelMetadata.from_dict`` (engine/metadata.py).
+Every metadata dict, whatever the format, goes through ``ModelMetadata.from_dict`` (weights/metadata.py).
 ``detect_format`` also tells a prepared dataset (HDF5) from a model file (what ``encnet info`` dispatches on).
 Each reader first passes its path through ``model_path``: a zoo name (``encnet_resnet50s_pcontext``)
 becomes the cached safetensors file, pulled on first use; a file that exists always wins.
@@ -43,16 +43,18 @@ import torch
 from torch import Tensor
 
 from encnet_core.data.transforms import normalize_image
-from encnet_core.engine.checkpoint import (
+from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
+from encnet_core.errors import CheckpointError
+from encnet_core.weights import zoo
+from encnet_core.weights.checkpoint import (
+    DIGEST_HEADER,
     check_tensor_digest,
     check_training_digest,
     exception_reason,
     load_checkpoint,
     model_from_checkpoint,
 )
-from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
-from encnet_core.engine.metadata import ModelMetadata
-from encnet_core.errors import CheckpointError
+from encnet_core.weights.metadata import METADATA_NAME, ModelMetadata
 
 __all__ = [
     "LoadedModel",
@@ -70,8 +72,6 @@ __all__ = [
     "DIGEST_HEADER",
 ]
 
-METADATA_NAME = "encnet.json"
-DIGEST_HEADER = "encnet.tensor_digest"  # safetensors header key: tensor_digest() of the file's tensors (checked on read)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_METADATA_BYTES = 4 << 20  # the largest encnet.json member read from an archive (real ones are a few kB)
 
@@ -129,10 +129,8 @@ class LoadedModel:
 
 def model_path(path: Path | str) -> Path:
     """The file a MODEL argument names: an existing path as is, a zoo name (``encnet weights list``) as
-    its cached file, pulled on first use (encnet_core/zoo.py). Every reader below starts here, so
+    its cached file, pulled on first use (encnet_core/weights/zoo.py). Every reader below starts here, so
     each command that takes a MODEL accepts a zoo name without code of its own."""
-    from encnet_core import zoo  # zoo imports the model builders, which import this package's modules
-
     return zoo.resolve(path)
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from encnet_core.data.archives import (
+from encnet_core.errors import ArchiveError, ConfigError
+from encnet_core.fetch.archives import (
     ArchiveLimits,
     MiB,
     check_member_name,
@@ -22,7 +23,6 @@ from encnet_core.data.archives import (
     safe_extract,
     verify_archive,
 )
-from encnet_core.errors import ArchiveError, ConfigError
 
 FILES = {
     "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt": b"2007_000033\n2007_000042\n",

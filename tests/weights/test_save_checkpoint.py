@@ -10,9 +10,9 @@ import pytest
 import torch
 from small_disk import small_disk
 
-from encnet_core.engine import checkpoint as checkpoint_module
-from encnet_core.engine.checkpoint import load_checkpoint, save_checkpoint
 from encnet_core.errors import CheckpointError
+from encnet_core.weights import checkpoint as checkpoint_module
+from encnet_core.weights.checkpoint import load_checkpoint, save_checkpoint
 
 
 def payload(values: int) -> dict:

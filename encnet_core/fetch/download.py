@@ -34,10 +34,10 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
-from encnet_core import __version__
 from encnet_core.errors import ChecksumError, ConfigError, DataError, DownloadError, EncNetError
 from encnet_core.paths import is_disk_full
 from encnet_core.progress import ProgressCallback, ThrottledProgress
+from encnet_core.version import __version__
 
 __all__ = [
     "HASH_ALGOS",

@@ -27,13 +27,14 @@ from typer.testing import CliRunner
 
 from encnet_cli.main import app
 from encnet_core.data.hdf5 import read_info
-from encnet_core.engine import checkpoint as checkpoint_module
-from encnet_core.engine.checkpoint import exception_reason, init_from_checkpoint, tensor_digest
-from encnet_core.engine.export import export_model
-from encnet_core.engine.model_files import DIGEST_HEADER, detect_format, load_model, peek_metadata
+from encnet_core.engine.train_state import init_from_checkpoint
 from encnet_core.errors import CheckpointError, DataError
 from encnet_core.models import create_model
 from encnet_core.segmenter import Segmenter
+from encnet_core.weights import checkpoint as checkpoint_module
+from encnet_core.weights.checkpoint import exception_reason, tensor_digest
+from encnet_core.weights.export import export_model
+from encnet_core.weights.model_files import DIGEST_HEADER, detect_format, load_model, peek_metadata
 
 runner = CliRunner()
 CPU = torch.device("cpu")

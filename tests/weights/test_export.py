@@ -14,11 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
-from encnet_core.engine.checkpoint import save_checkpoint
-from encnet_core.engine.export import export_model
-from encnet_core.engine.model_files import detect_format, load_model, peek_metadata
 from encnet_core.errors import CheckpointError, ConfigError
 from encnet_core.models import create_model
+from encnet_core.weights.checkpoint import save_checkpoint
+from encnet_core.weights.export import export_model
+from encnet_core.weights.model_files import detect_format, load_model, peek_metadata
 
 CLASSES = ["sky", "road", "car", "person"]
 PALETTE = [[10, 20, 30], [40, 50, 60], [70, 80, 90], [100, 110, 120]]

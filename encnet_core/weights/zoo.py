@@ -21,7 +21,7 @@ only ResNeSt models), so their numbers are None.
 ``pull`` downloads one zip with encnet's own resumable, retrying ``download``, checks the sha1 of its
 ``.pth`` member, reads it with ``torch.load(weights_only=True)``, converts it to encnet's names,
 checks it fits the model strictly, and caches it as a safetensors file with full ``ModelMetadata``.
-``resolve`` is what every command that takes a MODEL calls (through ``engine/model_files.py``): a
+``resolve`` is what every command that takes a MODEL calls (through ``weights/model_files.py``): a
 file that exists wins, a zoo name is pulled on first use.
 """
 
@@ -44,19 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from encnet_core import __version__
 from encnet_core.choices import MIRROR_ENV  # replaces REFERENCE_REPO (--mirror replaces both)
 from encnet_core.constants import IMAGENET_MEAN, IMAGENET_STD
-from encnet_core.data.archives import ArchiveLimits, open_archive, safe_extract
-from encnet_core.data.download import (
-    HASH_ALGOS,
-    NetworkError,
-    check_timeout,
-    check_url,
-    default_cache_dir,
-    download,
-    file_hashes,
-)
 from encnet_core.errors import (
     ArchiveError,
     ChecksumError,
@@ -65,9 +54,24 @@ from encnet_core.errors import (
     EncNetError,
     ModelError,
 )
+from encnet_core.fetch.archives import ArchiveLimits, open_archive, safe_extract
+from encnet_core.fetch.download import (
+    HASH_ALGOS,
+    NetworkError,
+    check_timeout,
+    check_url,
+    default_cache_dir,
+    download,
+    file_hashes,
+)
+from encnet_core.models import convert_pytorch_encoding_state_dict, create_model
+from encnet_core.models.backbones import build_backbone
 from encnet_core.palette import voc_palette
 from encnet_core.paths import atomic_write, is_disk_full
 from encnet_core.progress import ProgressCallback
+from encnet_core.version import __version__
+from encnet_core.weights.checkpoint import DIGEST_HEADER, exception_reason, load_checkpoint, tensor_digest
+from encnet_core.weights.metadata import METADATA_NAME, ModelMetadata
 
 log = logging.getLogger("encnet")
 
@@ -293,10 +297,6 @@ def _fits(state: dict[str, Tensor], own: dict[str, Tensor], what: str, source: s
 
 def _convert(entry: ZooModel, pth: Path, source: str) -> dict[str, Tensor]:
     """The .pth's state_dict (read with weights_only=True) under encnet's names, checked to fit strictly."""
-    from encnet_core.engine.checkpoint import load_checkpoint
-    from encnet_core.models import convert_pytorch_encoding_state_dict, create_model
-    from encnet_core.models.backbones import build_backbone
-
     try:
         state = load_checkpoint(pth)["model"]  # torch.load(weights_only=True); a {"state_dict": ...} wrapper is unwrapped
     except EncNetError as exc:
@@ -322,8 +322,6 @@ def _convert(entry: ZooModel, pth: Path, source: str) -> dict[str, Tensor]:
 
 def _metadata(entry: ZooModel) -> dict[str, Any]:
     """ModelMetadata of a segmentation entry, as the reference builds that model (model_files reads it back)."""
-    from encnet_core.engine.metadata import ModelMetadata
-
     classes, palette = DATASET_LABELS[entry.dataset]()
     return ModelMetadata(
         model_config={"name": entry.model, "num_classes": len(classes), **entry.arguments},
@@ -342,8 +340,6 @@ def _write_cache(entry: ZooModel, state: dict[str, Tensor], provenance: dict[str
     """Write the cache file atomically: the state_dict as safetensors, metadata in its header."""
     from safetensors.torch import save
 
-    from encnet_core.engine.checkpoint import tensor_digest
-    from encnet_core.engine.model_files import DIGEST_HEADER, METADATA_NAME
 
     header = {"format": "pt", ZOO_HEADER: json.dumps({"name": entry.name, "kind": entry.kind, **provenance})}
     if entry.kind == "segmentation":
@@ -605,8 +601,6 @@ def backbone_state_dict(name: str) -> tuple[ZooModel, dict[str, Tensor]]:
     checked against the digest in its header (cache files written before digests have none)."""
     from safetensors import safe_open
 
-    from encnet_core.engine.checkpoint import exception_reason, tensor_digest
-    from encnet_core.engine.model_files import DIGEST_HEADER
 
     path = resolve(name, kind="backbone")
     try:

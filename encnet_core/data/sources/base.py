@@ -1,0 +1,84 @@
+"""What every dataset source is made of: item references, the plan, the source record, and helpers
+the sources share (the sources import this module; ``encnet_core.data.sources`` re-exports it)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from encnet_core.errors import DataError
+from encnet_core.fetch.download import RemoteFile
+
+__all__ = ["Ref", "Item", "SourcePlan", "Source", "MaskDecoder", "ItemLoader", "decode_index_png", "find_prefix"]
+
+Ref = tuple[str, str]
+"""(archive path, member name), or ("", file path) for a plain file."""
+
+MaskDecoder = Callable[[bytes], np.ndarray]
+"""Raw mask file bytes -> (H, W) uint8 labels (0..C-1, 255 ignore)."""
+
+ItemLoader = Callable[[], tuple[bytes, int | None]]
+"""Makes a classification item: (encoded image file bytes, class index or None when unlabelled)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to convert (picklable: sent to the conversion workers)."""
+
+    name: str  # image id stored in `names`
+    image: Ref  # where the image is (with ``load``: only named in messages)
+    mask: Ref | None  # None for unlabelled splits (and for classification)
+    decode_mask: MaskDecoder | None = None
+    label: int | None = None  # classification: the class index, when the plan knows it
+    load: ItemLoader | None = None  # classification: makes (image bytes, label) instead of reading ``image``
+
+
+@dataclass
+class SourcePlan:
+    """Everything the converter needs to know about one dataset."""
+
+    classes: list[str]
+    palette: np.ndarray  # (C, 3) uint8
+    splits: dict[str, list[Item]]
+    expected: dict[str, int] = field(default_factory=dict)  # known split sizes, checked before converting
+    files: dict[str, Any] = field(default_factory=dict)  # extra provenance recorded in the `sources` attribute
+    task: str = "segmentation"  # or "classification": items carry a label (or a loader) instead of a mask
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset ``encnet prepare`` knows: its downloadable files and its plan function."""
+
+    name: str
+    description: str
+    remotes: tuple[RemoteFile, ...]
+    plan: Callable[[dict[str, Path], Path, dict[str, Any]], SourcePlan]
+    check: Callable[[dict[str, Any]], None] | None = None  # raises ConfigError for bad parameters
+    remotes_for: Callable[[dict[str, Any]], tuple[RemoteFile, ...]] | None = None  # files by parameters (else remotes)
+    file_checks: Mapping[str, Callable[[Path], None]] = field(default_factory=dict)  # non-archive file -> its check
+
+    def files(self, params: Mapping[str, Any]) -> tuple[RemoteFile, ...]:
+        """The remote files a run with these parameters needs."""
+        return self.remotes if self.remotes_for is None else self.remotes_for(dict(params))
+
+
+def decode_index_png(raw: bytes) -> np.ndarray:
+    """A palette ("P") or grayscale ("L") PNG whose pixel values are the labels."""
+    with Image.open(io.BytesIO(raw)) as img:
+        if img.mode not in ("P", "L"):
+            raise DataError(f"mask has mode {img.mode}; expected a palette (P) or index (L) PNG")
+        return np.asarray(img, dtype=np.uint8)
+
+
+def find_prefix(names: list[str], suffix: str, what: str) -> str:
+    """The folder prefix under which ``suffix`` lies in an archive listing (layouts differ in their top folder)."""
+    for name in names:
+        if name == suffix or name.endswith("/" + suffix):
+            return name[: len(name) - len(suffix)]
+    raise DataError(f"{what}: no {suffix} found; is this the right archive?")

@@ -1,0 +1,1 @@
+"""Generic fetching: resumable, verified downloads and safe archive extraction."""
