@@ -34,7 +34,7 @@ class Merge(StrEnum):
 
 
 class Protocol(StrEnum):
-    """Evaluation protocols: the options as given, or PyTorch-Encoding's (engine/evaluate.py PROTOCOLS)."""
+    """Evaluation protocols: the options as given, or PyTorch-Encoding's (engine/segmentation.py PROTOCOLS)."""
 
     none = "none"
     reference = "reference"

@@ -18,6 +18,7 @@ from encnet_cli._output import (
     plural,
     safe_text,
 )
+from encnet_core.tasks import predict_flags
 
 if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
     from encnet_core.engine.classification import ClassifyResult
@@ -54,7 +55,7 @@ def predict(
     classes and scores of each image and writes them to predictions.json (no masks). Unreadable files
     are reported and skipped (exit code 1 if any)."""
     from encnet_cli._progress import ProgressReporter  # rich.progress: when the command runs
-    from encnet_core.engine.predict import CLASSIFICATION_ONLY, SEGMENTATION_ONLY, PredictRequest
+    from encnet_core.engine.predict import PredictRequest
     from encnet_core.engine.predict import run as run_predict
 
     check_json_target(json_out)
@@ -62,7 +63,7 @@ def predict(
         output=output, inference=opt.inference_request(scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size),
         mask_format=opt.value(mask_format), overlay=overlay, alpha=alpha, se_threshold=se_threshold, top_k=top_k,
         overwrite=overwrite, batch_size=batch_size, device=device, amp=opt.value(amp), trust_code=trust_code, mirror=mirror,
-        given=frozenset(_given(ctx, (*SEGMENTATION_ONLY, *CLASSIFICATION_ONLY))),
+        given=frozenset(_given(ctx, predict_flags())),
     )  # fmt: skip
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:
         done = run_predict(model, inputs, request, progress=reporter)

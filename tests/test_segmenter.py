@@ -19,7 +19,7 @@ from PIL import Image
 
 from encnet_core import Segmentation, Segmenter
 from encnet_core.engine.device import resolve_device
-from encnet_core.engine.predict import PredictOptions, predict
+from encnet_core.engine.masks import PredictOptions, predict
 from encnet_core.errors import ConfigError
 from encnet_core.weights.model_files import load_model
 

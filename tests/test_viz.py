@@ -138,7 +138,7 @@ def test_dataset_grid_errors(data: Path) -> None:
 def test_predict_overlay_carries_a_legend_of_the_predicted_classes() -> None:
     from types import SimpleNamespace
 
-    from encnet_core.engine.predict import overlay_image
+    from encnet_core.engine.masks import overlay_image
 
     labels = np.zeros((100, 140), np.uint8)
     labels[50:, 70:] = 2

@@ -206,6 +206,15 @@ class ClassificationTask:
             raise DataError("the validation split has no labelled image: nothing to score")
         return counts.compute()
 
+    def evaluate(
+        self, model: LoadedModel, data: Path, options: Any, info: DistInfo, progress: ProgressCallback | None = None, *,
+        dataset_info: Any, model_name: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        return evaluate_classifier(model, data, options, info, progress, model_name=model_name)
+
+    def predict(self, model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> ClassifyResult:
+        return predict_request(model, inputs, request, progress)
+
 
 # ----------------------------------------------------------------------------- encnet evaluate
 
@@ -333,6 +342,12 @@ class ClassifyResult:
     failed: list[dict[str, str]] = field(default_factory=list)
     predictions: dict[str, Any] = field(default_factory=dict)  # stem -> {"file", "size", "top"}
     seconds: float = 0.0
+
+
+def predict_request(model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> ClassifyResult:
+    """``predict_classes`` with the classifier's options of ``request`` (engine/predict.py's ``PredictRequest``)."""
+    options = ClassifyOptions(output=request.output, top_k=request.top_k, overwrite=request.overwrite, batch_size=request.batch_size)
+    return predict_classes(model, inputs, options, progress=progress)
 
 
 def predict_classes(

@@ -1,7 +1,7 @@
 """The images a command is given: ``collect_inputs`` (files and folders to a list of images, each with
 its output stem), ``open_image`` / ``load_rgb`` (decoding, EXIF orientation applied) and
 ``read_error_reason`` (why an image could not be read, in one line). ``encnet predict`` uses them for
-segmentation (engine/predict.py) and for classifiers (engine/classification.py)."""
+segmentation (engine/masks.py) and for classifiers (engine/classification.py)."""
 
 from __future__ import annotations
 

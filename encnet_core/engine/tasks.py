@@ -1,7 +1,8 @@
-"""What a training run does differently per task: one small interface (``Task``), one object per task.
+"""What differs per task: one small interface (``Task``), one object per task (``SegmentationTask`` in
+engine/segmentation.py, ``ClassificationTask`` in engine/classification.py), registered in ``_TASKS``.
 
-train.py has one loop for every task; it asks the run's task (``task_for``) for the parts that
-differ and for nothing else:
+train.py has one loop for every task, evaluate.py and predict.py one command each; they ask the task
+(``task_for(name)``) for the parts that differ and for nothing else:
 
 * ``check(config)``: the settings that do not apply to the task (one `ConfigError`);
 * ``build_model(config, num_classes)``: the model (segmentation: ``EncNet`` with the head options;
@@ -10,7 +11,14 @@ differ and for nothing else:
   data/transforms.py; classification: data/classification_transforms.py);
 * ``criterion(config)``: ``loss(outputs, targets) -> (total, parts)``;
 * ``validate(model, loader, num_classes, info, amp)``: the validation metrics, ``score`` deciding best.pt;
-* ``val_metrics``: the metric names a ``Validated`` event carries (engine/events.py).
+* ``val_metrics``: the metric names a ``Validated`` event carries (engine/events.py);
+* ``evaluate(model, data, options, info, progress, dataset_info=, model_name=)``: ``encnet evaluate``'s
+  scoring, once engine/evaluate.py's ``evaluate_loaded`` has checked what every task shares;
+* ``predict(model, inputs, request, progress)``: ``encnet predict`` with a loaded model (engine/predict.py's
+  ``run``), ``request`` its ``PredictRequest``.
+
+The plain facts of a task (its name, which CLI options apply) are in the torch-free registry
+encnet_core/tasks.py; a third task is one ``TaskFacts`` there and one object here in ``_TASKS``.
 
 Which task a run has is the dataset's (``DatasetInfo.task``); the model must be of the same task
 (``check_task``). The optimiser's groups follow ``model.task`` (engine/optim.py).
@@ -23,22 +31,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from encnet_core.config import TrainConfig
-from encnet_core.data.dataset import HDF5SegmentationDataset
-from encnet_core.data.transforms import eval_transform, train_transform
+from encnet_core.data.hdf5 import DatasetInfo
 from encnet_core.engine.classification import ClassificationTask
-from encnet_core.engine.device import autocast_context
-from encnet_core.engine.distributed import DistInfo, all_reduce_sum
-from encnet_core.engine.events import VAL_METRICS
-from encnet_core.engine.losses import SegmentationLoss
-from encnet_core.engine.metrics import ConfusionMatrix
-from encnet_core.errors import ConfigError, DataError
-from encnet_core.models import MODELS, create_model, model_task
-from encnet_core.weights.builder import build_model
+from encnet_core.engine.distributed import DistInfo
+from encnet_core.engine.segmentation import SegmentationTask
+from encnet_core.errors import ConfigError
+from encnet_core.models import model_task
+from encnet_core.progress import ProgressCallback
+from encnet_core.weights.model_files import LoadedModel
 
 log = logging.getLogger("encnet")
 
@@ -46,7 +50,7 @@ __all__ = ["Task", "SegmentationTask", "ClassificationTask", "task_for", "check_
 
 
 class Task(Protocol):
-    """The task-specific parts of a training run (see the module docstring)."""
+    """The task-specific parts of training, evaluation and prediction (see the module docstring)."""
 
     name: str  # "segmentation" or "classification": DatasetInfo.task, model.task
     val_metrics: tuple[str, ...]  # the numbers of each Validated event; "score" decides best.pt
@@ -63,70 +67,12 @@ class Task(Protocol):
 
     def validate(self, model: nn.Module, loader: Iterable, num_classes: int, info: DistInfo, amp: str) -> dict[str, Any]: ...
 
+    def evaluate(
+        self, model: LoadedModel, data: Path, options: Any, info: DistInfo, progress: ProgressCallback | None = None, *,
+        dataset_info: DatasetInfo, model_name: str | None = None,
+    ) -> dict[str, Any]: ...  # fmt: skip
 
-class SegmentationTask:
-    """EncNet segmentation: the paper's loss (CE + aux + SE), the reference's augmentation, pixAcc/mIoU."""
-
-    name = "segmentation"
-    val_metrics = VAL_METRICS
-
-    def check(self, config: TrainConfig) -> None:
-        pass  # every setting applies (build_model refuses the head options an FCN model lacks)
-
-    def build_model(self, config: TrainConfig, num_classes: int) -> nn.Module:
-        if config.model not in MODELS:
-            create_model(config.model, num_classes)  # raises the "unknown model" error
-        overrides: dict[str, Any] = {"aux": config.aux, "output_stride": config.output_stride, "dropout": config.dropout}
-        if MODELS[config.model].get("head") != "fcn":
-            overrides.update(se_loss=config.se_loss, lateral=config.lateral or None, num_codes=config.num_codes)
-        elif config.lateral:
-            raise ConfigError(f"--lateral does not apply to {config.model} (no EncHead)")
-        return build_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
-
-    def train_dataset(self, config: TrainConfig) -> HDF5SegmentationDataset:
-        dataset = HDF5SegmentationDataset(
-            Path(config.data),
-            config.train_split,
-            train_transform(config.base_size, config.crop_size, (config.scale_min, config.scale_max), config.mean, config.std),
-            strict=not config.skip_bad,
-        )
-        if dataset.labelled_pixels() == 0:
-            raise DataError(
-                f"{config.data}: the {config.train_split} split has no labelled pixel (no masks, or only 255 by its "
-                "class_pixels, which `encnet targets` recomputes): nothing to train on"
-            )
-        return dataset
-
-    def val_dataset(self, config: TrainConfig) -> HDF5SegmentationDataset:
-        dataset = HDF5SegmentationDataset(
-            Path(config.data), config.val_split, eval_transform(config.crop_size, config.mean, config.std), strict=not config.skip_bad
-        )
-        if dataset.labelled_pixels() == 0:
-            raise DataError(
-                f"{config.data}: the {config.val_split} split has no labelled pixel (every mask pixel is 255 by "
-                "its class_pixels); validate on another split or pass --val-split ''"
-            )
-        return dataset
-
-    def criterion(self, config: TrainConfig) -> nn.Module:
-        return SegmentationLoss(config.se_weight if config.se_loss else 0.0, config.aux_weight if config.aux else 0.0)
-
-    @torch.no_grad()
-    def validate(self, model: nn.Module, loader: Iterable, num_classes: int, info: DistInfo, amp: str) -> dict[str, Any]:
-        """Single-scale validation; confusion matrices are summed over ranks."""
-        model.eval()
-        confusion = ConfusionMatrix(num_classes, info.device)
-        for images, masks in loader:
-            images = images.to(info.device, non_blocking=True)
-            with autocast_context(info.device, amp):
-                logits = model(images)["out"]
-            confusion.update(logits.argmax(1), masks)
-        all_reduce_sum(confusion.matrix, info)
-        if int(confusion.matrix.sum()) == 0:
-            raise DataError("the validation images have no labelled pixel (every mask pixel is 255): nothing to score")
-        metrics = confusion.compute()
-        metrics["score"] = (metrics["pixAcc"] + metrics["mIoU"]) / 2
-        return metrics
+    def predict(self, model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> Any: ...
 
 
 SEGMENTATION = SegmentationTask()

@@ -20,7 +20,7 @@ from encnet_core.data.hdf5 import HDF5Writer, Sample, class_pixel_counts, encode
 from encnet_core.data.synthetic import CLASSES
 from encnet_core.engine.evaluate import EvaluateOptions, evaluate
 from encnet_core.engine.inference import InferenceConfig, infer
-from encnet_core.engine.predict import PredictOptions, predict
+from encnet_core.engine.masks import PredictOptions, predict
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import pil_palette
 from encnet_core.weights.checkpoint import load_checkpoint, model_from_checkpoint

@@ -17,7 +17,7 @@ from helpers import train_tiny
 from typer.testing import CliRunner
 
 import encnet_core.engine.classification as classification_module
-import encnet_core.engine.evaluate as evaluate_module
+import encnet_core.engine.segmentation as segmentation_module
 import encnet_core.engine.train as train_module
 import encnet_core.engine.workers as workers_module
 from encnet_cli.main import app
@@ -123,7 +123,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_h5: Path) -> 
 
 
 def test_evaluate_defaults_to_auto(monkeypatch: pytest.MonkeyPatch, synthetic_h5: Path, checkpoint: Path) -> None:
-    seen = spy_loaders(monkeypatch, evaluate_module)
+    seen = spy_loaders(monkeypatch, segmentation_module)
     cpus(monkeypatch, 2)
     assert EvaluateOptions().workers == "auto"
     auto = evaluate(checkpoint, synthetic_h5, EvaluateOptions(device="cpu"))
@@ -134,7 +134,7 @@ def test_evaluate_defaults_to_auto(monkeypatch: pytest.MonkeyPatch, synthetic_h5
 
 
 def test_the_cli_passes_auto_and_numbers(monkeypatch: pytest.MonkeyPatch, synthetic_h5: Path, checkpoint: Path) -> None:
-    seen = spy_loaders(monkeypatch, evaluate_module)
+    seen = spy_loaders(monkeypatch, segmentation_module)
     cpus(monkeypatch, 3)
     base = ["evaluate", str(checkpoint), str(synthetic_h5), "--device", "cpu", "--no-progress", "--limit", "2"]
     for extra in ([], ["-j", "auto"], ["--workers", "1"]):

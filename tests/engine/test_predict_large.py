@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from encnet_core.data.synthetic import CLASSES, PALETTE
-from encnet_core.engine import predict as predict_module
-from encnet_core.engine.predict import PredictOptions, overlay_image, predict, upsampled_labels
+from encnet_core.engine import masks as predict_module
+from encnet_core.engine.masks import PredictOptions, overlay_image, predict, upsampled_labels
 from encnet_core.models import create_model
 from encnet_core.viz import draw_legend, legend_entries
 from encnet_core.weights.checkpoint import save_checkpoint

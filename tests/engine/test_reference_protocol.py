@@ -417,7 +417,8 @@ def test_evaluate_protocol_reference_equals_the_references_test_py(tiny: tuple[P
 
 
 def test_protocol_table_and_overrides() -> None:
-    from encnet_core.engine.evaluate import PROTOCOLS, EvaluateOptions, protocol_inference, reference_protocol
+    from encnet_core.engine.evaluate import EvaluateOptions
+    from encnet_core.engine.segmentation import PROTOCOLS, protocol_inference, reference_protocol
     from encnet_core.errors import ConfigError
 
     assert set(PROTOCOLS) == {"pcontext", "ade20k", "voc", "voc-aug"}

@@ -1,0 +1,59 @@
+"""The task registry: each task's name and its plain facts, in a module that imports nothing heavy.
+
+A task is what a dataset holds and a model predicts (``choices.TASKS``): label maps (segmentation) or one
+class per image (classification). The layers below the engine (data/, weights/) and the CLI (which must
+answer ``--help`` without torch) ask this registry (``facts(name)``) for what differs by task; the engine's
+parts of a task (model, loss, metrics, evaluate, predict, views) hang off engine/tasks.py's ``task_for(name)``.
+
+Adding a task: one ``TaskFacts`` here (and its name in ``choices.TASKS``), one engine ``Task`` object
+registered in engine/tasks.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from encnet_core.choices import TASKS
+
+__all__ = ["TaskFacts", "FACTS", "facts", "predict_flags", "foreign_predict_flags"]
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What a task is, as plain data."""
+
+    name: str  # the task's name: DatasetInfo.task, model.task, metadata["task"]
+    predict_flags: tuple[str, ...]  # encnet predict's options only a model of this task uses
+    predict_model: str  # how a predict refusal names a model of this task (and what it does not do)
+
+
+FACTS: dict[str, TaskFacts] = {
+    "segmentation": TaskFacts(
+        name="segmentation",
+        predict_flags=("--format", "--overlay", "--alpha", "--se-threshold", "--scales", "--slide", "--flip", "--crop-size",
+                       "--base-size", "--stride-rate", "--merge"),  # fmt: skip
+        predict_model="a segmentation model (it is for classifiers)",
+    ),
+    "classification": TaskFacts(
+        name="classification",
+        predict_flags=("--top-k",),
+        predict_model="a classification model (it writes no masks or overlays, only classes and scores)",
+    ),
+}
+assert tuple(FACTS) == TASKS  # one definition of the task names: choices.TASKS
+
+
+def facts(name: str) -> TaskFacts:
+    """The facts of task ``name`` (a ``choices.TASKS`` entry)."""
+    return FACTS[name]
+
+
+def predict_flags() -> tuple[str, ...]:
+    """Every task's own ``encnet predict`` options, in registry order."""
+    return tuple(flag for task in FACTS.values() for flag in task.predict_flags)
+
+
+def foreign_predict_flags(name: str) -> tuple[str, ...]:
+    """``encnet predict``'s options of the other tasks: those a model of task ``name`` refuses."""
+    own = facts(name).predict_flags
+    return tuple(flag for task in FACTS.values() if task.name != name for flag in task.predict_flags if flag not in own)
