@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from encnet_cli.main import app
 from encnet_core.config import TrainConfig
 from encnet_core.data.hdf5 import read_info
-from encnet_core.engine import tasks as tasks_module
+from encnet_core.engine import segmentation as segmentation_module
 from encnet_core.engine.distributed import DistInfo
 from encnet_core.engine.events import VAL_METRICS, Message, TrainEvent, TrainLog, TrainStep, Validated
 from encnet_core.engine.train import (
@@ -360,7 +360,7 @@ def test_bf16_autocast_on_cpu(make_config) -> None:
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_config, monkeypatch) -> None:
     """The loss turns NaN at iteration 8; last.pt of iteration 6 (end of epoch 1) stays as it was."""
 
-    class NaNFromIteration8(tasks_module.SegmentationLoss):
+    class NaNFromIteration8(segmentation_module.SegmentationLoss):
         calls = 0
 
         def forward(self, outputs, labels):
@@ -368,7 +368,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(make_config, monke
             NaNFromIteration8.calls += 1
             return (total * math.nan if NaNFromIteration8.calls >= 8 else total), parts
 
-    monkeypatch.setattr(tasks_module, "SegmentationLoss", NaNFromIteration8)  # SegmentationTask.criterion builds it
+    monkeypatch.setattr(segmentation_module, "SegmentationLoss", NaNFromIteration8)  # SegmentationTask.criterion builds it
     config = make_config("nan", iters=18, log_every=3, val_split="")
     last = Path(config.output_dir) / "last.pt"
     saved: dict[str, bytes] = {}
