@@ -12,6 +12,7 @@ from rich.table import Table
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
 from encnet_core.errors import ConfigError
+from encnet_core.tasks import DEFAULT
 
 
 def evaluate(
@@ -75,9 +76,11 @@ def evaluate(
         emit_json(result, json_out)
         if json_to_stdout(json_out):
             return
-    if result.get("task") == "classification":
-        _print_classification(result, model, data, split)
-        return
+    _PRINTERS[result.get("task", DEFAULT)](result, model, data, split)
+
+
+def _print_segmentation(result: dict, model: Path, data: Path, split: str) -> None:
+    """Per-class IoU and accuracy table, then pixAcc, mIoU (two conventions), mean accuracy and fwIoU."""
     used = result["inference"]
     scales_used, flipped = used["scales"], used["flip"]
     mode = "multi-scale " + ",".join(str(s) for s in scales_used) if scales_used else ("sliding window" if used["slide"] else "whole image")
@@ -142,6 +145,9 @@ def _print_classification(result: dict, model: Path, data: Path, split: str) -> 
         for bad in result["skipped"]:
             text = f"  split {bad['split']!r} sample {bad['index']} ({bad['name']!r}): {bad['reason']}"
             console.print(safe_text(text, markup=False), markup=False, highlight=False, soft_wrap=True)
+
+
+_PRINTERS = {"segmentation": _print_segmentation, "classification": _print_classification}  # per task (encnet_core/tasks.py's names)
 
 
 _FIXED_BY_PROTOCOL = ("scales", "slide", "flip", "merge", "stride_rate", "crop_size", "base_size")  # set by --protocol reference

@@ -9,13 +9,17 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
+from encnet_core.tasks import DEFAULT
 
 
 def _print_statistics(stats: dict) -> None:
+    """The statistics of the file's task (``_STATISTICS``)."""
+    _STATISTICS[stats.get("task", DEFAULT)](stats)
+
+
+def _print_segmentation(stats: dict) -> None:
+    """A segmentation file: per split, the pixel share and image fraction of each class."""
     t = safe_text  # names and paths come from the file: no terminal escapes, no rich markup
-    if stats.get("task") == "classification":
-        _print_classification(stats)
-        return
     console.print(
         f"[bold]{t(stats['path'])}[/]: dataset {t(stats['dataset'])}, {plural(stats['num_classes'], 'class', 'classes')}, "
         f"ignore {stats['ignore_index']}, present when >= {stats['min_pixels']} px, encnet {t(stats['encnet_version'])}"
@@ -49,6 +53,9 @@ def _print_classification(stats: dict) -> None:
         for row in entry["classes"]:
             table.add_row(str(row["index"]), t(row["name"]), str(row["images"]), f"{row['image_fraction']:.1%}")
         console.print(table)
+
+
+_STATISTICS = {"segmentation": _print_segmentation, "classification": _print_classification}  # per task (encnet_core/tasks.py's names)
 
 
 def _print_model(meta: dict) -> None:

@@ -8,6 +8,7 @@ from rich.table import Table
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural
 from encnet_core.constants import CIFAR_CROP_SIZE, DEFAULT_CROP_SIZE
+from encnet_core.tasks import facts
 
 CIFAR_CLASSES = 10  # the classifiers are counted for CIFAR-10
 
@@ -47,7 +48,7 @@ def models(
             table.add_column(column, justify=justify)
         for row in rows:
             if row["task"] == task:
-                gflops = f"{row['gflops']:.1f}" if task == "segmentation" else f"{row['gflops']:.3f}"
+                gflops = f"{row['gflops']:.{facts(task).gflops_digits}f}"
                 table.add_row(row["name"], row["backbone"], row["head"], f"{row['params_m']:.2f}", gflops)
         console.print(table)
 
@@ -59,7 +60,7 @@ def _row(name: str, task: str, backbone: str, head: str, params: int, flops: int
         "backbone": backbone,
         "head": head,
         "params_m": round(params / 1e6, 2),
-        "gflops": round(flops / 1e9, 1 if task == "segmentation" else 3),
+        "gflops": round(flops / 1e9, facts(task).gflops_digits),
         "size": size,
         "num_classes": classes,
     }

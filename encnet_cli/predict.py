@@ -22,6 +22,8 @@ from encnet_core.tasks import predict_flags
 
 if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
     from encnet_core.engine.classification import ClassifyResult
+    from encnet_core.engine.masks import PredictResult
+    from encnet_core.engine.predict import PredictRequest
 
 
 def predict(
@@ -70,18 +72,7 @@ def predict(
     result = done.result
     for failure in result.failed:
         err_console.print(Text.assemble(("skipped ", "yellow"), safe_text(f"{failure['file']}: {failure['reason']}", markup=False)), highlight=False, soft_wrap=True)
-    if done.task == "classification":
-        _print_classes(result, done.classes, output, top_k, json_out)
-    else:
-        if json_out is not None:  # predictions.json's content plus the run's summary
-            emit_json({
-                "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
-                "classes": done.classes, "se_threshold": se_threshold, "images": result.predictions}, json_out)  # fmt: skip
-        if not json_to_stdout(json_out):
-            console.print(
-                f"{plural(result.written, 'image')} segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
-                f"(predictions.json)"
-            )
+    _PRINTERS[done.task](result, done.classes, output, request, json_out)
     if result.failed:
         raise typer.Exit(1)
 
@@ -92,8 +83,22 @@ def _given(ctx: typer.Context, flags: tuple[str, ...]) -> list[str]:
     return [f for f in flags if getattr(ctx.get_parameter_source(param.get(f, f[2:].replace("-", "_"))), "name", None) == "COMMANDLINE"]
 
 
-def _print_classes(result: ClassifyResult, classes: list[str], output: Path, top_k: int, json_out: Path | None) -> None:
+def _print_masks(result: PredictResult, classes: list[str], output: Path, request: PredictRequest, json_out: Path | None) -> None:
+    """A segmentation model's predict: a summary line (the masks are files)."""
+    if json_out is not None:  # predictions.json's content plus the run's summary
+        emit_json({
+            "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
+            "classes": classes, "se_threshold": request.se_threshold, "images": result.predictions}, json_out)  # fmt: skip
+    if not json_to_stdout(json_out):
+        console.print(
+            f"{plural(result.written, 'image')} segmented, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} "
+            f"(predictions.json)"
+        )
+
+
+def _print_classes(result: ClassifyResult, classes: list[str], output: Path, request: PredictRequest, json_out: Path | None) -> None:
     """A classifier's predict: one line per image (its top-k classes and scores)."""
+    top_k = request.top_k
     if json_out is not None:
         emit_json({
             "output": str(output), "written": result.written, "failed": result.failed, "seconds": round(result.seconds, 2),
@@ -103,3 +108,6 @@ def _print_classes(result: ClassifyResult, classes: list[str], output: Path, top
             scores = ", ".join(f"{top['class']} {top['score']:.3f}" for top in entry["top"])
             console.print(safe_text(f"{stem}: {scores}"), highlight=False, soft_wrap=True)
         console.print(f"{plural(result.written, 'image')} classified, {len(result.failed)} failed, {result.seconds:.1f}s -> {output} (predictions.json)")
+
+
+_PRINTERS = {"segmentation": _print_masks, "classification": _print_classes}  # per task (encnet_core/tasks.py's names)

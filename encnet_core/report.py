@@ -157,12 +157,13 @@ def _note(ax: Any, text: str) -> None:
 
 
 def _refuse_classification(run_dir: Path, config: dict[str, Any]) -> None:
-    """The report draws segmentation runs only: one line for a classification run (its model is a classifier)."""
+    """The report draws segmentation runs only (``TaskFacts.reported``): one line for a classification run (its model is a classifier)."""
     from encnet_core.errors import ConfigError
     from encnet_core.models import list_models, model_task
+    from encnet_core.tasks import facts
 
     model = config.get("model")
-    if model in list_models() and model_task(model) == "classification":
+    if model in list_models() and not facts(model_task(model)).reported:
         raise ConfigError(
             f"{run_dir} is a classification run ({model}): encnet report draws segmentation runs; its numbers "
             f"are in {run_dir / 'metrics.jsonl'}, and `encnet evaluate {run_dir / 'best.pt'} DATA` gives per-class accuracy"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from encnet_core.choices import TASKS
 
-__all__ = ["TaskFacts", "FACTS", "facts", "predict_flags", "foreign_predict_flags"]
+__all__ = ["TaskFacts", "FACTS", "DEFAULT", "facts", "predict_flags", "foreign_predict_flags"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class TaskFacts:
     name: str  # the task's name: DatasetInfo.task, model.task, metadata["task"]
     predict_flags: tuple[str, ...]  # encnet predict's options only a model of this task uses
     predict_model: str  # how a predict refusal names a model of this task (and what it does not do)
+    gflops_digits: int  # decimals of GFLOPs in `encnet models` (a CIFAR classifier's are small)
+    reported: bool  # whether `encnet report` draws a training run of this task
 
 
 FACTS: dict[str, TaskFacts] = {
@@ -33,13 +35,20 @@ FACTS: dict[str, TaskFacts] = {
         predict_flags=("--format", "--overlay", "--alpha", "--se-threshold", "--scales", "--slide", "--flip", "--crop-size",
                        "--base-size", "--stride-rate", "--merge"),  # fmt: skip
         predict_model="a segmentation model (it is for classifiers)",
+        gflops_digits=1,
+        reported=True,
     ),
     "classification": TaskFacts(
         name="classification",
         predict_flags=("--top-k",),
         predict_model="a classification model (it writes no masks or overlays, only classes and scores)",
+        gflops_digits=3,
+        reported=False,
     ),
 }
+DEFAULT = "segmentation"
+"""The task of a file, model or result that names none (HDF5 version 1, older metadata, evaluate's segmentation JSON)."""
+
 assert tuple(FACTS) == TASKS  # one definition of the task names: choices.TASKS
 
 

@@ -390,11 +390,14 @@ def dataset_grid(
 
 
 def _grid(data: Path, split: str, info: Any, indices: list[int], names: list[str], alpha: float) -> tuple[Figure, dict[str, Any]]:
-    """``dataset_grid`` once the images are chosen."""
+    """``dataset_grid`` once the images are chosen: the grid of the file's task."""
+    return _GRIDS[info.task](data, split, info, indices, names, alpha)
+
+
+def _segmentation_grid(data: Path, split: str, info: Any, indices: list[int], names: list[str], alpha: float) -> tuple[Figure, dict[str, Any]]:
+    """``dataset_grid`` of a segmentation file: each image with its mask overlaid at ``alpha``, a legend of the classes."""
     from encnet_core.data.dataset import read_image_and_mask
 
-    if info.task == "classification":
-        return _classification_grid(data, split, info, indices, names)
     cells, masks = [], []
     for i in indices:
         rgb, labels = read_image_and_mask(data, split, i)
@@ -409,8 +412,10 @@ def _grid(data: Path, split: str, info: Any, indices: list[int], names: list[str
     return figure, {"indices": indices, "names": [names[i] for i in indices], "legend": legend, "split": split}
 
 
-def _classification_grid(data: Path, split: str, info: Any, indices: list[int], names: list[str]) -> tuple[Figure, dict[str, Any]]:
-    """``dataset_grid`` of a classification file: each image captioned "index: name (class)"."""
+def _classification_grid(
+    data: Path, split: str, info: Any, indices: list[int], names: list[str], alpha: float
+) -> tuple[Figure, dict[str, Any]]:
+    """``dataset_grid`` of a classification file: each image captioned "index: name (class)" (``alpha``: unused, no masks)."""
     from encnet_core.data.dataset import read_image_and_label
 
     cells, shown = [], set()
@@ -427,3 +432,6 @@ def _classification_grid(data: Path, split: str, info: Any, indices: list[int], 
     figure, _ = grid_figure(rows, [], title, cell_inches=3.0 if len(cells) <= 4 else 2.2)
     legend = [info.classes[c] for c in sorted(shown)]
     return figure, {"indices": indices, "names": [names[i] for i in indices], "legend": legend, "split": split}
+
+
+_GRIDS = {"segmentation": _segmentation_grid, "classification": _classification_grid}  # encnet show's picture per task (tasks.py's names)
