@@ -12,7 +12,7 @@ from rich.table import Table
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
 from encnet_core.errors import ConfigError
-from encnet_core.tasks import DEFAULT
+from encnet_core.tasks import DEFAULT, facts
 
 
 def evaluate(
@@ -117,7 +117,7 @@ def _check_classification_flags(ctx: typer.Context, data: Path) -> None:
     from encnet_core.data.hdf5 import probe_task  # h5py: when the command runs
 
     given = [name for name in _SEGMENTATION_ONLY if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
-    if given and probe_task(data) == "classification":
+    if given and not facts(probe_task(data)).per_pixel:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(
             f"{flags} {'does' if len(given) == 1 else 'do'} not apply to the classification dataset {data} "

@@ -134,6 +134,8 @@ CLASSIFICATION_DEFAULTS: dict[str, Any] = {
 """The defaults that differ for a classification dataset (``resolve_train_config(task="classification")``):
 PyTorch-Encoding v0.2.0's experiments/recognition (option.py, dataset/cifar10.py and the CIFAR-10
 training command of docs/source/experiments/cifar.rst). They sit under every recipe, file and flag."""
+_TASK_DEFAULTS: dict[str, dict[str, Any]] = {"classification": CLASSIFICATION_DEFAULTS}
+"""TrainConfig defaults that differ per task (a task not here uses TrainConfig's own)."""
 
 
 def _type_name(value: Any) -> str:
@@ -291,7 +293,7 @@ def resolve_train_config(
     named in its errors; a layer that gives the run length (epochs or iters) replaces the lower
     layers' one. ``output_dir`` defaults to ``default_output_dir(model, data)``.
     """
-    settings: dict[str, Any] = dict(CLASSIFICATION_DEFAULTS) if task == "classification" else {}
+    settings: dict[str, Any] = dict(_TASK_DEFAULTS.get(task, {}))
     if recipe:
         _layer(settings, {**load_toml(recipe_path(recipe)), "recipe": recipe})
     if config_file:

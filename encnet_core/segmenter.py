@@ -31,6 +31,7 @@ from encnet_core.engine.device import resolve_device
 from encnet_core.engine.images import load_rgb, read_error_reason
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.errors import ConfigError
+from encnet_core.tasks import facts
 from encnet_core.weights import zoo
 from encnet_core.weights.model_files import LoadedModel, load_model
 
@@ -65,7 +66,7 @@ class Segmenter:
     """A loaded model plus the inference options (``InferenceConfig``) it runs with."""
 
     def __init__(self, model: LoadedModel, inference: InferenceConfig | None = None, se_threshold: float = 0.5) -> None:
-        if model.task != "segmentation":
+        if not facts(model.task).per_pixel:
             raise ConfigError(
                 f"this {model.source} holds a {model.task} model: Segmenter segments; classify images with "
                 "encnet_core.engine.classification.classify(load_model(...), images)"

@@ -25,6 +25,9 @@ class TaskFacts:
     name: str  # the task's name: DatasetInfo.task, model.task, metadata["task"]
     predict_flags: tuple[str, ...]  # encnet predict's options only a model of this task uses
     predict_model: str  # how a predict refusal names a model of this task (and what it does not do)
+    per_pixel: bool  # labels are maps (HDF5 masks, class_pixels, se_targets; logit maps out; EncNet's head options, head LR)
+    label_field: str  # the HDF5 dataset of a split holding its labels (data/hdf5.py)
+    head_flags: str  # the train options that change the model's weights' shapes (named when a checkpoint does not fit)
     gflops_digits: int  # decimals of GFLOPs in `encnet models` (a CIFAR classifier's are small)
     reported: bool  # whether `encnet report` draws a training run of this task
 
@@ -35,6 +38,9 @@ FACTS: dict[str, TaskFacts] = {
         predict_flags=("--format", "--overlay", "--alpha", "--se-threshold", "--scales", "--slide", "--flip", "--crop-size",
                        "--base-size", "--stride-rate", "--merge"),  # fmt: skip
         predict_model="a segmentation model (it is for classifiers)",
+        per_pixel=True,
+        label_field="masks",
+        head_flags="--lateral/--aux/--se-loss",
         gflops_digits=1,
         reported=True,
     ),
@@ -42,6 +48,9 @@ FACTS: dict[str, TaskFacts] = {
         name="classification",
         predict_flags=("--top-k",),
         predict_model="a classification model (it writes no masks or overlays, only classes and scores)",
+        per_pixel=False,
+        label_field="labels",
+        head_flags="--num-codes",
         gflops_digits=3,
         reported=False,
     ),

@@ -9,6 +9,7 @@ from encnet_cli.prepare._common import MinPixels, Shared, run
 from encnet_core.choices import DEFAULT_SIZES, LAYOUTS, TASKS
 from encnet_core.choices import SYNTHETIC_CLASSIFICATION_DEFAULTS as CLS
 from encnet_core.errors import ConfigError
+from encnet_core.tasks import facts
 
 Layout = Enum("Layout", {name: name for name in LAYOUTS}, type=str)  # type: ignore[misc]
 Task = Enum("Task", {name: name for name in TASKS}, type=str)  # type: ignore[misc]
@@ -25,7 +26,7 @@ def synthetic(
     min_pixels: MinPixels = 1,
 ) -> None:
     """Built-in procedural scenes where context matters, no network: segmentation, or --task classification by scene type."""
-    if task.value == "classification":
+    if not facts(task.value).per_pixel:
         if layout.value != "standard":
             raise ConfigError(f"--layout {layout.value} only applies to the synthetic segmentation set, not to --task classification")
         params = {"task": task.value, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}

@@ -43,6 +43,7 @@ from encnet_core.data.hdf5 import (
     read_names,
 )
 from encnet_core.errors import ConfigError, DataError
+from encnet_core.tasks import facts
 
 __all__ = [
     "HDF5SegmentationDataset",
@@ -102,7 +103,7 @@ def _missing_split(path: Path, split: str, available: list[str]) -> DataError:
 
 def _wrong_task(path: Path, task: str, reader: str) -> DataError:
     """One line for a file of the other task: ``reader`` reads the other kind."""
-    wanted, other = ("segmentation", "HDF5ClassificationDataset") if task == "classification" else ("classification", "HDF5SegmentationDataset")
+    wanted, other = ("classification", "HDF5SegmentationDataset") if facts(task).per_pixel else ("segmentation", "HDF5ClassificationDataset")
     return DataError(f"{path} is a {task} dataset; {reader} reads {wanted} datasets (use {other}, or open_dataset)")
 
 
@@ -413,7 +414,7 @@ class CheckedBatches:
 def read_image_and_mask(path: Path, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` of ``split`` at full resolution: (H, W, 3) uint8 RGB and (H, W) uint8 labels."""
     info = read_info(path)
-    if info.task != "segmentation":
+    if not facts(info.task).per_pixel:
         raise _wrong_task(Path(path), info.task, "read_image_and_mask")
     if split not in info.splits:
         raise _missing_split(Path(path), split, list(info.splits))
@@ -431,7 +432,7 @@ def read_image_and_label(path: Path, split: str, index: int) -> tuple[np.ndarray
     """Image ``index`` of a classification file's ``split``: (H, W, 3) uint8 RGB and its class index
     (None in an unlabelled split)."""
     info = read_info(path)
-    if info.task != "classification":
+    if facts(info.task).per_pixel:
         raise _wrong_task(Path(path), info.task, "read_image_and_label")
     if split not in info.splits:
         raise _missing_split(Path(path), split, list(info.splits))
@@ -457,6 +458,5 @@ def open_dataset(
 ) -> HDF5SegmentationDataset | HDF5ClassificationDataset:
     """The split as the dataset of the file's task: ``HDF5SegmentationDataset`` (``transform(image, mask)``)
     or ``HDF5ClassificationDataset`` (``transform(image)``)."""
-    if dataset_task(path) == "classification":
-        return HDF5ClassificationDataset(path, split, transform, strict)
-    return HDF5SegmentationDataset(path, split, transform, strict)
+    dataset = HDF5SegmentationDataset if facts(dataset_task(path)).per_pixel else HDF5ClassificationDataset
+    return dataset(path, split, transform, strict)

@@ -36,6 +36,7 @@ from encnet_core.choices import TASKS  # what a dataset holds
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.errors import DataError, EncNetError
 from encnet_core.paths import AtomicFile, is_disk_full
+from encnet_core.tasks import DEFAULT, facts
 from encnet_core.version import __version__
 
 if TYPE_CHECKING:
@@ -284,7 +285,7 @@ def _read_task(handle: h5py.File, path: Path, version: int) -> str:
     task = _as_str(raw)
     if task not in TASKS:
         raise _fail(path, f"the attribute 'task' is {_show(raw)}, not one of {', '.join(repr(t) for t in TASKS)}")
-    if version == 1 and task != "segmentation":
+    if version == 1 and task != DEFAULT:
         raise _fail(path, f"format version 1 holds segmentation datasets only, but 'task' is {task!r}")
     return task
 
@@ -405,7 +406,7 @@ def _check_split(
     images = _dataset(group, path, split, "images")
     names = _dataset(group, path, split, "names")
     sizes = _dataset(group, path, split, "sizes")
-    classification = task == "classification"
+    classification = not facts(task).per_pixel
     if classification:
         extra = next((key for key in _SEGMENTATION_ONLY if key in group), None)
         if extra is not None:
@@ -508,7 +509,7 @@ def read_info(path: Path, allow_truncated: bool = False) -> DatasetInfo:
             except (OSError, KeyError, TypeError) as exc:  # damaged HDF5 structures
                 raise _fail(path, f"split {name!r} cannot be read ({exc})") from None
             splits[name] = int(group["names"].shape[0])
-            labelled[name] = ("labels" if task == "classification" else "masks") in group
+            labelled[name] = facts(task).label_field in group
         return DatasetInfo(
             path=path,
             dataset=dataset,
@@ -608,7 +609,7 @@ class HDF5Writer:
                 attrs["ignore_index"] = IGNORE_INDEX
                 attrs["encnet_version"] = __version__
                 attrs["sources"] = json.dumps(sources or {})
-                if task == "segmentation":
+                if facts(task).per_pixel:
                     attrs["min_pixels"] = min_pixels
         except BaseException:
             self._discard()
@@ -645,11 +646,11 @@ class HDF5Writer:
             C = len(self.classes)
             chunk = max(1, min(256, capacity))
             group.create_dataset("images", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
-            if labelled and self.task == "segmentation":
+            if labelled and facts(self.task).per_pixel:
                 group.create_dataset("masks", (capacity,), dtype=_BYTES, maxshape=(None,), chunks=(chunk,))
             group.create_dataset("names", (capacity,), dtype=_STR, maxshape=(None,), chunks=(chunk,))
             group.create_dataset("sizes", (capacity, 2), dtype=np.int32, maxshape=(None, 2), chunks=(chunk, 2))
-            if self.task == "classification":
+            if not facts(self.task).per_pixel:
                 if labelled:
                     group.create_dataset("labels", (capacity,), dtype=np.int64, maxshape=(None,), chunks=(chunk,))
             else:
@@ -796,7 +797,7 @@ def dataset_statistics(path: Path) -> dict[str, Any]:
     with open_h5(path) as handle:
         for split, count in info.splits.items():
             entry: dict[str, Any] = {"images": count, "labelled": info.labelled[split]}
-            if info.task == "classification":
+            if not facts(info.task).per_pixel:
                 if info.labelled[split] and count:
                     counts = np.bincount(read_array(handle, path, split, "labels"), minlength=info.num_classes)
                     entry["classes"] = [

@@ -51,6 +51,7 @@ from encnet_core.fetch.archives import Archive, ArchiveLimits, open_archive, ver
 from encnet_core.fetch.download import check_timeout, check_url, default_cache_dir, fetch
 from encnet_core.paths import check_output_file
 from encnet_core.progress import ProgressCallback
+from encnet_core.tasks import facts
 
 log = logging.getLogger("encnet")
 
@@ -388,7 +389,7 @@ def prepare(
             task=plan.task,
         ) as writer:
             for split, items in plan.splits.items():
-                if plan.task == "classification":
+                if not facts(plan.task).per_pixel:
                     labelled = any(item.label is not None or item.load is not None for item in items)
                 else:
                     labelled = any(item.mask is not None for item in items)
@@ -424,7 +425,7 @@ def recompute_targets(path: Path, min_pixels: int = 1, progress: ProgressCallbac
     if min_pixels < 1:
         raise ConfigError("--min-pixels must be at least 1")
     info = read_info(path)
-    if info.task != "segmentation":
+    if not facts(info.task).per_pixel:
         raise DataError(
             f"{path} is a {info.task} dataset; `encnet targets` recomputes the class-presence targets of segmentation masks"
         )

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from encnet_core.config import TrainConfig
+from encnet_core.tasks import DEFAULT, facts
 
 __all__ = ["PolySchedule", "CosineSchedule", "StepSchedule", "lr_schedule", "scaled_lr", "build_optimizer", "build_scheduler"]
 
@@ -81,7 +82,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.o
     Classification: every parameter at ``lr`` in one group, as the reference's recognition
     experiments (``get_optimizer(args, model, diff_LR=False)``); ``head_lr_mult`` does not apply.
     """
-    if getattr(model, "task", "segmentation") == "classification":
+    if not facts(getattr(model, "task", DEFAULT)).per_pixel:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     head = {id(p) for p in model.head_parameters()}

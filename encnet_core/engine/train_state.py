@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from encnet_core.engine.device import accelerator_rng_state, set_accelerator_rng_state
 from encnet_core.engine.optim import lr_schedule
 from encnet_core.errors import CheckpointError, ConfigError
+from encnet_core.tasks import facts
 from encnet_core.version import __version__
 from encnet_core.weights.checkpoint import adapt_state_dict, check_weight_dtypes
 from encnet_core.weights.metadata import ModelMetadata
@@ -245,6 +246,6 @@ def init_from_checkpoint(model: nn.Module, path: Path, classes: list[str], trust
         raise CheckpointError(
             f"{path} does not match model: {len(missing)} missing and {len(result.unexpected_keys)} unexpected "
             f"weights (e.g. {', '.join(names)}); check --model and "
-            f"{'--lateral/--aux/--se-loss' if model.task == 'segmentation' else '--num-codes'}"
+            f"{facts(model.task).head_flags}"
         )
     return sorted({k.rsplit(".", 1)[0] for k in reinit} | {k.rsplit(".", 1)[0] for k in result.missing_keys})

@@ -87,13 +87,13 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet | Cifa
     and ``dropout``; the other options are refused for them. ``backbone_weights`` is a state_dict:
     this module fetches nothing (``weights.builder.build_model`` resolves a file or a name first).
     """
-    task = model_task(name)  # raises the "unknown model" error
+    model_task(name)  # raises the "unknown model" error
     if num_classes < 1:
         raise ModelError(f"num_classes must be positive, got {num_classes}")
     unknown = set(overrides) - set(OVERRIDES)
     if unknown:
         raise ModelError(f"unknown model option(s) {sorted(unknown)}; valid: {', '.join(OVERRIDES)}")
-    if task == "classification":
+    if name in CLASSIFIERS:
         return _create_classifier(name, num_classes, overrides)
     args = dict(MODELS[name])
     weights = overrides.pop("backbone_weights", None)

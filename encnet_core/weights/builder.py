@@ -24,6 +24,7 @@ from encnet_core.models import (
     load_backbone_weights,
     model_task,
 )
+from encnet_core.tasks import facts
 from encnet_core.weights import zoo
 
 __all__ = ["build_model", "backbone_weights"]
@@ -33,7 +34,7 @@ def build_model(name: str, num_classes: int, **overrides: Any) -> EncNet | Cifar
     """``create_model(name, num_classes, **overrides)`` with ``backbone_weights`` a file path, ``"imagenet"``
     or a zoo backbone name (or None): the model is built first (so its own errors come first), then the
     weights are read and loaded into its backbone. ``model.config`` never holds ``backbone_weights``."""
-    if model_task(name) != "segmentation":  # a classifier refuses backbone_weights itself
+    if not facts(model_task(name)).per_pixel:  # a classifier refuses backbone_weights itself
         return create_model(name, num_classes, **overrides)
     source = overrides.pop("backbone_weights", None)
     model = create_model(name, num_classes, **overrides)

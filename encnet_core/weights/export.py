@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from encnet_core.choices import EXPORT_FORMATS
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 from encnet_core.paths import AtomicFile, check_output_file
+from encnet_core.tasks import facts
 from encnet_core.weights.checkpoint import (
     exception_reason,
     model_from_checkpoint,
@@ -60,7 +61,7 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.classifier = model.task == "classification"
+        self.classifier = not facts(model.task).per_pixel
         self.has_se = getattr(model, "has_se", False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor] | Tensor:

@@ -22,6 +22,7 @@ from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET
 from encnet_core.errors import CheckpointError
 from encnet_core.models import create_model, list_models, model_task
 from encnet_core.palette import voc_palette
+from encnet_core.tasks import facts
 
 __all__ = [
     "ModelMetadata",
@@ -74,7 +75,7 @@ class ModelMetadata:
         builds the described model on the meta device (no memory, no weights) and the model says.
         A description this version cannot build (an unknown variant) has no SE head to use.
         """
-        if not self.model_config or self.task != "segmentation":
+        if not self.model_config or not facts(self.task).per_pixel:
             return False
         try:
             with torch.device("meta"):

@@ -45,6 +45,7 @@ from torch import Tensor
 from encnet_core.data.transforms import normalize_image
 from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
 from encnet_core.errors import CheckpointError
+from encnet_core.tasks import facts
 from encnet_core.weights import zoo
 from encnet_core.weights.checkpoint import (
     DIGEST_HEADER,
@@ -402,14 +403,14 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode(), autocast_context(device, amp):
-            if meta.task == "classification":
+            if not facts(meta.task).per_pixel:
                 return model(x.to(device, torch.float32)), None  # (N, C)
             outputs = model(x.to(device, torch.float32), with_se=has_se)
         return outputs["out"], outputs.get("se")
 
     source = fmt if fmt == "safetensors" else ("weights" if ckpt.get("kind") == "weights" else "checkpoint")
     loaded = _from_metadata(run, has_se, meta, device, source)
-    if meta.task == "segmentation" and hasattr(model, "_upsample"):  # predict resizes large logit maps in parts
+    if facts(meta.task).per_pixel and hasattr(model, "_upsample"):  # predict resizes large logit maps in parts
 
         def run_lowres(x: Tensor) -> tuple[Tensor, Tensor | None]:
             with torch.inference_mode(), autocast_context(device, amp):

@@ -27,6 +27,7 @@ from encnet_core.data.sources import voc
 from encnet_core.data.sources.base import Item, Source, SourcePlan
 from encnet_core.errors import ConfigError
 from encnet_core.palette import voc_palette
+from encnet_core.tasks import facts
 
 __all__ = ["SCENE_CLASSES", "CLASSIFICATION_DEFAULTS", "TASKS", "SYNTHETIC", "render_scene"]
 
@@ -75,7 +76,7 @@ def render_scene(seed: int, index: int, size: int) -> tuple[bytes, int]:
 
 def check(params: dict[str, Any]) -> None:
     """`ConfigError` for a task, split sizes, image size or seed that cannot make a synthetic dataset."""
-    if _task(params) == "segmentation":
+    if facts(_task(params)).per_pixel:
         assert voc.SYNTHETIC.check is not None
         voc.SYNTHETIC.check(_segmentation_params(params))
         return
@@ -88,7 +89,7 @@ def check(params: dict[str, Any]) -> None:
 
 
 def plan(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
-    if _task(params) == "segmentation":
+    if facts(_task(params)).per_pixel:
         return voc.SYNTHETIC.plan(files, workdir, _segmentation_params(params))
     num_train, num_val, size, seed = _classification_arguments(params)
     splits: dict[str, list[Item]] = {"train": [], "val": []}
