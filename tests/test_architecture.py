@@ -9,7 +9,10 @@ only ``if TYPE_CHECKING:`` imports, which never run, are left out).
 * no import cycles among the modules (an import inside a function counts: it must not be there to
   dodge a cycle), the ones a package's ``__init__`` runs on its own left aside (Python runs a parent
   package before a submodule; that is not an edge of the graph);
-* no ``from module import _private`` across modules (a package's own ``_module`` files are modules, not names).
+* no ``from module import _private`` across modules (a package's own ``_module`` files are modules, not names);
+* no module outside the task registry (encnet_core/tasks.py) and the task modules (engine/tasks.py,
+  engine/segmentation.py, engine/classification.py) compares a value with a task name
+  (``x == "classification"``, ``task in ("segmentation", ...)``): callers ask the task or its facts.
 """
 
 from __future__ import annotations
@@ -218,3 +221,51 @@ def test_the_checks_see_what_they_look_for() -> None:
         assert any("encnet_core.errors" in cycle for cycle in _cycles())
     finally:
         GRAPH["encnet_core.errors"] = saved
+
+
+TASK_NAMES = {"segmentation", "classification"}
+TASK_MODULES = {
+    "encnet_core.tasks",  # the registry: names and plain facts
+    "encnet_core.engine.tasks",  # Task, task_for, check_task
+    "encnet_core.engine.segmentation",
+    "encnet_core.engine.classification",
+}
+NOT_TASKS = {
+    "encnet_core.weights.zoo": "zoo entry kinds: 'segmentation' (a published EncNet) or 'backbone' (ImageNet weights)",
+}
+
+
+def _task_comparisons(tree: ast.AST) -> list[int]:
+    """Lines of the Compare nodes with a task name among their operands (alone, or in a tuple, list or set)."""
+
+    def names_a_task(node: ast.expr) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in TASK_NAMES
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(names_a_task(item) for item in node.elts)
+        return False
+
+    return sorted(
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare) and any(names_a_task(operand) for operand in [node.left, *node.comparators])
+    )
+
+
+def test_only_the_task_modules_compare_task_names() -> None:
+    wrong = sorted(
+        f"{MODULES[module].relative_to(ROOT)}:{line}"
+        for module in MODULES
+        if module not in TASK_MODULES and module not in NOT_TASKS
+        for line in _task_comparisons(ast.parse(MODULES[module].read_text(encoding="utf-8")))
+    )
+    assert wrong == []
+
+
+def test_the_task_comparison_check_finds_them() -> None:
+    found = _task_comparisons(ast.parse(
+        'if task == "classification":\n    pass\nok = "segmentation" != t\nx = t in ("segmentation", "other")\n'
+        'fine = task == other\nlabel = "classification"\n'
+    ))  # fmt: skip
+    assert found == [1, 3, 4]
+    assert set(TASK_MODULES) | set(NOT_TASKS) <= set(MODULES)
