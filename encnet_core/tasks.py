@@ -6,7 +6,7 @@ answer ``--help`` without torch) ask this registry (``facts(name)``) for what di
 parts of a task (model, loss, metrics, evaluate, predict, views) hang off engine/tasks.py's ``task_for(name)``.
 
 Adding a task: one ``TaskFacts`` here (and its name in ``choices.TASKS``), one engine ``Task`` object
-registered in engine/tasks.py.
+registered in engine/tasks.py, and the rest docs/architecture.md lists under "Tasks".
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class TaskFacts:
     per_pixel: bool  # labels are maps (HDF5 masks, class_pixels, se_targets; logit maps out; EncNet's head options, head LR)
     label_field: str  # the HDF5 dataset of a split holding its labels (data/hdf5.py)
     head_flags: str  # the train options that change the model's weights' shapes (named when a checkpoint does not fit)
+    example_models: str  # registered models of this task, named when a model of another task is given
     gflops_digits: int  # decimals of GFLOPs in `encnet models` (a CIFAR classifier's are small)
     reported: bool  # whether `encnet report` draws a training run of this task
 
@@ -41,6 +42,7 @@ FACTS: dict[str, TaskFacts] = {
         per_pixel=True,
         label_field="masks",
         head_flags="--lateral/--aux/--se-loss",
+        example_models="encnet_resnet50s or encnet_tiny",
         gflops_digits=1,
         reported=True,
     ),
@@ -51,6 +53,7 @@ FACTS: dict[str, TaskFacts] = {
         per_pixel=False,
         label_field="labels",
         head_flags="--num-codes",
+        example_models="encnet_cifar14 or encnet_cifar_tiny",
         gflops_digits=3,
         reported=False,
     ),

@@ -17,8 +17,9 @@ train.py has one loop for every task, evaluate.py and predict.py one command eac
 * ``predict(model, inputs, request, progress)``: ``encnet predict`` with a loaded model (engine/predict.py's
   ``run``), ``request`` its ``PredictRequest``.
 
-The plain facts of a task (its name, which CLI options apply) are in the torch-free registry
-encnet_core/tasks.py; a third task is one ``TaskFacts`` there and one object here in ``_TASKS``.
+The plain facts of a task (its name, which CLI options apply, its HDF5 label field ...) are in the
+torch-free registry encnet_core/tasks.py; a third task is a ``TaskFacts`` there, an engine module
+with its ``Task`` registered here in ``_TASKS``, and the views docs/architecture.md lists under "Tasks".
 
 Which task a run has is the dataset's (``DatasetInfo.task``); the model must be of the same task
 (``check_task``). The optimiser's groups follow ``model.task`` (engine/optim.py).
@@ -42,6 +43,7 @@ from encnet_core.engine.segmentation import SegmentationTask
 from encnet_core.errors import ConfigError
 from encnet_core.models import model_task
 from encnet_core.progress import ProgressCallback
+from encnet_core.tasks import facts
 from encnet_core.weights.model_files import LoadedModel
 
 log = logging.getLogger("encnet")
@@ -90,7 +92,7 @@ def check_task(model_task_name: str, data_task: str, data: Path | str, model: st
     dataset ``data`` of task ``data_task``."""
     if model_task_name == data_task:
         return
-    example = "encnet_cifar14 or encnet_cifar_tiny" if data_task == "classification" else "encnet_resnet50s or encnet_tiny"
+    example = facts(data_task).example_models
     raise ConfigError(
         f"{model} is a {model_task_name} model but {data} is a {data_task} dataset; "
         f"use a {data_task} model (encnet models lists them: {example})"
