@@ -12,7 +12,7 @@ with and without the digest:
   ``load_checkpoint`` + ``check_training_digest`` of the latter (what ``train --resume`` does);
 * safetensors save: ``safetensors.torch.save`` + write, without and with the digest in the header
   (what ``encnet export --format safetensors`` writes); safetensors load: encnet's reader
-  (``model_files._read_safetensors``) of the file without and of the file with the digest;
+  (``model_files.read_safetensors``) of the file without and of the file with the digest;
 * end to end: ``load_model`` (file read, model built, weights loaded: what ``encnet evaluate`` and
   ``predict`` wait for before the first image) of each file without and with its digest.
 
@@ -51,7 +51,7 @@ from encnet_core.weights.checkpoint import (  # noqa: E402
     tensor_digest,
 )
 from encnet_core.weights.metadata import ModelMetadata  # noqa: E402
-from encnet_core.weights.model_files import DIGEST_HEADER, METADATA_NAME, _read_safetensors, load_model  # noqa: E402
+from encnet_core.weights.model_files import DIGEST_HEADER, METADATA_NAME, load_model, read_safetensors  # noqa: E402
 
 MODEL = "encnet_resnet101s"
 CPU = torch.device("cpu")
@@ -125,8 +125,8 @@ def main() -> None:
             "checkpoint load, both digests checked (--resume)": resume_load,
             "safetensors save, plain": lambda: st_write(st_plain, False),
             "safetensors save, digest": lambda: st_write(st_digested, True),
-            "safetensors load, plain": lambda: _read_safetensors(st_plain),
-            "safetensors load, digest checked": lambda: _read_safetensors(st_digested),
+            "safetensors load, plain": lambda: read_safetensors(st_plain),
+            "safetensors load, digest checked": lambda: read_safetensors(st_digested),
             "load_model checkpoint, plain": lambda: load_model(plain, CPU),
             "load_model checkpoint, digest checked": lambda: load_model(digested, CPU),
             "load_model safetensors, plain": lambda: load_model(st_plain, CPU),

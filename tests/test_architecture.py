@@ -269,3 +269,13 @@ def test_the_task_comparison_check_finds_them() -> None:
     ))  # fmt: skip
     assert found == [1, 3, 4]
     assert set(TASK_MODULES) | set(NOT_TASKS) <= set(MODULES)
+
+
+def test_benchmarks_use_public_names_only() -> None:
+    """The benchmark scripts import the library's public names (a private one can change under them)."""
+    wrong = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                wrong += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert wrong == []

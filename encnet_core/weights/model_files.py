@@ -71,6 +71,7 @@ __all__ = [
     "MODEL_FORMATS",
     "METADATA_NAME",
     "DIGEST_HEADER",
+    "read_safetensors",
 ]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -235,7 +236,7 @@ def _archive_metadata(path: Path) -> ModelMetadata:
     return _metadata_from_json(text, path)
 
 
-def _read_safetensors(path: Path, tensors: bool = True) -> dict[str, Any]:
+def read_safetensors(path: Path, tensors: bool = True) -> dict[str, Any]:
     """A safetensors export as a checkpoint-shaped dict (``tensors=False``: metadata only, no tensor read).
 
     The tensors are checked against the digest in the header (``DIGEST_HEADER``) when it has one.
@@ -344,7 +345,7 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
     if fmt == "checkpoint":
         return load_checkpoint(path)
     if fmt == "safetensors":
-        return _read_safetensors(path)
+        return read_safetensors(path)
     if fmt == "onnx":
         raise CheckpointError(f"{path} is an ONNX model: its weights cannot be read back; use the checkpoint or a weights/safetensors export")
     _refuse_untrusted(path, fmt, trust_code)
@@ -390,7 +391,7 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
         return _graph_model(module, meta, device, fmt)
     if fmt == "onnx":
         return _load_onnx(path, device)
-    ckpt = load_checkpoint(path) if fmt == "checkpoint" else _read_safetensors(path)
+    ckpt = load_checkpoint(path) if fmt == "checkpoint" else read_safetensors(path)
     if "model_config" not in ckpt:
         raise CheckpointError(
             f"{path} is a bare state_dict without model metadata; train or export with encnet, or fine-tune from it with --init-from"
@@ -439,7 +440,7 @@ def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
         kind = ckpt.get("kind", "checkpoint") if "model_config" in ckpt else "state_dict"
         return {"format": kind, "runs_code": False, **ModelMetadata.from_dict(ckpt, path).to_dict()}
     if fmt == "safetensors":
-        meta = _read_safetensors(path)  # the tensors too: their digest is checked, as for a checkpoint
+        meta = read_safetensors(path)  # the tensors too: their digest is checked, as for a checkpoint
         meta.pop("model")
         return {"format": meta.pop("kind"), "runs_code": False, **meta}
     if fmt == "onnx":
