@@ -21,8 +21,7 @@ from encnet_cli._output import (
 from encnet_core.tasks import predict_flags
 
 if TYPE_CHECKING:  # the engine (torch) is imported when the command runs, not to parse its options or print --help
-    from encnet_core.engine.classification import ClassifyResult
-    from encnet_core.engine.masks import PredictResult
+    from encnet_core.engine.images import PredictResult
     from encnet_core.engine.predict import PredictRequest
 
 
@@ -96,7 +95,7 @@ def _print_masks(result: PredictResult, classes: list[str], output: Path, reques
         )
 
 
-def _print_classes(result: ClassifyResult, classes: list[str], output: Path, request: PredictRequest, json_out: Path | None) -> None:
+def _print_classes(result: PredictResult, classes: list[str], output: Path, request: PredictRequest, json_out: Path | None) -> None:
     """A classifier's predict: one line per image (its top-k classes and scores)."""
     top_k = request.top_k
     if json_out is not None:

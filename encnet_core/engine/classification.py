@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from encnet_core.data.dataset import (
 from encnet_core.engine.device import autocast_context, pin_memory
 from encnet_core.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from encnet_core.engine.events import CLASSIFICATION_VAL_METRICS
-from encnet_core.engine.images import collect_inputs, load_rgb, read_error_reason
+from encnet_core.engine.images import PredictResult, collect_inputs, load_rgb, read_error_reason
 from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, DataError
@@ -67,7 +67,6 @@ __all__ = [
     "check_whole_image",
     "classify",
     "ClassifyOptions",
-    "ClassifyResult",
     "predict_classes",
 ]
 
@@ -212,7 +211,7 @@ class ClassificationTask:
     ) -> dict[str, Any]:  # fmt: skip
         return evaluate_classifier(model, data, options, info, progress, model_name=model_name)
 
-    def predict(self, model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> ClassifyResult:
+    def predict(self, model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> PredictResult:
         return predict_request(model, inputs, request, progress)
 
 
@@ -334,17 +333,7 @@ class ClassifyOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
-@dataclass
-class ClassifyResult:
-    """What ``predict_classes`` wrote."""
-
-    written: int
-    failed: list[dict[str, str]] = field(default_factory=list)
-    predictions: dict[str, Any] = field(default_factory=dict)  # stem -> {"file", "size", "top"}
-    seconds: float = 0.0
-
-
-def predict_request(model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> ClassifyResult:
+def predict_request(model: LoadedModel, inputs: list[Path], request: Any, progress: ProgressCallback | None = None) -> PredictResult:
     """``predict_classes`` with the classifier's options of ``request`` (engine/predict.py's ``PredictRequest``)."""
     options = ClassifyOptions(output=request.output, top_k=request.top_k, overwrite=request.overwrite, batch_size=request.batch_size)
     return predict_classes(model, inputs, options, progress=progress)
@@ -352,7 +341,7 @@ def predict_request(model: LoadedModel, inputs: list[Path], request: Any, progre
 
 def predict_classes(
     model: LoadedModel, inputs: list[Path], options: ClassifyOptions, progress: ProgressCallback | None = None
-) -> ClassifyResult:
+) -> PredictResult:
     """Classify every image file (folders searched recursively) and write ``predictions.json``; an
     unreadable file is recorded in ``failed`` and the rest go on."""
     check_output_dir(options.output, "--output")
@@ -362,7 +351,7 @@ def predict_classes(
         raise ConfigError(f"{target} exists already; pass --overwrite to replace it")
     options.output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = ClassifyResult(written=0)
+    result = PredictResult(written=0)
     for begin in range(0, len(files), options.batch_size):
         loaded: list[tuple[Path, str, Tensor]] = []
         for path, stem in files[begin : begin + options.batch_size]:

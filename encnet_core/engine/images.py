@@ -1,6 +1,7 @@
 """The images a command is given: ``collect_inputs`` (files and folders to a list of images, each with
 its output stem), ``open_image`` / ``load_rgb`` (decoding, EXIF orientation applied) and
-``read_error_reason`` (why an image could not be read, in one line). ``encnet predict`` uses them for
+``read_error_reason`` (why an image could not be read, in one line); ``PredictResult``, what a predict
+run wrote (masks or classes). ``encnet predict`` uses them for
 segmentation (engine/masks.py) and for classifiers (engine/classification.py)."""
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import stat
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import h5py
 import numpy as np
@@ -20,7 +23,17 @@ from PIL import Image, ImageFile, ImageOps
 from encnet_core.data.hdf5 import FORMAT
 from encnet_core.errors import ConfigError
 
-__all__ = ["collect_inputs", "image_extensions", "open_image", "oriented_size", "load_rgb", "read_error_reason"]
+__all__ = ["PredictResult", "collect_inputs", "image_extensions", "open_image", "oriented_size", "load_rgb", "read_error_reason"]
+
+
+@dataclass
+class PredictResult:
+    """What a predict run wrote, for either task (engine/masks.py's ``predict``, classification's ``predict_classes``)."""
+
+    written: int  # images with outputs
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"file", "reason"} per image that could not be read
+    predictions: dict[str, Any] = field(default_factory=dict)  # output stem -> what predictions.json holds for it
+    seconds: float = 0.0
 
 
 def _check_output_folder(inputs: list[Path], output: Path) -> None:

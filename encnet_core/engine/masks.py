@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from encnet_core.engine.images import collect_inputs, load_rgb, open_image, oriented_size, read_error_reason
+from encnet_core.engine.images import (
+    PredictResult,
+    collect_inputs,
+    load_rgb,
+    open_image,
+    oriented_size,
+    read_error_reason,
+)
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.errors import ConfigError
 from encnet_core.palette import palette_png
@@ -23,7 +30,7 @@ from encnet_core.progress import ProgressCallback
 from encnet_core.viz import draw_legend, legend_entries
 from encnet_core.weights.model_files import LoadedModel
 
-__all__ = ["PredictOptions", "PredictResult", "predict", "predict_request", "overlay_image", "upsampled_labels"]
+__all__ = ["PredictOptions", "predict", "predict_request", "overlay_image", "upsampled_labels"]
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,6 @@ class PredictOptions:
             raise ConfigError(f"--se-threshold must be between 0 and 1, got {self.se_threshold}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-
-
-@dataclass
-class PredictResult:
-    """What ``predict`` wrote."""
-
-    written: int
-    failed: list[dict[str, str]] = field(default_factory=list)
-    predictions: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def _outputs(options: PredictOptions, stem: str) -> list[Path]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.images import PredictResult
 from encnet_core.engine.inference import InferenceRequest
 from encnet_core.engine.tasks import task_for
 from encnet_core.errors import ConfigError
@@ -48,7 +48,7 @@ class PredictRun:
 
     task: str  # "segmentation" or "classification": the model's
     classes: list[str]  # the model's class names
-    result: Any  # PredictResult (segmentation) or classification.ClassifyResult
+    result: PredictResult  # what the task's predict wrote (masks or classes)
 
 
 def check_task_options(task: str, given: frozenset[str] | set[str]) -> None:

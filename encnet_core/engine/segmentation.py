@@ -31,9 +31,10 @@ from encnet_core.data.transforms import eval_transform, train_transform
 from encnet_core.engine.device import autocast_context, pin_memory
 from encnet_core.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from encnet_core.engine.events import VAL_METRICS
+from encnet_core.engine.images import PredictResult
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.engine.losses import SegmentationLoss
-from encnet_core.engine.masks import PredictResult, predict_request
+from encnet_core.engine.masks import predict_request
 from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.workers import loader_workers
