@@ -325,7 +325,7 @@ def open_h5(path: Path, mode: str = "r") -> h5py.File:
         if kind := _model_file_kind(path):  # swapped arguments: a model where the dataset goes
             raise DataError(
                 f"{path} is {kind}, not a dataset: pass a dataset made by `encnet prepare` (.h5) here "
-                "(encnet evaluate takes the MODEL first, then the DATA)"
+                "(a model goes where the command asks for MODEL: encnet evaluate MODEL DATA, train --init-from MODEL)"
             ) from None
         raise DataError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
     try:
