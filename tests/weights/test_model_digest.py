@@ -340,7 +340,7 @@ def test_a_model_where_the_dataset_goes(tiny: Tiny, tmp_path: Path, kind: str) -
         read_info(model)
     assert str(caught.value).startswith(message)
     line = one_error_line(run("evaluate", tiny.ckpt, model, *EVAL))
-    assert line.startswith(f"error: {message}") and "MODEL first, then the DATA" in line, line
+    assert line.startswith(f"error: {message}") and "encnet evaluate MODEL DATA" in line, line
 
 
 def test_a_model_named_like_a_dataset(tiny: Tiny, tmp_path: Path) -> None:
