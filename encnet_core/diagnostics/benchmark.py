@@ -31,7 +31,6 @@ import gc
 import io
 import math
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -492,12 +491,6 @@ def _loader_and_loop(config: TrainConfig, sizes: Sizes, device: torch.device, ch
     return loader_rate, waited, total
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_rows(rows: _Rows, sizes: Sizes, device: torch.device, data: Path, work: Path, batch: tuple[Tensor, Tensor]) -> None:
     """One process of DistributedDataParallel (SyncBatchNorm converted on CUDA) against the plain step (fp32, the library's layout)."""
     section = "distributed (one process)"
@@ -509,7 +502,9 @@ def _ddp_rows(rows: _Rows, sizes: Sizes, device: torch.device, data: Path, work:
         if dist.is_initialized():
             raise RuntimeError("a process group is already initialised in this process")
         kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, **kwargs)
+        store = work / f"ddp-store-{os.getpid()}"  # a file store: no free-port race with other processes
+        store.unlink(missing_ok=True)
+        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1, **kwargs)
         info = DistInfo(0, 1, 0, device, backend)
         completed = False
         try:
