@@ -3,7 +3,11 @@
 * ``resnet18/34/50/101/152``: torchvision's ResNets (7x7 stem). ResNet-18/34 use a BasicBlock that
   accepts dilation (torchvision's refuses it) with the same parameter names, so torchvision weights load.
 * ``resnet50s/101s/152s``: PyTorch-Encoding's deep stem (three 3x3 convs, 128 channels into layer1).
+* ``resnest50/101/200/269``: ResNeSt (split-attention bottlenecks with radix 2, deep stem of width 32
+  for ResNeSt-50 and 64 for the others, average-pool downsampling in the shortcuts, "avd" pooling in the
+  blocks; models/resnest.py), as the reference builds them (``encoding/models/backbone/resnest.py``).
 * ``tiny``: a 4-stage BasicBlock net with one block per stage and narrow widths, for tests and CPU demos.
+* ``resnest_tiny``: a ResNeSt with one split-attention block per stage and narrow widths, for tests.
 
 Dilation follows the reference: for output stride 8, layer3 has stride 1 and dilation 2 and layer4
 stride 1 and dilation 4, the first block of each stage keeping the previous stage's dilation.
@@ -19,6 +23,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from encnet_core.errors import ModelError
+from encnet_core.models.resnest import SplitAttentionBottleneck
 
 log = logging.getLogger("encnet")
 
@@ -62,11 +67,13 @@ class BasicBlock(nn.Module):
 class BackboneSpec:
     """Architecture of one backbone."""
 
-    block: str  # "basic" or "bottleneck"
+    block: str  # "basic", "bottleneck" or "splat" (ResNeSt's split-attention bottleneck, radix 2)
     layers: tuple[int, int, int, int]  # blocks per stage
-    deep_stem: bool = False  # PyTorch-Encoding's 3x conv3x3 stem (the "s" variants)
+    deep_stem: bool = False  # PyTorch-Encoding's 3x conv3x3 stem (the "s" variants and ResNeSt)
     width: int = 64  # channels of the first stage (before expansion)
     torchvision_name: str | None = None  # name in torchvision.models, for ImageNet weights
+    stem_width: int | None = None  # deep stem: channels of its first two convs (its output has twice that); None = width
+    avg_down: bool = False  # shortcut downsampling by average pooling, then a stride-1 1x1 conv (ResNet-D, ResNeSt)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -78,8 +85,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50s": BackboneSpec("bottleneck", (3, 4, 6, 3), deep_stem=True),
     "resnet101s": BackboneSpec("bottleneck", (3, 4, 23, 3), deep_stem=True),
     "resnet152s": BackboneSpec("bottleneck", (3, 8, 36, 3), deep_stem=True),
+    "resnest50": BackboneSpec("splat", (3, 4, 6, 3), deep_stem=True, stem_width=32, avg_down=True),
+    "resnest101": BackboneSpec("splat", (3, 4, 23, 3), deep_stem=True, avg_down=True),
+    "resnest200": BackboneSpec("splat", (3, 24, 36, 3), deep_stem=True, avg_down=True),
+    "resnest269": BackboneSpec("splat", (3, 30, 48, 8), deep_stem=True, avg_down=True),
     "tiny": BackboneSpec("basic", (1, 1, 1, 1), width=16),
+    "resnest_tiny": BackboneSpec("splat", (1, 1, 1, 1), deep_stem=True, width=16, stem_width=8, avg_down=True),
 }
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "splat": SplitAttentionBottleneck}
 
 
 class ResNetBackbone(nn.Module):
@@ -89,12 +102,13 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if output_stride not in (8, 16):
             raise ModelError(f"output_stride must be 8 or 16, got {output_stride}")
-        block = BasicBlock if spec.block == "basic" else Bottleneck
+        block = _BLOCKS[spec.block]
         self._norm_layer = norm_layer
+        self._avg_down = spec.avg_down
         self.dilation = 1
         width = spec.width
         if spec.deep_stem:
-            stem = width  # 64 -> 64 -> 128 as in PyTorch-Encoding
+            stem = spec.stem_width or width  # 64 -> 64 -> 128 as in PyTorch-Encoding (ResNeSt-50: 32 -> 32 -> 64)
             self.conv1 = nn.Sequential(
                 nn.Conv2d(3, stem, 3, 2, 1, bias=False),
                 norm_layer(stem),
@@ -112,7 +126,7 @@ class ResNetBackbone(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         dilate3, dilate4 = (True, True) if output_stride == 8 else (False, True)
-        self.layer1 = self._make_layer(block, width, spec.layers[0])
+        self.layer1 = self._make_layer(block, width, spec.layers[0], first_stage=True)
         self.layer2 = self._make_layer(block, width * 2, spec.layers[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, spec.layers[2], stride=2, dilate=dilate3)
         self.layer4 = self._make_layer(block, width * 8, spec.layers[3], stride=2, dilate=dilate4)
@@ -125,7 +139,9 @@ class ResNetBackbone(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1, dilate: bool = False):
+    def _make_layer(
+        self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1, dilate: bool = False, first_stage: bool = False
+    ):
         norm_layer = self._norm_layer
         previous_dilation = self.dilation
         if dilate:
@@ -133,11 +149,20 @@ class ResNetBackbone(nn.Module):
             stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-                norm_layer(planes * block.expansion),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, norm_layer=norm_layer)]
+            if self._avg_down:  # the reference: AvgPool(stride) undilated, else AvgPool(1) (a no-op kept for the indices)
+                pool = stride if self.dilation == 1 else 1
+                downsample = nn.Sequential(
+                    nn.AvgPool2d(pool, pool, ceil_mode=True, count_include_pad=False),
+                    nn.Conv2d(self.inplanes, planes * block.expansion, 1, 1, bias=False),
+                    norm_layer(planes * block.expansion),
+                )
+            else:
+                downsample = nn.Sequential(
+                    nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                    norm_layer(planes * block.expansion),
+                )
+        extra = {"is_first": not first_stage} if block is SplitAttentionBottleneck else {}
+        layers = [block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, norm_layer=norm_layer, **extra)]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
             layers.append(block(self.inplanes, planes, dilation=self.dilation, norm_layer=norm_layer))

@@ -1,4 +1,4 @@
-"""The EncNet segmentation model and its dilated-FCN baseline.
+"""The EncNet segmentation model and its family on the same dilated backbones: the FCN baseline and DeepLabV3.
 
 ``forward(x)`` returns a dict: ``"out"`` (B, classes, H, W) always; in training mode also ``"aux"``
 (B, classes, H, W) when the auxiliary FCN head is on and ``"se"`` (B, classes) SE logits when SE-loss
@@ -13,13 +13,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from encnet_core.models.backbones import build_backbone
-from encnet_core.models.layers import EncHead, FCNHead
+from encnet_core.models.layers import DeepLabV3Head, EncHead, FCNHead
 
 __all__ = ["EncNet"]
 
 
 class EncNet(nn.Module):
-    """Dilated ResNet + EncHead (``head="enc"``) or FCNHead (``head="fcn"``, the ablation baseline)."""
+    """Dilated ResNet or ResNeSt + EncHead (``head="enc"``), FCNHead (``head="fcn"``, the ablation
+    baseline) or DeepLabV3Head (``head="deeplab"``); the auxiliary FCN head on layer3 for all three.
+
+    The heads are the reference's (torch-encoding 1.2.1: ``EncNet``, ``FCN`` and ``DeepLabV3`` of
+    ``encoding/models/sseg``); DeepLabV3's atrous rates are 12/24/36 at output stride 8, 6/12/18 at 16.
+    """
+
+    HEADS = ("enc", "fcn", "deeplab")
 
     task = "segmentation"
 
@@ -39,8 +46,8 @@ class EncNet(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if head not in ("enc", "fcn"):
-            raise ValueError(f"head must be 'enc' or 'fcn', got {head!r}")
+        if head not in self.HEADS:
+            raise ValueError(f"head must be one of {', '.join(self.HEADS)}, got {head!r}")
         self.num_classes = num_classes
         self.align_corners = align_corners
         self.head_type = head
@@ -56,6 +63,9 @@ class EncNet(nn.Module):
                 lateral=lateral,
                 dropout=dropout,
             )
+        elif head == "deeplab":
+            rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
+            self.head = DeepLabV3Head(c4, num_classes, rates=rates, dropout=dropout)
         else:
             self.head = FCNHead(c4, num_classes, dropout=dropout)
         self.aux_head = FCNHead(c3, num_classes, dropout=dropout) if aux else None
@@ -86,7 +96,7 @@ class EncNet(nn.Module):
 
     def classifier_prefixes(self) -> tuple[str, ...]:
         """State-dict name prefixes of the layers whose shape depends on the class count."""
-        prefixes = ["head.conv6.1." if self.head_type == "enc" else "head.4."]
+        prefixes = [{"enc": "head.conv6.1.", "deeplab": "head.block.4."}.get(self.head_type, "head.4.")]
         if self.has_se:
             prefixes.append("head.encmodule.selayer.")
         if self.aux_head is not None:
@@ -109,8 +119,9 @@ class EncNet(nn.Module):
                 self.head.encmodule.selayer = nn.Linear(self.head.encmodule.selayer.in_features, num_classes)
                 replaced.append("head.encmodule.selayer")
         else:
-            self.head[4] = nn.Conv2d(self.head[4].in_channels, num_classes, 1)
-            replaced.append("head.4")
+            layers = self.head.block if self.head_type == "deeplab" else self.head
+            layers[4] = nn.Conv2d(layers[4].in_channels, num_classes, 1)
+            replaced.append("head.block.4" if self.head_type == "deeplab" else "head.4")
         if self.aux_head is not None:
             self.aux_head[4] = nn.Conv2d(self.aux_head[4].in_channels, num_classes, 1)
             replaced.append("aux_head.4")

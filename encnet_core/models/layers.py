@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Encoding", "Mean", "EncModule", "EncHead", "FCNHead"]
+__all__ = ["Encoding", "Mean", "EncModule", "EncHead", "FCNHead", "ASPP", "DeepLabV3Head"]
 
 
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
@@ -279,3 +279,80 @@ class FCNHead(nn.Sequential):
             nn.Dropout(dropout),
             nn.Conv2d(inter, num_classes, 1),
         )
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling (Chen et al. 2017, "Rethinking Atrous Convolution"), as the reference's
+    ``ASPP_Module``: a 1x1 branch ``b0``, three 3x3 branches ``b1``-``b3`` dilated by ``rates``, the
+    image-pooling branch ``b4`` (global average, 1x1 conv, broadcast back), each to ``in_channels // 8``
+    channels with BN and ReLU; concatenated and projected (1x1 conv, BN, ReLU, Dropout2d(0.5))."""
+
+    def __init__(self, in_channels: int, rates: tuple[int, int, int], norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        out = in_channels // 8
+        self.b0 = conv_bn_relu(in_channels, out, 1, norm_layer)
+        for index, rate in enumerate(rates, start=1):
+            setattr(self, f"b{index}", nn.Sequential(
+                nn.Conv2d(in_channels, out, 3, padding=rate, dilation=rate, bias=False),
+                norm_layer(out),
+                nn.ReLU(inplace=True),
+            ))  # fmt: skip
+        self.b4 = _ImagePooling(in_channels, out, norm_layer)
+        self.project = nn.Sequential(
+            nn.Conv2d(5 * out, out, 1, bias=False),
+            norm_layer(out),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.5),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        branches = [self.b0(x), self.b1(x), self.b2(x), self.b3(x), self.b4(x)]  # 5 x (B, C/8, h, w)
+        return self.project(torch.cat(branches, dim=1))
+
+
+class _ImagePooling(nn.Module):
+    """ASPP's image-level branch: global average pool -> 1x1 conv -> BN -> ReLU, broadcast to (h, w).
+    The reference upsamples the 1x1 map bilinearly (align_corners=True), which repeats its one value."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_layer: type[nn.Module]) -> None:
+        super().__init__()
+        self.gap = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            norm_layer(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gap(x).expand(-1, -1, x.shape[-2], x.shape[-1])  # (B, C/8, h, w)
+
+
+class DeepLabV3Head(nn.Module):
+    """DeepLabV3 head, the reference's ``DeepLabV3Head``: ASPP, then Conv3x3 - BN - ReLU - Dropout - Conv1x1.
+
+    ``rates``: the atrous rates; the reference uses 12/24/36 (the DeepLabV3 paper's rates at output
+    stride 8; at output stride 16 the paper uses 6/12/18, which ``EncNet`` passes then).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        rates: tuple[int, int, int] = (12, 24, 36),
+        dropout: float = 0.1,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        inter = in_channels // 8
+        self.aspp = ASPP(in_channels, rates, norm_layer)
+        self.block = nn.Sequential(
+            nn.Conv2d(inter, inter, 3, padding=1, bias=False),
+            norm_layer(inter),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(inter, num_classes, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(self.aspp(x))  # (B, classes, h, w)

@@ -13,32 +13,34 @@ import torch
 
 from encnet_core.constants import DEFAULT_CROP_SIZE
 from encnet_core.errors import ModelError
-from encnet_core.models.backbones import load_backbone_weights
+from encnet_core.models.backbones import BACKBONES, load_backbone_weights
 from encnet_core.models.cifar import CifarResNet
 from encnet_core.models.encnet import EncNet
 
 __all__ = ["MODELS", "CLASSIFIERS", "OVERRIDES", "create_model", "list_models", "model_task", "count_flops"]
 
-MODELS: dict[str, dict[str, Any]] = {
-    # EncNet, 7x7-stem torchvision backbones
-    "encnet_resnet18": {"backbone": "resnet18"},
-    "encnet_resnet34": {"backbone": "resnet34"},
-    "encnet_resnet50": {"backbone": "resnet50"},
-    "encnet_resnet101": {"backbone": "resnet101"},
-    "encnet_resnet152": {"backbone": "resnet152"},
-    # EncNet, deep-stem backbones of PyTorch-Encoding (its published models)
-    "encnet_resnet50s": {"backbone": "resnet50s"},
-    "encnet_resnet101s": {"backbone": "resnet101s"},
-    "encnet_resnet152s": {"backbone": "resnet152s"},
-    # dilated FCN baselines (same backbones, FCNHead, no Encoding), for ablations
-    "fcn_resnet18": {"backbone": "resnet18", "head": "fcn"},
-    "fcn_resnet50": {"backbone": "resnet50", "head": "fcn"},
-    "fcn_resnet101": {"backbone": "resnet101", "head": "fcn"},
-    "fcn_resnet50s": {"backbone": "resnet50s", "head": "fcn"},
-    # tiny variants for tests and quick CPU runs
-    "encnet_tiny": {"backbone": "tiny", "head_channels": 32, "num_codes": 8},
-    "fcn_tiny": {"backbone": "tiny", "head": "fcn"},
-}
+HEADS: dict[str, str] = {"encnet": "enc", "fcn": "fcn", "deeplab": "deeplab"}
+"""Name prefix of a segmentation variant -> ``EncNet(head=...)``: EncNet, the dilated-FCN baseline, DeepLabV3."""
+
+_TINY = {"tiny", "resnest_tiny"}  # test backbones: narrow heads so that a CPU step takes milliseconds
+
+
+def _segmentation_variants() -> dict[str, dict[str, Any]]:
+    """Every head on every backbone (``{prefix}_{backbone}``); the tiny backbones get narrow EncHeads."""
+    variants: dict[str, dict[str, Any]] = {}
+    for prefix, head in HEADS.items():
+        for backbone in BACKBONES:
+            args: dict[str, Any] = {"backbone": backbone}
+            if head != "enc":
+                args["head"] = head
+            elif backbone in _TINY:
+                args.update(head_channels=32, num_codes=8)
+            variants[f"{prefix}_{backbone}"] = args
+    return variants
+
+
+MODELS: dict[str, dict[str, Any]] = _segmentation_variants()
+"""Segmentation variants: ``encnet_``, ``fcn_`` or ``deeplab_`` + a backbone name of ``BACKBONES``."""
 
 CLASSIFIERS: dict[str, dict[str, Any]] = {
     # the paper's CIFAR-10 network (reference: encnetdrop, widen 8, 32 codes) and its SE-ResNet twin
@@ -98,7 +100,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet | Cifa
     args = dict(MODELS[name])
     weights = overrides.pop("backbone_weights", None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.get("head") == "fcn":
+    if args.get("head", "enc") != "enc":
         dropped = {k for k in overrides if k in _ENC_ONLY}
         if dropped:
             raise ModelError(f"{name} has no Encoding head; options {sorted(dropped)} do not apply")

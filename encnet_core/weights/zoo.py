@@ -9,14 +9,19 @@ repository (zhanghang1989/PyTorch-Encoding, commit ac748410):
 * ``model`` and ``arguments``: ``encoding/models/sseg/encnet.py``, ``get_encnet`` and the
   ``get_encnet_resnet*_{pcontext,ade}`` builders: ``lateral=True`` exactly for datasets whose name
   starts with "p" (pcontext), ``aux=True``, SE head on (``se_loss`` defaults to True), K = 32;
-* ``base_size``/``crop_size``: the same builders (ADE20K ResNet-101s: 640/576, the others 520/480);
+  ``fcn.py`` (``get_fcn_resnet50_ade``, ``get_fcn_resnest50_*``) and ``deeplab.py``
+  (``get_deeplab_resnest*_*``): ``aux=True``, no lateral branch, no SE head; the ResNeSt backbones:
+  ``encoding/models/backbone/resnest.py``;
+* ``base_size``/``crop_size``: the same builders (ADE20K EncNet ResNet-101s: 640/576, the others 520/480,
+  ``BaseNet``'s defaults);
 * number of classes: ``NUM_CLASS`` of ``encoding/datasets/pcontext.py`` (59) and ``ade20k.py`` (150);
-* ``pixacc``/``miou``: ``docs/source/model_zoo/segmentation.rst``, "ResNet Backbone Models" tables,
+* ``pixacc``/``miou``: ``docs/source/model_zoo/segmentation.rst``, "ResNet Backbone Models" and
+  "ResNeSt Backbone Models" tables,
   measured with the reference's multi-scale + flip test (``test.py --eval``, "using MS" in that page)
   on the val split, mIoU averaged over all classes (encnet's ``mIoU_all``).
 
-The ImageNet backbones have no published accuracy in that repository's docs (its ImageNet page lists
-only ResNeSt models), so their numbers are None.
+The ImageNet backbones carry no segmentation numbers (None); the ResNeSt ones' ImageNet top-1 is on
+that repository's docs/source/model_zoo/imagenet.rst (docs/zoo.md quotes it).
 
 ``pull`` downloads one zip with encnet's own resumable, retrying ``download``, checks the sha1 of its
 ``.pth`` member, reads it with ``torch.load(weights_only=True)``, converts it to encnet's names,
@@ -135,11 +140,22 @@ class ZooModel:
         return f"{repo if repo.endswith('/') else repo + '/'}models/{self.stem}.zip"
 
 
-def _seg(name: str, sha1: str, dataset: str, backbone: str, pixacc: float, miou: float, **sizes: int) -> ZooModel:
-    arguments = {"lateral": True} if dataset.startswith("p") else {}  # get_encnet: lateral for 'p...' datasets
+_RESNEST_DOCS = "PyTorch-Encoding docs/source/model_zoo/segmentation.rst (ResNeSt Backbone Models)"
+
+
+def _seg(
+    name: str, sha1: str, dataset: str, backbone: str, pixacc: float, miou: float, head: str = "encnet", docs: str = _DOCS, **sizes: int
+) -> ZooModel:
+    # get_encnet: lateral for 'p...' datasets; the FCN and DeepLabV3 builders (get_fcn, get_deeplab) have no lateral branch
+    arguments = {"lateral": True} if head == "encnet" and dataset.startswith("p") else {}
     return ZooModel(
-        name, "segmentation", sha1, dataset, f"encnet_{backbone}", arguments, pixacc=pixacc, miou=miou, source=_DOCS, **sizes
+        name, "segmentation", sha1, dataset, f"{head}_{backbone}", arguments, pixacc=pixacc, miou=miou, source=docs, **sizes
     )
+
+
+def _resnest(name: str, sha1: str, dataset: str, pixacc: float, miou: float) -> ZooModel:
+    head, backbone, _ = name.split("_")  # e.g. deeplab_resnest50_ade
+    return _seg(name, sha1, dataset, backbone, pixacc, miou, head=head, docs=_RESNEST_DOCS)
 
 
 ZOO: dict[str, ZooModel] = {
@@ -152,9 +168,24 @@ ZOO: dict[str, ZooModel] = {
             "encnet_resnet101s_ade", "3f54fa3b67bac7619cd9b3673f5c8227cf8f4718", "ade20k", "resnet101s", 0.813, 0.444,
             base_size=640, crop_size=576,
         ),  # fmt: skip
+        _seg("fcn_resnet50s_ade", "662e979de25a389f11c65e9f1df7e06c2c356381", "ade20k", "resnet50s", 0.787, 0.385, head="fcn"),
+        _resnest("fcn_resnest50_ade", "4aba491aaf8e4866a9c9981b210e3e3266ac1f2a", "ade20k", 0.8018, 0.4294),
+        _resnest("deeplab_resnest50_ade", "2225f09d0f40b9a168d9091652194bc35ec2a5a9", "ade20k", 0.8117, 0.4512),
+        _resnest("deeplab_resnest101_ade", "06ca799c8cc148fe0fafb5b6d052052935aa3cc8", "ade20k", 0.8207, 0.4691),
+        _resnest("deeplab_resnest200_ade", "7b9e7d3e6f0e2c763c7d77cad14d306c0a31fe05", "ade20k", 0.8245, 0.4836),
+        _resnest("deeplab_resnest269_ade", "0074dd10a6e6696f6f521653fb98224e75955496", "ade20k", 0.8262, 0.4760),
+        _resnest("fcn_resnest50_pcontext", "77a2161deeb1564e8b9c41a4bb7a3f33998b00ad", "pcontext", 0.7919, 0.5198),
+        _resnest("deeplab_resnest50_pcontext", "08dccbc4f4694baab631e037a374d76d8108c61f", "pcontext", 0.8041, 0.5319),
+        _resnest("deeplab_resnest101_pcontext", "faf5841853aae64bd965a7bdc2cdc6e7a2b5d898", "pcontext", 0.8191, 0.5649),
+        _resnest("deeplab_resnest200_pcontext", "fe76a26551dd5dcf2d474fd37cba99d43f6e984e", "pcontext", 0.8250, 0.5837),
+        _resnest("deeplab_resnest269_pcontext", "b661fd26c49656e01e9487cd9245babb12f37449", "pcontext", 0.8306, 0.5892),
         ZooModel("resnet50s", "backbone", "a75c83cfc89a56a4e8ba71b14f1ec67e923787b3", "imagenet", "resnet50s"),
         ZooModel("resnet101s", "backbone", "03a0f310d6447880f1b22a83bd7d1aa7fc702c6e", "imagenet", "resnet101s"),
         ZooModel("resnet152s", "backbone", "36670e8bc2428ecd5b7db1578538e2dd23872813", "imagenet", "resnet152s"),
+        ZooModel("resnest50", "backbone", "fb9de5b360976e3e8bd3679d3e93c5409a5eff3c", "imagenet", "resnest50"),
+        ZooModel("resnest101", "backbone", "966fb78c22323b0c68097c5c1242bd16d3e07fd5", "imagenet", "resnest101"),
+        ZooModel("resnest200", "backbone", "d7fd712f5a1fcee5b3ce176026fbb6d0d278454a", "imagenet", "resnest200"),
+        ZooModel("resnest269", "backbone", "51ae5f19032e22af4ec08e695496547acdba5ce5", "imagenet", "resnest269"),
     )
 }
 
