@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from encnet_core.config import TrainConfig
 from encnet_core.data.dataset import BadSample, BadSampleError, CheckedSamples, HDF5SegmentationDataset
 from encnet_core.data.hdf5 import DatasetInfo
 from encnet_core.data.transforms import eval_transform, train_transform
-from encnet_core.engine.device import autocast_context, pin_memory
+from encnet_core.engine.device import autocast_context, pin_memory, resolve_device
 from encnet_core.engine.distributed import DistInfo, all_reduce_sum, gather_lists
 from encnet_core.engine.events import VAL_METRICS
 from encnet_core.engine.images import PredictResult
@@ -39,7 +40,7 @@ from encnet_core.engine.metrics import ConfusionMatrix, metrics_from_confusion
 from encnet_core.engine.sampling import ShardSampler
 from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.models import MODELS, create_model
+from encnet_core.models import MODELS, create_model, has_encoding_head
 from encnet_core.palette import palette_png
 from encnet_core.paths import atomic_write
 from encnet_core.progress import ProgressCallback
@@ -109,6 +110,11 @@ def protocol_inference(inference: InferenceConfig, protocol: ReferenceProtocol, 
     )  # fmt: skip
 
 
+def _synced_batchnorm(config: TrainConfig) -> bool:
+    """Whether the run will use SyncBatchNorm across 2+ processes (torchrun on CUDA; see engine/train.py)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and resolve_device(config.device).type == "cuda"
+
+
 class SegmentationTask:
     """EncNet segmentation: the paper's loss (CE + aux + SE), the reference's augmentation, pixAcc/mIoU."""
 
@@ -116,16 +122,25 @@ class SegmentationTask:
     val_metrics = VAL_METRICS
 
     def check(self, config: TrainConfig) -> None:
-        pass  # every setting applies (build_model refuses the head options an FCN model lacks)
+        # every setting applies (build_model refuses the head options an FCN or DeepLabV3 model lacks), but
+        # DeepLabV3's image-pooling branch normalises a 1x1 map: BatchNorm needs 2+ images, or SyncBatchNorm
+        # over 2+ processes (torchrun on CUDA), as in the reference and torchvision
+        if MODELS.get(config.model, {}).get("head") == "deeplab" and config.batch_size < 2 and not _synced_batchnorm(config):
+            raise ConfigError(
+                f"{config.model} needs --batch-size 2 or more per process: the image-pooling branch of its ASPP head has "
+                "one value per channel and image, and BatchNorm cannot normalise one (SyncBatchNorm under torchrun with "
+                "2+ CUDA processes can)"
+            )
 
     def build_model(self, config: TrainConfig, num_classes: int) -> nn.Module:
         if config.model not in MODELS:
             create_model(config.model, num_classes)  # raises the "unknown model" error
         overrides: dict[str, Any] = {"aux": config.aux, "output_stride": config.output_stride, "dropout": config.dropout}
-        if MODELS[config.model].get("head") != "fcn":
+        if has_encoding_head(config.model):
             overrides.update(se_loss=config.se_loss, lateral=config.lateral or None, num_codes=config.num_codes)
         elif config.lateral:
             raise ConfigError(f"--lateral does not apply to {config.model} (no EncHead)")
+        # (se_loss: a model without EncHead has no SE head; the SE term of the loss is then 0 whatever --se-loss says)
         return build_model(config.model, num_classes, backbone_weights=config.backbone_weights, **overrides)
 
     def train_dataset(self, config: TrainConfig) -> HDF5SegmentationDataset:

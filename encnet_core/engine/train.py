@@ -184,11 +184,11 @@ def setup(
     sampler, train_loader, val_loader = _loaders(config, data_info, info, task)
     iters_per_epoch = sampler.batches_per_epoch
     total_iters = _run_length(config, iters_per_epoch)
+    say = (lambda text: emit(Message(text))) if info.is_main else None
+    model, reinitialised = _model(config, data_info, info, say, trust_code, layout)  # its option errors come before the folder
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.toml").write_text(config.to_toml())
-    say = (lambda text: emit(Message(text))) if info.is_main else None
-    model, reinitialised = _model(config, data_info, info, say, trust_code, layout)
     global_batch = config.batch_size * info.world_size
     lr = scaled_lr(config, global_batch)
     optimizer = build_optimizer(model, config, lr)

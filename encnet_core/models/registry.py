@@ -6,6 +6,7 @@ classification variants (arguments of ``CifarResNet``); ``model_task`` says whic
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from encnet_core.models.backbones import BACKBONES, load_backbone_weights
 from encnet_core.models.cifar import CifarResNet
 from encnet_core.models.encnet import EncNet
 
-__all__ = ["MODELS", "CLASSIFIERS", "OVERRIDES", "create_model", "list_models", "model_task", "count_flops"]
+__all__ = ["MODELS", "CLASSIFIERS", "HEADS", "OVERRIDES", "create_model", "list_models", "model_task", "has_encoding_head", "count_flops"]
 
 HEADS: dict[str, str] = {"encnet": "enc", "fcn": "fcn", "deeplab": "deeplab"}
 """Name prefix of a segmentation variant -> ``EncNet(head=...)``: EncNet, the dilated-FCN baseline, DeepLabV3."""
@@ -71,6 +72,11 @@ def list_models() -> list[str]:
     return [*MODELS, *CLASSIFIERS]
 
 
+def has_encoding_head(name: str) -> bool:
+    """Whether segmentation variant ``name`` has EncNet's head (the Encoding-only options apply to it)."""
+    return MODELS[name].get("head", "enc") == "enc"
+
+
 def model_task(name: str) -> str:
     """``"segmentation"`` or ``"classification"``: what the registered model ``name`` predicts."""
     if name in MODELS:
@@ -100,7 +106,7 @@ def create_model(name: str, num_classes: int, **overrides: Any) -> EncNet | Cifa
     args = dict(MODELS[name])
     weights = overrides.pop("backbone_weights", None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.get("head", "enc") != "enc":
+    if not has_encoding_head(name):
         dropped = {k for k in overrides if k in _ENC_ONLY}
         if dropped:
             raise ModelError(f"{name} has no Encoding head; options {sorted(dropped)} do not apply")
@@ -136,12 +142,23 @@ def count_flops(name: str, num_classes: int = 21, size: int = DEFAULT_CROP_SIZE,
 
     Pass ``size=32`` for the CIFAR classifiers (the default is the segmentation crop).
 
-    FLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add counts as 2).
+    FLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add counts as 2). Results are remembered
+    for the process (a variant's count never changes; ``encnet models`` counts 46 of them).
     """
+    key = tuple(sorted(overrides.items()))
+    try:
+        hash(key)
+    except TypeError:  # e.g. a backbone_weights state_dict: count without remembering
+        return _count_flops.__wrapped__(name, num_classes, size, key)
+    return _count_flops(name, num_classes, size, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _count_flops(name: str, num_classes: int, size: int, overrides: tuple[tuple[str, Any], ...]) -> tuple[int, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = create_model(name, num_classes, **overrides).eval()
+        model = create_model(name, num_classes, **dict(overrides)).eval()
         x = torch.empty(1, 3, size, size)
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)

@@ -86,7 +86,7 @@ class SplitAttentionConv2d(nn.Module):
         attention = self.rsoftmax(self.fc2(gap)).view(batch, -1, 1, 1)  # (B, C * radix, 1, 1)
         if self.radix > 1:
             weights = torch.split(attention, channel // self.radix, dim=1)
-            return sum(w * s for w, s in zip(weights, splits)).contiguous()
+            return sum(w * s for w, s in zip(weights, splits, strict=True)).contiguous()
         return (attention * x).contiguous()
 
 
