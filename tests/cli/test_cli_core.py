@@ -31,6 +31,16 @@ def test_models_json_lists_registry() -> None:
     assert rows["fcn_resnet50"]["head"] == "FCN"
     assert rows["encnet_resnet50"]["params_m"] > rows["encnet_tiny"]["params_m"] > 0
     assert rows["encnet_resnet101"]["gflops"] > rows["encnet_resnet50"]["gflops"]
+    assert rows["deeplab_resnest50"]["head"] == "DeepLabV3 (ASPP)" and rows["deeplab_resnest50"]["backbone"] == "resnest50"
+
+
+def test_models_words_narrow_the_list() -> None:
+    result = runner.invoke(app, ["models", "resnest", "DEEPLAB", "--json", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    names = [row["name"] for row in json.loads(result.output)]
+    assert names == ["deeplab_resnest50", "deeplab_resnest101", "deeplab_resnest200", "deeplab_resnest269", "deeplab_resnest_tiny"]
+    result = runner.invoke(app, ["models", "resnest", "cifar"])
+    assert result.exit_code == 2 and "no model name contains 'resnest' and 'cifar'" in result.output
 
 
 def test_doctor_runs_a_training_step() -> None:
