@@ -7,10 +7,16 @@ stand-in, the download helpers' third-party imports it does not need here (``req
 ``portalocker``) are stand-ins only while it imports and only where they are not installed, and the
 segmentation models build their backbones without fetching ImageNet weights. The model code itself
 (layers, backbones, heads, ``state_dict`` names) is the reference's, unchanged.
+
+``encoding_kernels`` stands in, only while a test runs the reference's Encoding layer, for the two
+compiled CPU kernels that layer calls (``scaled_l2`` and ``aggregate``); ``read_table``/``write_table``
+read and write the key/shape tables of ``tests/data/reference/`` (plain ``.tsv`` or ``.tsv.gz``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import importlib
 import importlib.machinery
 import importlib.util
@@ -18,10 +24,12 @@ import os
 import sys
 import types
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 ENV = "ENCNET_TORCH_ENCODING"
 _STAND_INS = ("requests", "tqdm", "portalocker")  # imported by encoding/utils/files.py and models/model_store.py
@@ -87,11 +95,51 @@ def reference_package(unpack_to: Path) -> ModuleType:
     return package
 
 
+def _scaled_l2(X: torch.Tensor, C: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``scaled_l2(X, C, S)[b, i, k] = S[k] * ||X[b, i] - C[k]||^2`` (X: B x N x D, C: K x D, S: K; B x N x K),
+    the formula of the reference's docstring (encoding/functions/encoding.py), computed directly."""
+    return S.view(1, 1, -1) * (X.unsqueeze(2) - C.view(1, 1, *C.shape)).pow(2).sum(3)
+
+
+def _aggregate(A: torch.Tensor, X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """``aggregate(A, X, C)[b, k] = sum_i A[b, i, k] * (X[b, i] - C[k])`` (A: B x N x K; B x K x D), the
+    formula of the reference's docstring, computed directly."""
+    return (A.unsqueeze(3) * (X.unsqueeze(2) - C.view(1, 1, *C.shape))).sum(1)
+
+
+@contextlib.contextmanager
+def encoding_kernels(package: ModuleType) -> Iterator[None]:
+    """Pure-PyTorch stand-ins for the reference's compiled CPU kernels ``scaled_l2_forward`` and
+    ``aggregate_forward`` (``encoding.lib.cpu``), installed only inside the ``with`` block.
+
+    The reference's ``Encoding`` module and its autograd Functions (``encoding.functions.encoding``) run
+    unchanged; only the kernel they dispatch to on CPU is replaced (forward only: no backward is needed
+    to compare outputs).
+    """
+    lib = importlib.import_module(f"{package.__name__}.functions.encoding").lib
+    assert not hasattr(lib, "cpu"), "encoding.lib.cpu already installed"
+    lib.cpu = types.SimpleNamespace(scaled_l2_forward=_scaled_l2, aggregate_forward=_aggregate)
+    try:
+        yield
+    finally:
+        del lib.cpu
+
+
 def read_table(path: Path) -> dict[str, tuple[int, ...]]:
-    """key -> shape from a key/shape table (``tests/data/reference/*.tsv``)."""
+    """key -> shape from a key/shape table (``tests/data/reference/*.tsv`` or ``*.tsv.gz``)."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.name.endswith(".gz") else path.read_text()
     shapes = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
             key, shape = line.split("\t")
             shapes[key] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
     return shapes
+
+
+def write_table(path: Path, header: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Write a key/shape table (``header``: its comment lines, without ``#``); ``*.gz`` is gzip-compressed
+    deterministically (mtime 0, no file name): the same table gives the same bytes."""
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + "# key\tshape\n"
+    text += "".join(f"{key}\t{shape}\n" for key, shape in shapes.items())
+    data = text.encode()
+    path.write_bytes(gzip.compress(data, compresslevel=9, mtime=0) if path.name.endswith(".gz") else data)

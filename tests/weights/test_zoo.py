@@ -24,18 +24,33 @@ http_server = fx.http_server
 zoo_cache = zf.zoo_cache
 
 # The published facts, typed here from the reference (PyTorch-Encoding): sha1 from
-# encoding/models/model_store.py, numbers from docs/source/model_zoo/segmentation.rst, builders'
-# arguments from encoding/models/sseg/encnet.py.
+# encoding/models/model_store.py, numbers (pixAcc, mIoU in %, as printed there) from
+# docs/source/model_zoo/segmentation.rst, builders' arguments from encoding/models/sseg/{encnet,fcn,deeplab}.py.
 PUBLISHED = {
     "encnet_resnet50s_pcontext": ("4de91d5922d4d3264f678b663f874da72e82db00", 79.2, 51.0, 59, True, 520, 480),
     "encnet_resnet101s_pcontext": ("9f27ea13d514d7010e59988341bcbd4140fcc33d", 80.7, 54.1, 59, True, 520, 480),
     "encnet_resnet50s_ade": ("07ac287cd77e53ea583f37454e17d30ce1509a4a", 80.1, 41.5, 150, False, 520, 480),
     "encnet_resnet101s_ade": ("3f54fa3b67bac7619cd9b3673f5c8227cf8f4718", 81.3, 44.4, 150, False, 640, 576),
+    "fcn_resnet50s_ade": ("662e979de25a389f11c65e9f1df7e06c2c356381", 78.7, 38.5, 150, False, 520, 480),
+    "fcn_resnest50_ade": ("4aba491aaf8e4866a9c9981b210e3e3266ac1f2a", 80.18, 42.94, 150, False, 520, 480),
+    "deeplab_resnest50_ade": ("2225f09d0f40b9a168d9091652194bc35ec2a5a9", 81.17, 45.12, 150, False, 520, 480),
+    "deeplab_resnest101_ade": ("06ca799c8cc148fe0fafb5b6d052052935aa3cc8", 82.07, 46.91, 150, False, 520, 480),
+    "deeplab_resnest200_ade": ("7b9e7d3e6f0e2c763c7d77cad14d306c0a31fe05", 82.45, 48.36, 150, False, 520, 480),
+    "deeplab_resnest269_ade": ("0074dd10a6e6696f6f521653fb98224e75955496", 82.62, 47.60, 150, False, 520, 480),
+    "fcn_resnest50_pcontext": ("77a2161deeb1564e8b9c41a4bb7a3f33998b00ad", 79.19, 51.98, 59, False, 520, 480),
+    "deeplab_resnest50_pcontext": ("08dccbc4f4694baab631e037a374d76d8108c61f", 80.41, 53.19, 59, False, 520, 480),
+    "deeplab_resnest101_pcontext": ("faf5841853aae64bd965a7bdc2cdc6e7a2b5d898", 81.91, 56.49, 59, False, 520, 480),
+    "deeplab_resnest200_pcontext": ("fe76a26551dd5dcf2d474fd37cba99d43f6e984e", 82.50, 58.37, 59, False, 520, 480),
+    "deeplab_resnest269_pcontext": ("b661fd26c49656e01e9487cd9245babb12f37449", 83.06, 58.92, 59, False, 520, 480),
 }
 BACKBONES = {
     "resnet50s": "a75c83cfc89a56a4e8ba71b14f1ec67e923787b3",
     "resnet101s": "03a0f310d6447880f1b22a83bd7d1aa7fc702c6e",
     "resnet152s": "36670e8bc2428ecd5b7db1578538e2dd23872813",
+    "resnest50": "fb9de5b360976e3e8bd3679d3e93c5409a5eff3c",
+    "resnest101": "966fb78c22323b0c68097c5c1242bd16d3e07fd5",
+    "resnest200": "d7fd712f5a1fcee5b3ce176026fbb6d0d278454a",
+    "resnest269": "51ae5f19032e22af4ec08e695496547acdba5ce5",
 }
 
 
@@ -48,16 +63,19 @@ def test_segmentation_entries_match_the_reference(name: str) -> None:
     entry = zoo.ZOO[name]
     assert (entry.kind, entry.sha1, entry.base_size, entry.crop_size) == ("segmentation", sha1, base, crop)
     assert entry.arguments == ({"lateral": True} if lateral else {})
-    assert entry.model == "encnet_" + name.split("_")[1]
+    head, backbone, _ = name.split("_")
+    assert entry.model == f"{head}_{backbone}"
     assert zoo.describe(entry)["classes"] == classes
     assert entry.url(zoo.REFERENCE_REPO) == f"https://s3.us-west-1.wasabisys.com/encoding/models/{name}-{sha1[:8]}.zip"
     numbers = zoo.published(name)
     assert numbers is not None
-    assert (round(numbers["pixAcc"] * 100, 1), round(numbers["mIoU"] * 100, 1)) == (pixacc, miou)
+    assert (round(numbers["pixAcc"] * 100, 2), round(numbers["mIoU"] * 100, 2)) == (pixacc, miou)
     assert numbers["miou_convention"] == "mIoU_all" and numbers["flip"] is True
     assert numbers["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     assert (numbers["base_size"], numbers["crop_size"], numbers["split"]) == (base, crop, "val")
     assert "segmentation.rst" in numbers["source"]
+    table = "ResNeSt Backbone Models" if backbone.startswith("resnest") else "ResNet Backbone Models"
+    assert f"({table})" in numbers["source"]
 
 
 def test_backbone_entries_and_lookup() -> None:
