@@ -27,7 +27,11 @@ def _complete_name(incomplete: str) -> list[str]:
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+    """A published fraction in percent with the digits the reference gives (80.18, 79.2, 51.0)."""
+    if value is None:
+        return "-"
+    text = f"{100 * value:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 @app.command("list")

@@ -172,7 +172,8 @@ def test_shell_completion_offers_choices_and_recipes() -> None:
         return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True).stdout.split()
 
     assert complete("encnet predict m --amp ") == ["off", "bf16", "fp16"]
-    assert complete("encnet train d --recipe pcontext") == ["pcontext_resnet101s", "pcontext_resnet50s"]
+    assert complete("encnet train d --recipe pcontext_res") == ["pcontext_resnet101s", "pcontext_resnet50s"]
+    assert complete("encnet train d --recipe ade20k_deeplab_resnest1") == ["ade20k_deeplab_resnest101"]
     assert complete("encnet eva") == ["evaluate"]
 
 

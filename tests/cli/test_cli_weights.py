@@ -53,6 +53,9 @@ def test_list_shows_the_published_models(zoo_cache: Path) -> None:
         assert name in result.stdout
     row = next(line for line in result.stdout.splitlines() if line.startswith("encnet_resnet101s_ade "))
     assert row.split() == ["encnet_resnet101s_ade", "ade20k", "150", "81.3/44.4", "3f54fa3b", "no"]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("deeplab_resnest269_pcontext "))
+    assert row.split() == ["deeplab_resnest269_pcontext", "pcontext", "59", "83.06/58.92", "b661fd26", "no"]  # the published digits
+    assert "resnest101 " in result.stdout and "fcn_resnet50s_ade " in result.stdout
     rows = json.loads(run("weights", "list", "--json").stdout)
     assert {r["name"]: (r["pixAcc"], r["mIoU"], r["cached"]) for r in rows}["encnet_resnet50s_pcontext"] == (0.792, 0.51, False)
 
