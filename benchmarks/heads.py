@@ -1,4 +1,7 @@
-"""EncNet-ResNet50 against torchvision's segmentation models: a training step and inference, on CPU.
+"""EncNet against torchvision's segmentation models and against encnet's own DeepLabV3: a training
+step and inference, on CPU. Three pairs (``--pairs``, default all):
+
+``torchvision``:
 
 - Train step (forward + loss + backward, train mode, no optimizer step): our
   ``create_model("encnet_resnet50", classes)`` (no lateral branch; aux head and SE head on) with
@@ -9,6 +12,14 @@
 - Inference (eval mode, ``torch.inference_mode``): ours against ``deeplabv3_resnet50(aux_loss=False)``
   (same backbone, ASPP head). Goal: ours <= 0.85x DeepLabV3.
 
+``resnet50s`` and ``resnest50`` (issue 22; reported, no goal): EncNet against DeepLabV3 on the same
+backbone, both from encnet's registry: ``encnet_<backbone>`` (no lateral branch; aux and SE heads on)
+against ``deeplab_<backbone>`` (ASPP head, aux head on), for the dilated ResNet-50 with the deep stem
+(``resnet50s``) and ResNeSt-50 (``resnest50``). Train step: both with ``SegmentationLoss()``, which is
+CE + 0.2 aux CE + 0.2 SE BCE for EncNet and CE + 0.2 aux CE for DeepLabV3 (it has no SE head);
+inference as above. ``--backbone PAIR=NAME`` runs a pair on another backbone of the registry (the
+test runs ``resnest50=resnest_tiny``, i.e. encnet_resnest_tiny vs deeplab_resnest_tiny).
+
 All models are randomly initialised (no downloads) from fixed seeds and see the same input and labels.
 After warm-up calls, the two models of a pair are timed in rounds: each round calls both once, back to
 back, alternating which goes first, and the reported ratio is the median over rounds of the ratio
@@ -18,8 +29,8 @@ disturbed call; when these disagree with the median, the machine was busy. Only 
 meta device (a multiply-add counts as 2), split into backbone, head and aux head, so that the time
 ratios can be read against the work each model does.
 
-    .venv/bin/python benchmarks/heads.py                      # batch 2, 3x256x256, 21 classes
-    .venv/bin/python benchmarks/heads.py --size 480 --batch 1 --repeats 3
+    .venv/bin/python benchmarks/heads.py                      # batch 2, 3x256x256, 21 classes, all pairs
+    .venv/bin/python benchmarks/heads.py --size 480 --batch 2 --repeats 3 --pairs resnest50
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +50,16 @@ from torchvision.models.segmentation import deeplabv3_resnet50, fcn_resnet50
 
 from encnet_core.constants import IGNORE_INDEX
 from encnet_core.engine.losses import SegmentationLoss
-from encnet_core.models.registry import create_model
+from encnet_core.models.backbones import BACKBONES
+from encnet_core.models.registry import MODELS, create_model
 
 TRAIN_GOAL = 1.05  # our train step time / FCN's, at most
 INFER_GOAL = 0.85  # our inference time / DeepLabV3's, at most
 AUX_WEIGHT = 0.2  # torchvision's reference scripts and PyTorch-Encoding both weight the aux CE by 0.2
+
+# --pairs: the torchvision pair, then EncNet vs encnet's DeepLabV3 on one backbone (pair -> default backbone)
+SAME_BACKBONE = {"resnet50s": "resnet50s", "resnest50": "resnest50"}
+PAIRS = ("torchvision", *SAME_BACKBONE)
 
 # top-level children of each model, grouped for the FLOP breakdown
 PARTS = {
@@ -54,7 +70,9 @@ PARTS = {
 
 
 def build(name: str, classes: int, seed: int) -> nn.Module:
-    """One of the three models, randomly initialised from ``seed``."""
+    """A model, randomly initialised from ``seed``: ``encnet`` (EncNet-ResNet50), torchvision's ``fcn``
+    or ``deeplabv3``, or a registry name ``encnet_<backbone>`` / ``deeplab_<backbone>`` (aux head on;
+    EncNet also with the SE head and without the lateral branch)."""
     torch.manual_seed(seed)
     if name == "encnet":
         return create_model("encnet_resnet50", classes, lateral=False, aux=True, se_loss=True)
@@ -62,6 +80,10 @@ def build(name: str, classes: int, seed: int) -> nn.Module:
         return fcn_resnet50(weights=None, weights_backbone=None, aux_loss=True, num_classes=classes)
     if name == "deeplabv3":
         return deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=False, num_classes=classes)
+    if name.startswith("encnet_") and name in MODELS:
+        return create_model(name, classes, lateral=False, aux=True, se_loss=True)
+    if name.startswith("deeplab_") and name in MODELS:
+        return create_model(name, classes, aux=True)
     raise ValueError(name)
 
 
@@ -121,24 +143,71 @@ def time_pair(ours: Callable[[], None], theirs: Callable[[], None], warmup: int,
     )
 
 
-def bench_train(args: argparse.Namespace, x: Tensor, y: Tensor) -> PairTiming:
-    """Train step, ours vs FCN."""
-    encnet = build("encnet", args.classes, args.seed).train()
-    fcn = build("fcn", args.classes, args.seed).train()
-    our_loss = SegmentationLoss(aux_weight=AUX_WEIGHT)
-    return time_pair(
-        lambda: train_step(encnet, lambda out, labels: our_loss(out, labels)[0], x, y),
-        lambda: train_step(fcn, torchvision_loss, x, y),
-        args.warmup,
-        args.repeats,
-    )
+@dataclass(frozen=True)
+class Comparison:
+    """One timed row: ours against a baseline, in one mode, with the names ``build`` takes."""
+
+    pair: str  # its --pairs name
+    mode: str  # "train" (forward + loss + backward) or "inference"
+    ours: str
+    theirs: str
+    title: str  # the section heading
+    label: str  # what the ratio is, e.g. "ours / FCN"
+    goal: float | None = None  # the most ours / theirs may be; None: reported only
 
 
-def bench_inference(args: argparse.Namespace, x: Tensor) -> PairTiming:
-    """Inference, ours vs DeepLabV3."""
-    encnet = build("encnet", args.classes, args.seed).eval()
-    deeplab = build("deeplabv3", args.classes, args.seed).eval()
-    return time_pair(lambda: infer(encnet, x), lambda: infer(deeplab, x), args.warmup, args.repeats)
+def comparisons(pairs: Sequence[str], backbones: Mapping[str, str]) -> list[Comparison]:
+    """The rows of ``pairs``, in order; ``backbones``: pair of ``SAME_BACKBONE`` -> backbone to run it on."""
+    rows: list[Comparison] = []
+    for pair in pairs:
+        if pair == "torchvision":
+            rows.append(Comparison(pair, "train", "encnet", "fcn",
+                                   "train step (forward + loss + backward), EncNet vs FCN (aux on both):",
+                                   "ours / FCN", TRAIN_GOAL))  # fmt: skip
+            rows.append(Comparison(pair, "inference", "encnet", "deeplabv3",
+                                   "inference (eval, inference_mode), EncNet vs DeepLabV3:",
+                                   "ours / DeepLabV3", INFER_GOAL))  # fmt: skip
+            continue
+        backbone = backbones[pair]
+        ours, theirs = f"encnet_{backbone}", f"deeplab_{backbone}"
+        rows.append(Comparison(pair, "train", ours, theirs,
+                               f"train step (forward + loss + backward), {ours} vs {theirs} (aux on both, SE on EncNet):",
+                               f"EncNet / DeepLabV3 ({backbone})"))  # fmt: skip
+        rows.append(Comparison(pair, "inference", ours, theirs,
+                               f"inference (eval, inference_mode), {ours} vs {theirs}:",
+                               f"EncNet / DeepLabV3 ({backbone})"))  # fmt: skip
+    return rows
+
+
+def loss_for(name: str) -> Callable[[dict[str, Tensor], Tensor], Tensor]:
+    """torchvision's FCN: CE + 0.2 aux CE. Registry models: ``SegmentationLoss()``, which adds the SE
+    term only when the outputs have ``"se"`` (EncNet's SE head; DeepLabV3 has none)."""
+    if name == "fcn":
+        return torchvision_loss
+    loss = SegmentationLoss(aux_weight=AUX_WEIGHT)
+    return lambda outputs, labels: loss(outputs, labels)[0]
+
+
+@dataclass(frozen=True)
+class Result:
+    comparison: Comparison
+    timing: PairTiming
+    flops: dict[str, dict[str, int]]  # model name -> "total" and each of PARTS -> forward FLOPs
+
+
+def measure(comparison: Comparison, args: argparse.Namespace, x: Tensor, y: Tensor) -> Result:
+    """Time one row (both models built from the same seed, in the row's mode) and count its FLOPs."""
+    train = comparison.mode == "train"
+    ours = build(comparison.ours, args.classes, args.seed).train(train)
+    theirs = build(comparison.theirs, args.classes, args.seed).train(train)
+    if train:
+        our_loss, their_loss = loss_for(comparison.ours), loss_for(comparison.theirs)
+        timing = time_pair(lambda: train_step(ours, our_loss, x, y), lambda: train_step(theirs, their_loss, x, y),
+                           args.warmup, args.repeats)  # fmt: skip
+    else:
+        timing = time_pair(lambda: infer(ours, x), lambda: infer(theirs, x), args.warmup, args.repeats)
+    flops = {name: forward_flops(name, args, train) for name in (comparison.ours, comparison.theirs)}
+    return Result(comparison, timing, flops)
 
 
 def forward_flops(name: str, args: argparse.Namespace, train: bool) -> dict[str, int]:
@@ -170,16 +239,17 @@ def print_timing(label: str, timing: PairTiming) -> None:
 
 def print_flops(pair: tuple[str, str], flops: dict[str, dict[str, int]]) -> None:
     ours, theirs = pair
-    print(f"  {'forward GFLOPs':<16} {ours:>10} {theirs:>10} {'ratio':>8}")
+    wo, wt = max(10, len(ours)), max(10, len(theirs))
+    print(f"  {'forward GFLOPs':<16} {ours:>{wo}} {theirs:>{wt}} {'ratio':>8}")
     for part in ("total", *PARTS):
         a, b = flops[ours][part], flops[theirs][part]
         if a == 0 and b == 0:
             continue
         ratio = f"{a / b:7.2f}x" if b else "      -"
-        print(f"  {part:<16} {a / 1e9:>10.1f} {b / 1e9:>10.1f} {ratio:>8}")
+        print(f"  {part:<16} {a / 1e9:>{wo}.1f} {b / 1e9:>{wt}.1f} {ratio:>8}")
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="input height = width")
     parser.add_argument("--batch", type=int, default=2, help="batch size")
@@ -187,40 +257,79 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, input and labels")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--pairs", default=",".join(PAIRS),
+        help=f"comma-separated comparisons to run, of {', '.join(PAIRS)} (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backbone", action="append", default=[], metavar="PAIR=NAME",
+        help="run a same-backbone pair on another registry backbone, e.g. resnest50=resnest_tiny (repeatable)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    pairs = [pair.strip() for pair in args.pairs.split(",") if pair.strip()]
+    if not pairs or any(pair not in PAIRS for pair in pairs):
+        parser.error(f"--pairs takes a comma-separated list of {', '.join(PAIRS)}; got {args.pairs!r}")
+    args.pairs = list(dict.fromkeys(pairs))
+    args.backbones = dict(SAME_BACKBONE)
+    for item in args.backbone:
+        pair, sep, name = item.partition("=")
+        if not sep or pair not in SAME_BACKBONE:
+            parser.error(
+                f"--backbone takes PAIR=NAME with PAIR one of {', '.join(SAME_BACKBONE)}; got {item!r}"
+            )
+        if name not in BACKBONES:
+            parser.error(
+                f"--backbone {item}: unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}"
+            )
+        args.backbones[pair] = name
+    if args.batch < 2 and any(pair in SAME_BACKBONE for pair in args.pairs):
+        parser.error(
+            "--batch 1 cannot train DeepLabV3 (its image-pooling branch has one value per channel for BatchNorm); "
+            "use --batch 2 or more, or --pairs torchvision"
+        )
+    return args
 
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
     print(
-        f"EncNet-ResNet50 vs torchvision, batch {args.batch}, 3x{args.size}x{args.size}, {args.classes} classes, "
+        f"EncNet vs torchvision / vs DeepLabV3 on the same backbone (pairs {', '.join(args.pairs)}), "
+        f"batch {args.batch}, 3x{args.size}x{args.size}, {args.classes} classes, "
         f"float32, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=generator)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=generator)
 
-    train = bench_train(args, x, y)
-    infer = bench_inference(args, x)
-    train_flops = {name: forward_flops(name, args, train=True) for name in ("encnet", "fcn")}
-    infer_flops = {name: forward_flops(name, args, train=False) for name in ("encnet", "deeplabv3")}
-
-    print("\ntrain step (forward + loss + backward), EncNet vs FCN (aux on both):")
-    print_timing("ours / FCN", train)
-    print_flops(("encnet", "fcn"), train_flops)
-    print("\ninference (eval, inference_mode), EncNet vs DeepLabV3:")
-    print_timing("ours / DeepLabV3", infer)
-    print_flops(("encnet", "deeplabv3"), infer_flops)
-    print(
-        f"\n(ours: train step {train.seconds:.2f} s, inference {infer.seconds:.2f} s "
-        "on this machine; only the ratios are claims)"
-    )
+    results = [measure(row, args, x, y) for row in comparisons(args.pairs, args.backbones)]
+    for result in results:
+        row = result.comparison
+        print(f"\n{row.title}")
+        print_timing(row.label, result.timing)
+        print_flops((row.ours, row.theirs), result.flops)
+    print("\n(seconds per call of ours on this machine; only the ratios are claims)")
+    for result in results:
+        row = result.comparison
+        print(f"  {row.mode:<9} {row.ours:<20} {result.timing.seconds:.2f} s")
     print(
         f"\nload average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes skew the ratios)"
     )
-    print("goals:")
-    for label, timing, goal in (
-        ("train step  ours / FCN      ", train, TRAIN_GOAL),
-        ("inference   ours / DeepLabV3", infer, INFER_GOAL),
+    for heading, rows in (
+        ("goals:", [r for r in results if r.comparison.goal is not None]),
+        ("reported (no goal):", [r for r in results if r.comparison.goal is None]),
     ):
-        print(f"  {label} = {timing.ratio:.3f}x  (goal <= {goal}x)  {verdict(timing.ratio <= goal)}")
+        if not rows:
+            continue
+        print(heading)
+        for result in rows:
+            row, ratio = result.comparison, result.timing.ratio
+            line = (
+                f"  {'train step' if row.mode == 'train' else 'inference':<11} {row.label:<34} = {ratio:.3f}x"
+            )
+            if row.goal is not None:
+                line += f"  (goal <= {row.goal}x)  {verdict(ratio <= row.goal)}"
+            print(line)
+    return results
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _commands(tiny: tuple[Path, Path], images: Path, work: Path) -> dict[str, tu
     """command -> (its arguments without --json, a key its JSON must have)."""
     data, ckpt = tiny
     return {
-        "models": (["models", "--size", "32"], "name"),
+        "models": (["models", "tiny", "--size", "32"], "name"),
         "doctor": (["doctor", "--device", "cpu", "--size", "32"], "status"),
         "info (dataset)": (["info", data], "splits"),
         "info (model)": (["info", ckpt], "classes"),
@@ -117,7 +117,7 @@ def test_bad_json_file_refused_before_the_work(tiny, tmp_path: Path) -> None:
     assert data.read_bytes() == before
     old = tmp_path / "old.json"
     old.write_text("[]\n")  # an earlier JSON result is replaced
-    assert run("models", "--size", "32", "--json", old).exit_code == 0
+    assert run("models", "tiny", "--size", "32", "--json", old).exit_code == 0
     assert json.loads(old.read_text())[0]["name"]
 
 
