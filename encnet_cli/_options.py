@@ -113,6 +113,22 @@ def inference_request(
     return InferenceRequest(scales, slide, flip, crop_size, base_size, stride_rate, value(merge), batch_size)
 
 
+FIXED_BY_PROTOCOL = ("scales", "slide", "flip", "merge", "stride_rate", "crop_size", "base_size")  # set by --protocol reference
+
+
+def check_protocol_flags(ctx: typer.Context, verb: str) -> None:
+    """--protocol reference with an inference option it sets itself is a usage error (exit 2), not a silent
+    override (``verb``: the command, in "or VERB without --protocol")."""
+    given = [name for name in FIXED_BY_PROTOCOL if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise typer.BadParameter(
+            f"--protocol reference sets {flags} itself (as the reference's test.py, with the model's base/crop size); "
+            f"drop them, or {verb} without --protocol",
+            param_hint="'--protocol'",
+        )
+
+
 SCALES_HELP = "Multi-scale inference, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 (the reference's; long side = base size x scale)."
 
 Scales = Annotated[Optional[str], typer.Option("--scales", help=SCALES_HELP)]

@@ -58,7 +58,7 @@ def evaluate(
     from encnet_core.engine.evaluate import run as run_evaluate
 
     if protocol is opt.Protocol.reference:
-        _check_protocol_flags(ctx)
+        opt.check_protocol_flags(ctx, "evaluate")
     _check_classification_flags(ctx, data)
     check_json_target(json_out)
     options = EvaluateOptions(
@@ -148,21 +148,6 @@ def _print_classification(result: dict, model: Path, data: Path, split: str) -> 
 
 
 _PRINTERS = {"segmentation": _print_segmentation, "classification": _print_classification}  # per task (encnet_core/tasks.py's names)
-
-
-_FIXED_BY_PROTOCOL = ("scales", "slide", "flip", "merge", "stride_rate", "crop_size", "base_size")  # set by --protocol reference
-
-
-def _check_protocol_flags(ctx: typer.Context) -> None:
-    """--protocol reference with an inference option it sets itself is a usage error (exit 2), not a silent override."""
-    given = [name for name in _FIXED_BY_PROTOCOL if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise typer.BadParameter(
-            f"--protocol reference sets {flags} itself (as the reference's test.py, with the model's base/crop size); "
-            "drop them, or evaluate without --protocol",
-            param_hint="'--protocol'",
-        )
 
 
 def _print_protocol(protocol: dict, split: str) -> None:

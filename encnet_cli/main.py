@@ -16,7 +16,20 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from encnet_cli import _options as opt
-from encnet_cli import doctor, evaluate, export, info, models, predict, prepare, report, show, train, weights
+from encnet_cli import (
+    doctor,
+    evaluate,
+    export,
+    info,
+    models,
+    predict,
+    prepare,
+    report,
+    show,
+    submit,
+    train,
+    weights,
+)
 from encnet_cli._output import err_console, safe_text, usage_text
 from encnet_core import __version__
 from encnet_core.errors import EncNetError
@@ -138,7 +151,7 @@ def summary(function: Callable[..., Any]) -> str:
 
 for _name, _function in (
     ("targets", info.targets), ("train", train.train), ("evaluate", evaluate.evaluate),
-    ("predict", predict.predict), ("export", export.export), ("info", info.info), ("show", show.show),
+    ("predict", predict.predict), ("submit", submit.submit), ("export", export.export), ("info", info.info), ("show", show.show),
     ("report", report.report), ("models", models.models), ("doctor", doctor.doctor),
 ):  # fmt: skip
     app.command(_name, cls=EncNetCommand, help=help_text(_function), short_help=summary(_function))(_function)

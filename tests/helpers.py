@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from encnet_core.config import TrainConfig
+from encnet_core.data.hdf5 import HDF5Writer, Sample
 from encnet_core.data.prepare import PrepareOptions, prepare
+from encnet_core.palette import voc_palette
 
 
 def make_synthetic(folder: Path, num_train: int, num_val: int, size: int = 48) -> Path:
@@ -88,3 +92,45 @@ def assert_same(a: Any, b: Any, where: str = "checkpoint") -> None:
             assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def write_model(path: Path, classes: list[str], seed: int = 0) -> Path:
+    """A weights file of encnet_tiny with random weights (and BN statistics) for ``classes``."""
+    from encnet_core.models import create_model
+    from encnet_core.weights.checkpoint import save_checkpoint
+    from encnet_core.weights.metadata import ModelMetadata
+
+    torch.manual_seed(seed)
+    model = create_model("encnet_tiny", len(classes))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.2, 2.0)
+                module.weight.uniform_(0.5, 3.0)
+    meta = ModelMetadata(model_config=dict(model.config), classes=tuple(classes), base_size=48, crop_size=32)
+    save_checkpoint({"kind": "weights", "model": model.state_dict(), **meta.to_dict()}, path)
+    return path
+
+
+def write_images(folder: Path, names: list[str], sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
+    """Noise PNGs (RGB) named ``names``; (height, width) per image."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (h, w) in zip(names, sizes, strict=True):
+        path = folder / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_h5(path: Path, images: list[Path], names: list[str], dataset: str = "cityscapes") -> Path:
+    """A prepared file with one unlabelled split, ``test``, holding ``images`` under ``names``."""
+    with HDF5Writer(path, dataset, ["a", "b"], voc_palette(2)) as writer:
+        writer.begin_split("test", capacity=len(images), labelled=False)
+        for image, name in zip(images, names, strict=True):
+            with Image.open(image) as img:
+                w, h = img.size
+            writer.add(Sample(name=name, image=image.read_bytes(), height=h, width=w))
+    return path

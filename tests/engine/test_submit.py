@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import write_h5, write_images, write_model
 from PIL import Image
 
 from encnet_core.choices import SUBMIT_SERVERS
-from encnet_core.data.hdf5 import HDF5Writer, Sample
 from encnet_core.data.sources.ade20k import ADE20K_CLASSES
 from encnet_core.data.sources.cityscapes_labels import CLASSES as CITYSCAPES_CLASSES
 from encnet_core.data.sources.cityscapes_labels import TRAIN_TO_LABEL_ID
@@ -25,52 +24,11 @@ from encnet_core.engine.inference import InferenceRequest
 from encnet_core.engine.masks import PredictOptions, predict
 from encnet_core.engine.submit import SERVERS, SubmitOptions, run
 from encnet_core.errors import ConfigError, DataError
-from encnet_core.models import create_model
 from encnet_core.palette import voc_palette
-from encnet_core.weights.checkpoint import save_checkpoint
-from encnet_core.weights.metadata import ModelMetadata
 from encnet_core.weights.model_files import load_model
 
 CLASSES = {"voc": list(VOC_CLASSES), "ade20k": list(ADE20K_CLASSES), "cityscapes": list(CITYSCAPES_CLASSES)}
 CPU = "cpu"
-
-
-def write_model(path: Path, classes: list[str], seed: int = 0) -> Path:
-    """A weights file of encnet_tiny with random weights (and BN statistics) for ``classes``."""
-    torch.manual_seed(seed)
-    model = create_model("encnet_tiny", len(classes))
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.2, 2.0)
-                module.weight.uniform_(0.5, 3.0)
-    meta = ModelMetadata(model_config=dict(model.config), classes=tuple(classes), base_size=48, crop_size=32)
-    save_checkpoint({"kind": "weights", "model": model.state_dict(), **meta.to_dict()}, path)
-    return path
-
-
-def write_images(folder: Path, names: list[str], sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
-    """Noise PNGs (RGB) named ``names``; (height, width) per image."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, (h, w) in zip(names, sizes, strict=True):
-        path = folder / f"{name}.png"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def write_h5(path: Path, images: list[Path], names: list[str], dataset: str = "cityscapes") -> Path:
-    """A prepared file with one unlabelled split, ``test``, holding ``images`` under ``names``."""
-    with HDF5Writer(path, dataset, ["a", "b"], voc_palette(2)) as writer:
-        writer.begin_split("test", capacity=len(images), labelled=False)
-        for image, name in zip(images, names, strict=True):
-            with Image.open(image) as img:
-                w, h = img.size
-            writer.add(Sample(name=name, image=image.read_bytes(), height=h, width=w))
-    return path
 
 
 @pytest.fixture(scope="module")
