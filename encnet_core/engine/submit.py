@@ -337,7 +337,7 @@ def run(
     zoo.resolve(model_path, mirror=options.mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
     model = load_model(model_path, resolve_device(options.device), options.amp, trust_code=options.trust_code)
     if not facts(model.task).per_pixel:
-        raise ConfigError(f"{model_path} is {facts(model.task).predict_model.split(' (')[0]}; a server takes label maps of a segmentation model")
+        raise ConfigError(f"{model_path} is a {model.task} model; a server takes the label maps of a segmentation model")
     check_classes(server, model.classes)
     inference = request.config(model.crop_size, model.base_size)
     if options.protocol == "reference":

@@ -22,6 +22,7 @@ from encnet_core.data.sources.voc import VOC_CLASSES
 from encnet_core.engine.device import resolve_device
 from encnet_core.engine.inference import InferenceRequest
 from encnet_core.engine.masks import PredictOptions, predict
+from encnet_core.engine.segmentation import reference_protocol
 from encnet_core.engine.submit import SERVERS, SubmitOptions, run
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import voc_palette
@@ -134,6 +135,8 @@ def test_reference_protocol_uses_the_servers_dataset(models: dict[str, Path], tm
     result = run(models["voc"], tmp_path / "images", options("voc", tmp_path / "out", protocol="reference"), InferenceRequest(batch_size=16))
     assert result.inference == {"scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "slide": False, "flip": True, "merge": "reference",
                                 "crop_size": 32, "base_size": 48, "stride_rate": 2 / 3}  # fmt: skip
+    city = run(models["cityscapes"], tmp_path / "images", options("cityscapes", tmp_path / "city", protocol="reference"), InferenceRequest(batch_size=16))
+    assert city.inference["scales"] == list(reference_protocol("cityscapes").scales)  # the citys scales once PROTOCOLS has them
 
 
 @pytest.mark.parametrize(("server", "model", "message"), [
