@@ -301,10 +301,37 @@ def test_a_bad_mask_is_refused_naming_the_file_and_skip_bad_skips_it(tmp_path: P
     assert [(s["split"], s["name"]) for s in skipped] == [("train", bad)] and reason in skipped[0]["reason"]
 
 
-def test_a_bad_from_folder_is_one_line(tmp_path: Path) -> None:
+def test_a_bad_from_folder_is_one_line(built: tuple[Path, dict[str, Path], Path], tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result, _ = prepare(tmp_path, "--from", tmp_path / "empty")
     assert "has no leftImg8bit/ folder" in one_error_line(result)
+    root, zips, _ = built
+    result, _ = prepare(tmp_path, "--from", root, "--coarse")
+    assert "has no gtCoarse/ folder: unpack gtCoarse.zip into it" in one_error_line(result)
+    result, _ = prepare(tmp_path, "--from", root, *archive_args(zips))
+    assert "--from DIR and --archive" in one_error_line(result)
+
+
+def test_fetch_of_a_login_only_file_says_where_to_get_it(tmp_path: Path) -> None:
+    from encnet_core.data.sources.cityscapes import FINE
+    from encnet_core.errors import DownloadError
+    from encnet_core.fetch.download import fetch
+
+    with pytest.raises(DownloadError) as raised:
+        fetch(FINE, tmp_path)
+    message = str(raised.value)
+    assert DOWNLOADS in message and "--archive gtFine_trainvaltest.zip=PATH" in message and "\n" not in message
+
+
+def test_from_a_root_whose_path_holds_the_folder_names(built: tuple[Path, dict[str, Path], Path], tmp_path: Path) -> None:
+    import shutil
+
+    root, _, out = built
+    odd = tmp_path / "gtFine" / "leftImg8bit" / "cityscapes"
+    shutil.copytree(root, odd)
+    result, copy = prepare(tmp_path, "--from", odd)
+    assert result.exit_code == 0, result.output
+    assert {s: list(v) for s, v in stored(copy).items()} == {s: list(v) for s, v in stored(out).items()}
 
 
 def test_protocol_reference_uses_the_citys_scales(built: tuple[Path, dict[str, Path], Path], tmp_path: Path) -> None:

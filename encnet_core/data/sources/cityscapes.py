@@ -106,12 +106,10 @@ def _split_items(
     image_container, image_names = images
     mask_container, mask_names = masks
     available = set(mask_names)
-    mask_prefix = ""
-    for name in mask_names:  # the folder above gtFine/ in the listing (an archive's top folder, or the --from root)
-        head, sep, _ = name.partition(f"{kind}/")
-        if sep and (not head or head.endswith("/")):
-            mask_prefix = head
-            break
+    mask_prefix = None  # the folder above gtFine/: an archive's top folder ("" in the real zips); a --from root's path
+    if mask_container:
+        pattern = re.compile(rf"^((?:.*/)?){kind}/[^/]+/[^/]+/[^/]+_{kind}_labelIds\.png$")
+        mask_prefix = next((m[1] for m in map(pattern.match, mask_names) if m), "")
     found: dict[str, list[Item]] = {split: [] for split in splits}
     for name in sorted(image_names):
         match = _IMAGE.match(name)
@@ -122,7 +120,8 @@ def _split_items(
         if split == "test":  # gtFine's test masks are placeholders: stored unlabelled
             found[split].append(Item(stem, image, None))
             continue
-        mask = f"{mask_prefix}{kind}/{split}/{city}/{stem}_{kind}_labelIds.png"
+        prefix = match["prefix"] if mask_prefix is None else mask_prefix  # --from: the root above leftImg8bit/
+        mask = f"{prefix}{kind}/{split}/{city}/{stem}_{kind}_labelIds.png"
         if mask not in available:
             raise DataError(f"{where}: {name} has no mask {mask}")
         found[split].append(Item(stem, image, (mask_container, mask), decode_labelids))
