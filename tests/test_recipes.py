@@ -35,8 +35,11 @@ REFERENCE = {
     "pcontext_deeplab_resnest101": ("deeplab_resnest101", 80, 0.001, 480, 520, True, False, (81.91, 56.49)),
     "pcontext_deeplab_resnest200": ("deeplab_resnest200", 80, 0.001, 480, 520, True, False, (82.50, 58.37)),
     "pcontext_deeplab_resnest269": ("deeplab_resnest269", 80, 0.001, 480, 520, True, False, (83.06, 58.92)),
+    # no documented command: train.py --dataset citys --model EncNet --aux --se-loss --backbone resnet101 with
+    # train.py's citys epochs/lr (:110, :120) and the author's sizes for Cityscapes (issue #186: base 2048, crop 768)
+    "cityscapes_encnet_resnet101s": ("encnet_resnet101s", 240, 0.004, 768, 2048, True, True, None),
 }
-NUM_CLASSES = {"ade20k": 150, "pcontext": 59}
+NUM_CLASSES = {"ade20k": 150, "pcontext": 59, "cityscapes": 19}
 
 
 def test_every_reference_recipe_is_shipped() -> None:

@@ -48,7 +48,13 @@ from encnet_core.data.hdf5 import (
 from encnet_core.data.sources import Item, Ref, get_source
 from encnet_core.errors import ConfigError, DataError, EncNetError
 from encnet_core.fetch.archives import Archive, ArchiveLimits, open_archive, verify_archive
-from encnet_core.fetch.download import check_timeout, check_url, default_cache_dir, fetch
+from encnet_core.fetch.download import (
+    check_timeout,
+    check_url,
+    default_cache_dir,
+    fetch,
+    manual_download_message,
+)
 from encnet_core.paths import check_output_file
 from encnet_core.progress import ProgressCallback
 from encnet_core.tasks import facts
@@ -291,6 +297,10 @@ def _resolve_remote_options(remotes: tuple, options: PrepareOptions) -> dict[str
         url = options.urls.get(remote.name)
         if url is None and options.mirror:
             url = options.mirror.rstrip("/") + "/" + remote.name
+        if not (url or remote.url or remote.name in archives):  # a login-only file: say so before any work
+            root = Path(options.root) if options.root else default_cache_dir()
+            if not (root / remote.name).is_file():
+                raise DataError(manual_download_message(remote, root))
         resolved[remote.name] = {
             "url": url,
             "archive": archives.get(remote.name),

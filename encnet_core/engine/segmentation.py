@@ -90,13 +90,19 @@ PROTOCOLS: dict[str, ReferenceProtocol] = {
     name: ReferenceProtocol(name, _SCALES, f"{_TEST_PY} (test.py --dataset {ref})")
     for name, ref in (("pcontext", "pcontext"), ("ade20k", "ade20k"), ("voc", "pascal_voc"), ("voc-aug", "pascal_aug"))
 }
-"""The reference's protocol per prepared dataset (``DatasetInfo.dataset``). Its only other case,
-Cityscapes (``citys``: 0.75 .. 2.25), is a dataset encnet does not prepare."""
+PROTOCOLS["cityscapes"] = ReferenceProtocol(
+    "cityscapes",
+    (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25),
+    "PyTorch-Encoding experiments/segmentation/test.py line 157: "
+    "scales = [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25] if args.dataset == 'citys' (test.py --dataset citys)",
+)
+"""The reference's protocol per prepared dataset (``DatasetInfo.dataset``): its test.py scales for every
+dataset but Cityscapes (``citys``), and 0.75 .. 2.25 for Cityscapes."""
 _DEFAULT_PROTOCOL = ReferenceProtocol("*", _SCALES, _TEST_PY)
 
 
 def reference_protocol(dataset: str) -> ReferenceProtocol:
-    """The reference's protocol for ``dataset``; test.py's non-Cityscapes one for a dataset it does not know."""
+    """The reference's protocol for ``dataset``; test.py's scales for every dataset but Cityscapes for one it does not know."""
     return PROTOCOLS.get(dataset, _DEFAULT_PROTOCOL)
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "download",
     "fetch",
     "file_hashes",
+    "manual_download_message",
     "check_timeout",
     "check_url",
     "parse_checksum_option",
@@ -76,6 +77,7 @@ class RemoteFile:
     md5: str | None = None  # published md5 hex digest, if any
     sha1: str | None = None  # published sha1 hex digest, if any
     size: int | None = None  # approximate size in bytes, for messages only
+    manual: str | None = None  # where to get the file by hand when ``url`` is "" (no URL works without a login)
 
     def checksums(self) -> dict[str, str]:
         """The published checksums as ``{algo: hex}`` (empty when none is known)."""
@@ -475,6 +477,8 @@ def fetch(
         if path.is_file():
             hashes = verify_file(path, checks, what="cached file", progress=progress)
             _check_local(path, "a cached file: delete it and run again to download a fresh copy")
+        elif not (url_override or remote.url):
+            raise DownloadError(manual_download_message(remote, root))
         elif not allow_download:
             raise DownloadError(
                 f"{remote.name} not found in {root} and --no-download was given; download it from "
@@ -492,6 +496,14 @@ def fetch(
                 ) from None
     _warn_unverified(path, hashes, expected, verify, warn)
     return path, hashes
+
+
+def manual_download_message(remote: RemoteFile, root: Path) -> str:
+    """One line for a file that cannot be downloaded (no URL): where to get it and how to pass it."""
+    return (
+        f"{remote.name} is not in {root} and encnet cannot download it ({remote.manual or 'no download URL is known'}); "
+        f"pass --archive {remote.name}=PATH"
+    )
 
 
 def default_cache_dir() -> Path:

@@ -421,9 +421,12 @@ def test_protocol_table_and_overrides() -> None:
     from encnet_core.engine.segmentation import PROTOCOLS, protocol_inference, reference_protocol
     from encnet_core.errors import ConfigError
 
-    assert set(PROTOCOLS) == {"pcontext", "ade20k", "voc", "voc-aug"}
+    assert set(PROTOCOLS) == {"pcontext", "ade20k", "voc", "voc-aug", "cityscapes"}
     for protocol in [*PROTOCOLS.values(), reference_protocol("folder")]:
-        assert protocol.scales == SCALES and protocol.flip and protocol.merge == "reference"
+        # test.py:157: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25] if args.dataset == 'citys' else SCALES
+        citys = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25)
+        assert protocol.scales == (citys if protocol.dataset == "cityscapes" else SCALES)
+        assert protocol.flip and protocol.merge == "reference"
         assert protocol.stride_rate == 2 / 3 and protocol.miou == "mIoU_all"
     given = InferenceConfig(scales=(1.0,), slide=True, flip=False, merge="prob", stride_rate=0.5, crop_size=64, base_size=80, batch_size=3, align_corners=False)
     model = types.SimpleNamespace(crop_size=576, base_size=640, pad_value=black_pad())  # as encnet_resnet101s_ade

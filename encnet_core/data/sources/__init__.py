@@ -31,7 +31,7 @@ __all__ = ["Ref", "Item", "SourcePlan", "Source", "SOURCES", "get_source", "deco
 
 def _registry() -> dict[str, Source]:
     # here, not at the top: a run imports the sources (scipy, archives) only when it prepares one
-    from encnet_core.data.sources import ade20k, cifar10, folder, pcontext, synthetic_cls, voc
+    from encnet_core.data.sources import ade20k, cifar10, cityscapes, folder, pcontext, synthetic_cls, voc
 
     return {
         "voc": voc.VOC,
@@ -41,6 +41,7 @@ def _registry() -> dict[str, Source]:
         "folder": folder.FOLDER,
         "synthetic": synthetic_cls.SYNTHETIC,  # voc.SYNTHETIC's segmentation scenes, or with task=classification their scene types
         "cifar10": cifar10.CIFAR10,
+        "cityscapes": cityscapes.CITYSCAPES,
     }
 
 
