@@ -34,6 +34,12 @@ def _print_segmentation(stats: dict) -> None:
         for row in entry["classes"]:
             table.add_row(str(row["index"]), t(row["name"]), f"{row['pixel_share']:.2%}", f"{row['image_fraction']:.1%}")
         console.print(table)
+        empty = entry.get("empty_classes") or []
+        if empty:
+            console.print(
+                f"[yellow]{t(split)}: {plural(len(empty), 'class', 'classes')} with no pixel:[/] {t(', '.join(empty))}",
+                highlight=False,
+            )
 
 
 def _print_classification(stats: dict) -> None:
