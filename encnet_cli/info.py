@@ -99,8 +99,8 @@ def info(
     json_out: opt.JsonOut = None,
     trust_code: opt.TrustCode = False,
 ) -> None:
-    """Print a dataset's splits and per-class statistics (pixel shares; images per class for a
-    classification dataset), or a model's metadata.
+    """Print a dataset's splits and per-class statistics (pixel shares and the classes with no pixel
+    in a split; images per class for a classification dataset), or a model's metadata.
 
     A TorchScript/pt2 model's metadata is read from its archive without running it; with
     --trust-code the program is also opened (which runs its code), checking that it loads.

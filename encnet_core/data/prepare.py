@@ -5,7 +5,8 @@ straight from the archives (or extracted files), checks them (decodable image, m
 with labels 0..C-1 or 255; for a classification source, a class index 0..C-1, the image made by the
 item's ``load`` where it has one) and hands back a ``Sample``; the main process writes them in order with
 ``HDF5Writer``, which moves the file into place only when everything succeeded, and never over a
-file that appeared meanwhile unless ``overwrite`` is set.
+file that appeared meanwhile unless ``overwrite`` is set. The main process also gathers each mask's
+distinct values for `LabelChecks` (label_checks.py), whose errors come before that move.
 
 Every option is checked before any work (a bad ``--out`` is found before a download, not after a
 conversion). SIGTERM unwinds ``prepare`` like Ctrl-C (`Interrupted`, a KeyboardInterrupt), so the
