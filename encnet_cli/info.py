@@ -34,6 +34,12 @@ def _print_segmentation(stats: dict) -> None:
         for row in entry["classes"]:
             table.add_row(str(row["index"]), t(row["name"]), f"{row['pixel_share']:.2%}", f"{row['image_fraction']:.1%}")
         console.print(table)
+        empty = entry.get("empty_classes") or []
+        if empty:
+            console.print(
+                f"[yellow]{t(split)}: {plural(len(empty), 'class', 'classes')} with no pixel:[/] {t(', '.join(empty))}",
+                highlight=False,
+            )
 
 
 def _print_classification(stats: dict) -> None:
@@ -93,8 +99,8 @@ def info(
     json_out: opt.JsonOut = None,
     trust_code: opt.TrustCode = False,
 ) -> None:
-    """Print a dataset's splits and per-class statistics (pixel shares; images per class for a
-    classification dataset), or a model's metadata.
+    """Print a dataset's splits and per-class statistics (pixel shares and the classes with no pixel
+    in a split; images per class for a classification dataset), or a model's metadata.
 
     A TorchScript/pt2 model's metadata is read from its archive without running it; with
     --trust-code the program is also opened (which runs its code), checking that it loads.

@@ -130,6 +130,10 @@ def run(source: str, shared: Shared, params: dict[str, Any], *, strict: bool = F
         signal_name = getattr(exc, "signal_name", "SIGINT")
         err_console.print(f"[bold red]interrupted[/] by {signal_name}: {safe_text(s.out)} was not written", highlight=False)
         raise typer.Exit(143 if signal_name == "SIGTERM" else 130) from None
+    if result.empty_classes:
+        from encnet_core.data.label_checks import empty_classes_message
+
+        log.warning(safe_text(empty_classes_message(result.empty_classes, len(result.classes)), markup=False))
     summary = dataclasses.asdict(result)
     if s.json_out is not None:
         emit_json(summary, s.json_out)

@@ -84,6 +84,7 @@ class Sample:
     mask: bytes | None = None  # segmentation: PNG of the (H, W) uint8 label map, or None when unlabelled
     class_pixels: np.ndarray | None = None  # segmentation: (C,) int64
     label: int | None = None  # classification: the class index 0..C-1, or None when unlabelled
+    mask_values: np.ndarray | None = None  # segmentation: (K,) the distinct values of the mask, sorted (prepare's label checks)
 
 
 @dataclass
@@ -781,7 +782,8 @@ def _decodes_safely(names: h5py.Dataset, index: int) -> bool:
 
 def dataset_statistics(path: Path) -> dict[str, Any]:
     """Splits and counts; per class, for segmentation its pixel share and the fraction of images
-    containing it, for classification its image count and the fraction of the split it makes up."""
+    containing it (and per labelled split ``empty_classes``: the classes with no pixel there), for
+    classification its image count and the fraction of the split it makes up."""
     info = read_info(path)
     result: dict[str, Any] = {
         "path": str(path),
@@ -823,5 +825,6 @@ def dataset_statistics(path: Path) -> dict[str, Any]:
                     }
                     for c, name in enumerate(info.classes)
                 ]
+                entry["empty_classes"] = [info.classes[c] for c in np.flatnonzero(pixels.sum(axis=0) == 0)]  # no pixel here
             result["splits"][split] = entry
     return result

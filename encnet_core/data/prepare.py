@@ -5,7 +5,8 @@ straight from the archives (or extracted files), checks them (decodable image, m
 with labels 0..C-1 or 255; for a classification source, a class index 0..C-1, the image made by the
 item's ``load`` where it has one) and hands back a ``Sample``; the main process writes them in order with
 ``HDF5Writer``, which moves the file into place only when everything succeeded, and never over a
-file that appeared meanwhile unless ``overwrite`` is set.
+file that appeared meanwhile unless ``overwrite`` is set. The main process also gathers each mask's
+distinct values for `LabelChecks` (label_checks.py), whose errors come before that move.
 
 Every option is checked before any work (a bad ``--out`` is found before a download, not after a
 conversion). SIGTERM unwinds ``prepare`` like Ctrl-C (`Interrupted`, a KeyboardInterrupt), so the
@@ -45,6 +46,7 @@ from encnet_core.data.hdf5 import (
     open_h5,
     read_info,
 )
+from encnet_core.data.label_checks import LabelChecks
 from encnet_core.data.sources import Item, Ref, get_source
 from encnet_core.errors import ConfigError, DataError, EncNetError
 from encnet_core.fetch.archives import Archive, ArchiveLimits, open_archive, verify_archive
@@ -105,6 +107,7 @@ class PrepareResult:
     skipped: list[dict[str, str]]
     warnings: list[str]
     seconds: float
+    empty_classes: list[str] = field(default_factory=list)  # classes with no pixel in any split (segmentation)
 
 
 # ----------------------------------------------------------------------------- conversion (workers)
@@ -145,8 +148,13 @@ def _where(ref: Ref) -> str:
     return f"{ref[0]}:{ref[1]}" if ref[0] else ref[1]
 
 
+def _label_reason(bad: int, num_classes: int) -> str:
+    return f"label {bad} outside 0..{num_classes - 1} (and {IGNORE_INDEX} ignore)"
+
+
 def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = None) -> Sample | dict[str, str]:
-    """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}``."""
+    """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}`` (a mask
+    value at or above the class count adds ``"values"``, the mask's distinct values)."""
     limits = limits or ArchiveLimits()
     ref = item.image
     try:
@@ -171,10 +179,13 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
             if labels.shape != (height, width):
                 raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but the image is {width}x{height}")
             bad = invalid_label(labels, num_classes)
-            if bad is not None:
-                raise DataError(f"label {bad} outside 0..{num_classes - 1} (and {IGNORE_INDEX} ignore)")
+            if bad is not None:  # the distinct values go back too: LabelChecks names the likely cause
+                return {"name": item.name, "file": _where(ref), "reason": _label_reason(bad, num_classes),
+                        "values": [int(v) for v in np.unique(labels)]}  # fmt: skip
             sample.mask = encode_mask(labels)
-            sample.class_pixels = class_pixel_counts(labels, num_classes)
+            counts = np.bincount(labels.reshape(-1), minlength=IGNORE_INDEX + 1)  # one pass: 0..C-1 and 255
+            sample.class_pixels = counts[:num_classes].astype(np.int64)  # = class_pixel_counts(labels, C)
+            sample.mask_values = np.flatnonzero(counts).astype(np.uint8)
         return sample
     except (OSError, ValueError, EncNetError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL: corrupt data
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -393,6 +404,7 @@ def prepare(
     skipped: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
+    checks = LabelChecks(list(plan.classes), user_masks=plan.user_masks)
     try:
         with HDF5Writer(
             out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels, overwrite=options.overwrite,
@@ -405,22 +417,33 @@ def prepare(
                     labelled = any(item.mask is not None for item in items)
                 writer.begin_split(split, len(items), labelled)
                 done = 0
-                for result in _convert_all(items, num_classes, workers, limits):
+                for item, result in zip(items, _convert_all(items, num_classes, workers, limits), strict=True):
                     done += 1
                     if isinstance(result, dict):
+                        values = result.pop("values", None)
+                        if values is not None and not options.skip_bad:  # out of range: gather examples first
+                            if checks.add_out_of_range(result["file"], result["reason"], values):
+                                raise checks.out_of_range_error()
+                            continue
                         if not options.skip_bad:
                             raise DataError(f"{result['file']}: {result['reason']} (pass --skip-bad to skip such files)")
                         skipped.append({"split": split, **result})
                         _warn(f"skipped {result['file']}: {result['reason']}")
                     else:
-                        writer.add(result)
+                        if result.mask_values is not None and item.mask is not None:
+                            checks.add(split, _where(item.mask), result.mask_values, result.class_pixels)
+                        if not checks.out_of_range:  # after one, only the examples are gathered
+                            writer.add(result)
                     if progress:
                         progress(f"converting {split}", done, len(items), unit="items")
                 counts[split] = done - sum(1 for s in skipped if s["split"] == split)
+            if checks.out_of_range:
+                raise checks.out_of_range_error()
+            empty = checks.finish()  # raises before the file is moved into place
             writer.set_attribute("sources", json.dumps({**sources_attr, "skipped": skipped}))
     finally:
         _close_archives()
-    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start)
+    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start, empty)
 
 
 # ----------------------------------------------------------------------------- targets and info

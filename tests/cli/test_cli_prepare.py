@@ -219,7 +219,7 @@ SHARED = {"--out", "--root", "--url", "--mirror", "--archive", "--download", "--
         ("voc-aug", {"--strict", "--min-pixels"}),
         ("pcontext", {"--labels", "--strict", "--min-pixels"}),
         ("ade20k", {"--strict", "--min-pixels"}),
-        ("folder", {"--images", "--masks", "--classes", "--val-fraction", "--seed", "--min-pixels"}),
+        ("folder", {"--images", "--masks", "--classes", "--val-fraction", "--seed", "--binary", "--reduce-zero-label", "--min-pixels"}),
         ("synthetic", {"--num-train", "--num-val", "--size", "--task", "--layout", "--seed", "--min-pixels"}),
         ("cifar10", {"--strict"}),
     ],

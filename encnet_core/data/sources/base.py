@@ -49,6 +49,7 @@ class SourcePlan:
     expected: dict[str, int] = field(default_factory=dict)  # known split sizes, checked before converting
     files: dict[str, Any] = field(default_factory=dict)  # extra provenance recorded in the `sources` attribute
     task: str = "segmentation"  # or "classification": items carry a label (or a loader) instead of a mask
+    user_masks: bool = False  # the user's own masks: label errors suggest --binary and --reduce-zero-label
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ with the extension ``.png``.
 Class file: one class per line, in label order, ``name`` or ``name R G B`` or ``name #RRGGBB``
 (colours for palette output and for colour masks; default the VOC palette). Blank lines and lines
 starting with ``#`` are skipped.
+
+Label options: ``binary`` (255 -> 1, for 0/255 masks of a 2-class list) and ``reduce_zero_label``
+(index masks whose labels start at 1: v -> v-1, 0 -> 255). `LabelChecks` (prepare) suggests them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ SPLIT_NAMES = ("train", "val", "test")
 
 def parse_class_file(path: Path) -> tuple[list[str], np.ndarray]:
     """Class names and (C, 3) uint8 palette from a class list file."""
+    names, palette, _ = read_class_file(path)
+    return names, palette
+
+
+def read_class_file(path: Path) -> tuple[list[str], np.ndarray, bool]:
+    """Class names, (C, 3) uint8 palette, and whether any line gave a colour."""
     if not path.is_file():
         raise ConfigError(f"class list file not found: {path}")
     names: list[str] = []
@@ -64,20 +73,41 @@ def parse_class_file(path: Path) -> tuple[list[str], np.ndarray]:
     for index, colour in enumerate(colours):
         if colour is not None:
             palette[index] = colour
-    return names, palette
+    return names, palette, any(colour is not None for colour in colours)
 
 
-def decode_folder_mask(raw: bytes, palette: np.ndarray) -> np.ndarray:
-    """Index/palette PNG -> its values; RGB PNG -> class by exact colour (white = ignore)."""
+def decode_folder_mask(
+    raw: bytes, palette: np.ndarray, coloured: bool = True, binary: bool = False, reduce_zero_label: bool = False
+) -> np.ndarray:
+    """Index/palette PNG -> its values; RGB PNG -> class by exact colour (white = ignore).
+
+    ``coloured``: the class file gave colours (else ``palette`` is the default one, and a colour not in
+    it asks for colours or indexed masks). ``reduce_zero_label`` (index masks): v -> v-1, 0 -> 255, as
+    mmsegmentation's ``reduce_zero_label``. ``binary`` (any mask, after decoding): 255 -> 1.
+    """
     with Image.open(io.BytesIO(raw)) as img:
-        if img.mode in ("P", "L"):
-            return np.asarray(img, dtype=np.uint8)
-        if img.mode == "I;16" or img.mode == "I":
+        if img.mode in ("P", "L", "1"):  # "1": a 1-bit PNG, values 0 and 1
+            labels = np.asarray(img, dtype=np.uint8)
+        elif img.mode == "I;16" or img.mode == "I":
             values = np.asarray(img)
             if values.max() > 255:
                 raise DataError(f"mask value {int(values.max())} does not fit 0..255")
-            return values.astype(np.uint8)
-        rgb = np.asarray(img.convert("RGB"), dtype=np.int64)
+            labels = values.astype(np.uint8)
+        else:
+            labels = _colour_labels(np.asarray(img.convert("RGB"), dtype=np.int64), palette, coloured, img.mode)
+            return _binary(labels) if binary else labels
+    if reduce_zero_label:
+        labels = labels - np.uint8(1)  # uint8: 0 -> 255 (ignore), 255 -> 254
+        labels[labels == 254] = IGNORE_INDEX
+    return _binary(labels) if binary else labels
+
+
+def _binary(labels: np.ndarray) -> np.ndarray:
+    return np.where(labels == IGNORE_INDEX, np.uint8(1), labels).astype(np.uint8)
+
+
+def _colour_labels(rgb: np.ndarray, palette: np.ndarray, coloured: bool, mode: str) -> np.ndarray:
+    """(H, W, 3) colours -> class indices by exact colour; white is ignore."""
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (H, W)
     keys = (palette[:, 0].astype(np.int64) << 16) | (palette[:, 1].astype(np.int64) << 8) | palette[:, 2]
     labels = np.full(codes.shape, IGNORE_INDEX, dtype=np.uint8)
@@ -89,7 +119,14 @@ def decode_folder_mask(raw: bytes, palette: np.ndarray) -> np.ndarray:
     unknown = ~known & (codes != 0xFFFFFF)
     if unknown.any():
         y, x = np.argwhere(unknown)[0]
-        raise DataError(f"colour {tuple(int(v) for v in rgb[y, x])} at ({y}, {x}) is not in the class list")
+        colour = tuple(int(v) for v in rgb[y, x])
+        if not coloured:
+            raise DataError(
+                f"mask is a colour ({mode}) image and its colour {colour} at ({y}, {x}) is not one of the default "
+                "class colours (the class file gives none): add 'name R G B' lines to the class file, or convert "
+                "the masks to indexed (P or L) PNGs whose values are the labels"
+            )
+        raise DataError(f"colour {colour} at ({y}, {x}) is not in the class list")
     return labels
 
 
@@ -106,7 +143,11 @@ def check_folder(params: dict[str, Any]) -> None:
         raise ConfigError(f"image folder not found: {images_dir}")
     if masks_dir is not None and not Path(masks_dir).is_dir():
         raise ConfigError(f"mask folder not found: {masks_dir}")
-    parse_class_file(Path(classes_file))
+    names, _ = parse_class_file(Path(classes_file))
+    if params.get("binary") and params.get("reduce_zero_label"):
+        raise ConfigError("--binary and --reduce-zero-label do not go together: pick the one your masks need")
+    if params.get("binary") and len(names) != 2:
+        raise ConfigError(f"--binary needs a class list of 2 classes (background, object); {classes_file} lists {len(names)}")
     fraction = float(params.get("val_fraction", 0.1))
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {fraction}")
@@ -116,8 +157,11 @@ def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -
     check_folder(params)
     images_dir, classes_file = Path(params["images"]), Path(params["classes"])
     masks_dir = Path(params["masks"]) if params.get("masks") else None
-    classes, palette = parse_class_file(classes_file)
-    decoder = functools.partial(decode_folder_mask, palette=palette)
+    classes, palette, coloured = read_class_file(classes_file)
+    decoder = functools.partial(
+        decode_folder_mask, palette=palette, coloured=coloured, binary=bool(params.get("binary")),
+        reduce_zero_label=bool(params.get("reduce_zero_label")),
+    )  # fmt: skip
 
     def items_for(image_root: Path, mask_root: Path | None) -> list[Item]:
         items = []
@@ -154,7 +198,7 @@ def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -
             splits["val"] = [item for i, item in enumerate(items) if i in val]
     if not any(splits.values()):
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_dir}")
-    return SourcePlan(classes, palette, splits, files={"images": str(images_dir), "masks": str(masks_dir)})
+    return SourcePlan(classes, palette, splits, files={"images": str(images_dir), "masks": str(masks_dir)}, user_masks=True)
 
 
 FOLDER = Source("folder", "your own images + masks + class list", (), plan_folder, check_folder)
