@@ -99,6 +99,7 @@ class PrepareResult:
     skipped: list[dict[str, str]]
     warnings: list[str]
     seconds: float
+    filtered: dict[str, int] = field(default_factory=dict)  # images per split the source's filter left out (COCO)
 
 
 # ----------------------------------------------------------------------------- conversion (workers)
@@ -139,11 +140,22 @@ def _where(ref: Ref) -> str:
     return f"{ref[0]}:{ref[1]}" if ref[0] else ref[1]
 
 
-def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = None) -> Sample | dict[str, str]:
-    """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}``."""
+def convert_item(
+    item: Item, num_classes: int, limits: ArchiveLimits | None = None
+) -> Sample | dict[str, str] | None:
+    """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}``.
+
+    None: the item's ``make_mask`` left it out (the source's filter, e.g. COCO's 1000 labelled pixels);
+    its labels are made before the image is read, so a filtered item costs no image read.
+    """
     limits = limits or ArchiveLimits()
     ref = item.image
     try:
+        made = None
+        if item.make_mask is not None:  # its problems are named by the image (``mask`` may be a whole annotation file)
+            made = item.make_mask()
+            if made is None:
+                return None
         label = item.label
         if item.load is not None:
             raw, label = item.load()
@@ -159,9 +171,9 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
                 img.convert("RGB").save(buffer, format="PNG")
                 raw = buffer.getvalue()
         sample = Sample(item.name, raw, height, width, label=None if label is None else int(label))
-        if item.mask is not None and item.decode_mask is not None:
-            ref = item.mask
-            labels = item.decode_mask(_read(item.mask, limits))
+        if made is not None or (item.mask is not None and item.decode_mask is not None):
+            ref = item.image if made is not None else item.mask  # type: ignore[assignment]
+            labels = made if made is not None else item.decode_mask(_read(item.mask, limits))  # type: ignore[misc,arg-type]
             if labels.shape != (height, width):
                 raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but the image is {width}x{height}")
             bad = invalid_label(labels, num_classes)
@@ -177,14 +189,14 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
         return {"name": item.name, "file": _where(ref), "reason": reason}
 
 
-def _convert_chunk(chunk: list[Item], num_classes: int, limits: ArchiveLimits) -> list[Sample | dict[str, str]]:
+def _convert_chunk(chunk: list[Item], num_classes: int, limits: ArchiveLimits) -> list[Sample | dict[str, str] | None]:
     return [convert_item(item, num_classes, limits) for item in chunk]
 
 
 def _convert_all(
     items: list[Item], num_classes: int, workers: int, limits: ArchiveLimits
-) -> Iterator[Sample | dict[str, str]]:
-    """Results in item order; chunks of consecutive items keep archive reads sequential per worker."""
+) -> Iterator[Sample | dict[str, str] | None]:
+    """Results in item order (None: an item the source's filter left out); chunks of consecutive items keep archive reads sequential per worker."""
     if workers <= 1 or len(items) < 16:
         for item in items:
             yield convert_item(item, num_classes, limits)
@@ -382,6 +394,7 @@ def prepare(
     workers = min(options.workers or cores, cores)  # more processes than cores only adds contention
     skipped: list[dict[str, str]] = []
     counts: dict[str, int] = {}
+    filtered: dict[str, int] = {}
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
     try:
         with HDF5Writer(
@@ -395,9 +408,12 @@ def prepare(
                     labelled = any(item.mask is not None for item in items)
                 writer.begin_split(split, len(items), labelled)
                 done = 0
+                filtered[split] = 0
                 for result in _convert_all(items, num_classes, workers, limits):
                     done += 1
-                    if isinstance(result, dict):
+                    if result is None:  # the source's filter (not a problem: neither stored nor skipped)
+                        filtered[split] += 1
+                    elif isinstance(result, dict):
                         if not options.skip_bad:
                             raise DataError(f"{result['file']}: {result['reason']} (pass --skip-bad to skip such files)")
                         skipped.append({"split": split, **result})
@@ -406,11 +422,13 @@ def prepare(
                         writer.add(result)
                     if progress:
                         progress(f"converting {split}", done, len(items), unit="items")
-                counts[split] = done - sum(1 for s in skipped if s["split"] == split)
+                counts[split] = done - filtered[split] - sum(1 for s in skipped if s["split"] == split)
+            if any(filtered.values()):
+                sources_attr["filtered"] = filtered
             writer.set_attribute("sources", json.dumps({**sources_attr, "skipped": skipped}))
     finally:
         _close_archives()
-    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start)
+    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start, filtered)
 
 
 # ----------------------------------------------------------------------------- targets and info
