@@ -252,6 +252,22 @@ def test_worker_processes_rasterise_the_same_masks(tmp_path: Path) -> None:
         assert stored["images"][i] == built["images"][name]
 
 
+@pytest.mark.parametrize(
+    "segmentation",
+    [
+        [rect(3, 5, 39, 37), [1.5, 2.5, 30.25, 33.75]],  # a 4-number "polygon": frPyObjects reads it as a box
+        [[0.5, 0.5, 39.5, 1.0, 20.0, 39.5], rect(1.3, 20.7, 39.2, 39.9)],  # fractional coordinates
+    ],
+)
+def test_unusual_polygons_as_the_reference(tmp_path: Path, segmentation: list) -> None:
+    from encnet_core.data.sources.coco import _compact, coco_mask
+
+    table = [("train", "x.jpg", 40, 40, [(PERSON, segmentation, 0)])]
+    expected = reference_masks(tmp_path, table)["x"]
+    assert (expected > 0).sum() > 1000
+    np.testing.assert_array_equal(coco_mask(((15, _compact(segmentation, "test")),), 40, 40), expected)
+
+
 def bad_annotations(tmp_path: Path, coco: dict, members: dict[str, bytes]) -> list[str]:
     paths = dict(coco["paths"])
     paths["annotations_trainval2017.zip"] = write_zip(tmp_path / "annotations_trainval2017.zip", members)

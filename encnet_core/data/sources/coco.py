@@ -161,9 +161,9 @@ def _field(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> 
 
 def read_instances(
     archive: Path, member: str, limits: ArchiveLimits | None, progress: Any = None
-) -> tuple[list[dict[str, Any]], dict[int, list[tuple[int, Segmentation]]], int]:
-    """The images of an instances file (in file order), their VOC-category annotations (in file order)
-    by image id, and the number of annotations in it."""
+) -> tuple[list[dict[str, Any]], dict[int, list[tuple[int, Segmentation]]]]:
+    """The images of an instances file (in file order) and their VOC-category annotations (in file order)
+    by image id."""
     limits = limits or ArchiveLimits()
     allowance = ArchiveLimits(max(limits.max_member_bytes, ANNOTATION_MAX_BYTES), limits.max_ratio, limits.ratio_floor)
     name = Path(member).name
@@ -198,11 +198,10 @@ def read_instances(
             continue
         segmentation = _compact(_field(annotation, "segmentation", (list, dict), at), at)
         by_image.setdefault(image_id, []).append((voc[category], segmentation))
-    count = len(annotations)
     del data, images, annotations
     if progress:
         progress(f"reading {name}", 1, 1, unit="files")
-    return kept_images, by_image, count
+    return kept_images, by_image
 
 
 def plan_coco(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> SourcePlan:
@@ -221,7 +220,7 @@ def plan_coco(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -> 
         with open_archive(archive, limits) as arc:
             image_names = arc.names()
         prefix = _image_prefix(image_names, folder, archive)
-        images, by_image, _ = read_instances(annotations, member, limits, params.get("_progress"))
+        images, by_image = read_instances(annotations, member, limits, params.get("_progress"))
         splits[split] = [
             Item(
                 Path(image["file_name"]).stem,
