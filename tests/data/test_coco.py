@@ -289,6 +289,10 @@ def bad_annotations(tmp_path: Path, coco: dict, members: dict[str, bytes]) -> li
             {"image_id": 1, "category_id": PERSON, "segmentation": "x"}]}).encode(),
           "annotations/instances_val2017.json": b"{}"},
          "annotation 0: 'segmentation' is a str"),
+        ({"annotations/instances_train2017.json": json.dumps({"images": [
+            {"id": 1, "file_name": "a.jpg", "height": 100_000, "width": 100_000}], "annotations": []}).encode(),
+          "annotations/instances_val2017.json": b"{}"},
+         "image 0: 100000x100000 is not an image size"),
         ({"annotations/instances_val2017.json": b"{}"}, "no annotations/instances_train2017.json found"),
         ({"../escape.json": b"{}", "annotations/instances_train2017.json": b"{}"}, "unsafe member '../escape.json'"),
     ],

@@ -68,6 +68,9 @@ CAT_LIST = (0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 
 MIN_LABELLED_PIXELS = 1000
 """An image is kept only if more than this many pixels are non-zero (the reference's _preprocess)."""
 
+MAX_PIXELS = 1 << 26
+"""Largest width x height an image record may claim (COCO's are at most 640 x 640)."""
+
 ANNOTATION_MAX_BYTES = 1 << 30
 """The instance files are read whole whatever --max-member-size says (instances_train2017.json: 448 MB)."""
 
@@ -188,6 +191,9 @@ def read_instances(
             "height": _field(image, "height", int, at),
             "width": _field(image, "width", int, at),
         })  # fmt: skip
+        height, width = kept_images[-1]["height"], kept_images[-1]["width"]
+        if not (height > 0 and width > 0 and height * width <= MAX_PIXELS):  # the mask is allocated from these
+            raise DataError(f"{at}: {width}x{height} is not an image size (at most {MAX_PIXELS} pixels)")
     voc = {cat: i for i, cat in enumerate(CAT_LIST) if i > 0}
     by_image: dict[int, list[tuple[int, Segmentation]]] = {}
     for i, annotation in enumerate(annotations):
