@@ -10,7 +10,7 @@ __all__ = [
     "DEFAULT_SIZES", "EXPORT_FORMATS", "SUBMIT_SERVERS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
 ]  # fmt: skip
 
-SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10", "cityscapes")
+SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10", "cityscapes", "coco")
 """Dataset sources of ``encnet prepare`` (data/sources/)."""
 
 LABEL_SOURCES = ("json", "mat")

@@ -88,3 +88,31 @@ def test_recipe_builds_its_model_as_train_does(name: str) -> None:
     assert model.head_type == {"encnet": "enc", "fcn": "fcn", "deeplab": "deeplab"}[head]
     assert (model.aux_head is not None) == config.aux
     assert model.has_se is (head == "encnet")
+
+
+# The paper's VOC pipeline, docs/source/model_zoo/segmentation.rst cmd_enc101_voc: COCO pre-training, then
+# --dataset Pascal_aug --lr 0.001 --ft from the COCO model, then --dataset Pascal_voc --lr 0.0001 --ft from
+# that; the epochs and lrs not on the command lines are train.py's defaults (coco 30 / 0.004, pascal_aug
+# 80 / 0.001, pascal_voc 50 / 0.0001). Every stage: --aux --se-loss, base 520, crop 480, 16 images per step.
+VOC_PIPELINE = {"coco_encnet_resnet101s": (30, 0.004), "voc_aug_resnet101s": (80, 0.001),
+                "voc_finetune_resnet101s": (50, 0.0001)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(VOC_PIPELINE))
+def test_voc_pipeline_recipes_are_the_reference_defaults(name: str) -> None:
+    config = resolve_train_config("data.h5", recipe=name)
+    assert (config.model, config.epochs, config.lr) == ("encnet_resnet101s", *VOC_PIPELINE[name])
+    assert (config.crop_size, config.base_size, config.batch_size * 8) == (480, 520, 16)
+    assert (config.aux, config.aux_weight, config.se_loss, config.se_weight) == (True, 0.2, True, 0.2)
+
+
+def test_voc_pipeline_stages_share_one_architecture() -> None:
+    """Each stage's best.pt is the next one's --init-from: the same model, lateral included, 21 classes."""
+    keys = []
+    for name in VOC_PIPELINE:
+        config = resolve_train_config("data.h5", recipe=name)
+        assert config.lateral is True
+        with torch.device("meta"):
+            model = SegmentationTask().build_model(config, 21)
+        keys.append({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    assert keys[0] == keys[1] == keys[2]

@@ -14,7 +14,7 @@ import typer
 from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
-from encnet_cli.prepare import ade20k, cifar10, cityscapes, folder, pcontext, synthetic, voc
+from encnet_cli.prepare import ade20k, cifar10, cityscapes, coco, folder, pcontext, synthetic, voc
 from encnet_cli.prepare._common import source_command
 from encnet_core.choices import SOURCES
 
@@ -27,6 +27,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "synthetic": synthetic.synthetic,
     "cifar10": cifar10.cifar10,
     "cityscapes": cityscapes.cityscapes,
+    "coco": coco.coco,
 }
 """One subcommand per source of ``encnet_core.data.sources``, in the order of ``SOURCES`` (a test checks)."""
 

@@ -145,4 +145,6 @@ def run(source: str, shared: Shared, params: dict[str, Any], *, strict: bool = F
     for split, count in result.counts.items():
         table.add_row(safe_text(split), str(count))
     console.print(table)
-    console.print(f"{plural(len(result.classes), 'class', 'classes')}, {len(result.skipped)} skipped, {result.seconds:.1f}s")
+    filtered = sum(result.filtered.values())
+    left_out = f", {filtered} left out by the source's filter" if filtered else ""
+    console.print(f"{plural(len(result.classes), 'class', 'classes')}, {len(result.skipped)} skipped{left_out}, {result.seconds:.1f}s")

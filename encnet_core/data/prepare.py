@@ -108,6 +108,7 @@ class PrepareResult:
     warnings: list[str]
     seconds: float
     empty_classes: list[str] = field(default_factory=list)  # classes with no pixel in any split (segmentation)
+    filtered: dict[str, int] = field(default_factory=dict)  # images per split the source's filter left out (COCO)
 
 
 # ----------------------------------------------------------------------------- conversion (workers)
@@ -152,12 +153,23 @@ def _label_reason(bad: int, num_classes: int) -> str:
     return f"label {bad} outside 0..{num_classes - 1} (and {IGNORE_INDEX} ignore)"
 
 
-def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = None) -> Sample | dict[str, str]:
+def convert_item(
+    item: Item, num_classes: int, limits: ArchiveLimits | None = None
+) -> Sample | dict[str, str] | None:
     """Read, check and encode one item; a problem comes back as ``{"name", "file", "reason"}`` (a mask
-    value at or above the class count adds ``"values"``, the mask's distinct values)."""
+    value at or above the class count adds ``"values"``, the mask's distinct values).
+
+    None: the item's ``make_mask`` left it out (the source's filter, e.g. COCO's 1000 labelled pixels);
+    its labels are made before the image is read, so a filtered item costs no image read.
+    """
     limits = limits or ArchiveLimits()
     ref = item.image
     try:
+        made = None
+        if item.make_mask is not None:  # its problems are named by the image (``mask`` may be a whole annotation file)
+            made = item.make_mask()
+            if made is None:
+                return None
         label = item.label
         if item.load is not None:
             raw, label = item.load()
@@ -173,9 +185,9 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
                 img.convert("RGB").save(buffer, format="PNG")
                 raw = buffer.getvalue()
         sample = Sample(item.name, raw, height, width, label=None if label is None else int(label))
-        if item.mask is not None and item.decode_mask is not None:
-            ref = item.mask
-            labels = item.decode_mask(_read(item.mask, limits))
+        if made is not None or (item.mask is not None and item.decode_mask is not None):
+            ref = item.image if made is not None else item.mask  # type: ignore[assignment]
+            labels = made if made is not None else item.decode_mask(_read(item.mask, limits))  # type: ignore[misc,arg-type]
             if labels.shape != (height, width):
                 raise DataError(f"mask is {labels.shape[1]}x{labels.shape[0]} but the image is {width}x{height}")
             bad = invalid_label(labels, num_classes)
@@ -194,14 +206,14 @@ def convert_item(item: Item, num_classes: int, limits: ArchiveLimits | None = No
         return {"name": item.name, "file": _where(ref), "reason": reason}
 
 
-def _convert_chunk(chunk: list[Item], num_classes: int, limits: ArchiveLimits) -> list[Sample | dict[str, str]]:
+def _convert_chunk(chunk: list[Item], num_classes: int, limits: ArchiveLimits) -> list[Sample | dict[str, str] | None]:
     return [convert_item(item, num_classes, limits) for item in chunk]
 
 
 def _convert_all(
     items: list[Item], num_classes: int, workers: int, limits: ArchiveLimits
-) -> Iterator[Sample | dict[str, str]]:
-    """Results in item order; chunks of consecutive items keep archive reads sequential per worker."""
+) -> Iterator[Sample | dict[str, str] | None]:
+    """Results in item order (None: an item the source's filter left out); chunks of consecutive items keep archive reads sequential per worker."""
     if workers <= 1 or len(items) < 16:
         for item in items:
             yield convert_item(item, num_classes, limits)
@@ -403,6 +415,7 @@ def prepare(
     workers = min(options.workers or cores, cores)  # more processes than cores only adds contention
     skipped: list[dict[str, str]] = []
     counts: dict[str, int] = {}
+    filtered: dict[str, int] = {}
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
     checks = LabelChecks(list(plan.classes), user_masks=plan.user_masks)
     try:
@@ -417,9 +430,12 @@ def prepare(
                     labelled = any(item.mask is not None for item in items)
                 writer.begin_split(split, len(items), labelled)
                 done = 0
+                filtered[split] = 0
                 for item, result in zip(items, _convert_all(items, num_classes, workers, limits), strict=True):
                     done += 1
-                    if isinstance(result, dict):
+                    if result is None:  # the source's filter (not a problem: neither stored nor skipped)
+                        filtered[split] += 1
+                    elif isinstance(result, dict):
                         values = result.pop("values", None)
                         if values is not None and not options.skip_bad:  # out of range: gather examples first
                             if checks.add_out_of_range(result["file"], result["reason"], values):
@@ -430,20 +446,24 @@ def prepare(
                         skipped.append({"split": split, **result})
                         _warn(f"skipped {result['file']}: {result['reason']}")
                     else:
-                        if result.mask_values is not None and item.mask is not None:
-                            checks.add(split, _where(item.mask), result.mask_values, result.class_pixels)
+                        mask_ref = item.image if item.make_mask is not None else item.mask  # a made mask is named by its image
+                        if result.mask_values is not None and mask_ref is not None:
+                            checks.add(split, _where(mask_ref), result.mask_values, result.class_pixels)
                         if not checks.out_of_range:  # after one, only the examples are gathered
                             writer.add(result)
                     if progress:
                         progress(f"converting {split}", done, len(items), unit="items")
-                counts[split] = done - sum(1 for s in skipped if s["split"] == split)
+                counts[split] = done - filtered[split] - sum(1 for s in skipped if s["split"] == split)
+            if any(filtered.values()):
+                sources_attr["filtered"] = filtered
             if checks.out_of_range:
                 raise checks.out_of_range_error()
             empty = checks.finish()  # raises before the file is moved into place
             writer.set_attribute("sources", json.dumps({**sources_attr, "skipped": skipped}))
     finally:
         _close_archives()
-    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, time.perf_counter() - start, empty)
+    seconds = time.perf_counter() - start
+    return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, seconds, empty, filtered)
 
 
 # ----------------------------------------------------------------------------- targets and info

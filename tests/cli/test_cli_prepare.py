@@ -222,6 +222,7 @@ SHARED = {"--out", "--root", "--url", "--mirror", "--archive", "--download", "--
         ("folder", {"--images", "--masks", "--classes", "--val-fraction", "--seed", "--binary", "--reduce-zero-label", "--min-pixels"}),
         ("synthetic", {"--num-train", "--num-val", "--size", "--task", "--layout", "--seed", "--min-pixels"}),
         ("cifar10", {"--strict"}),
+        ("coco", {"--strict", "--min-pixels"}),
     ],
 )
 def test_each_source_takes_its_own_options_and_the_shared_ones(source: str, own: set[str]) -> None:

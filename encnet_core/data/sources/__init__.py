@@ -18,6 +18,7 @@ from encnet_core.data.sources.base import (
     Item,
     ItemLoader,
     MaskDecoder,
+    MaskMaker,
     Ref,
     Source,
     SourcePlan,
@@ -26,12 +27,21 @@ from encnet_core.data.sources.base import (
 )
 from encnet_core.errors import DataError
 
-__all__ = ["Ref", "Item", "SourcePlan", "Source", "SOURCES", "get_source", "decode_index_png", "find_prefix", "MaskDecoder", "ItemLoader"]
+__all__ = ["Ref", "Item", "SourcePlan", "Source", "SOURCES", "get_source", "decode_index_png", "find_prefix", "MaskDecoder", "ItemLoader", "MaskMaker"]
 
 
 def _registry() -> dict[str, Source]:
     # here, not at the top: a run imports the sources (scipy, archives) only when it prepares one
-    from encnet_core.data.sources import ade20k, cifar10, cityscapes, folder, pcontext, synthetic_cls, voc
+    from encnet_core.data.sources import (
+        ade20k,
+        cifar10,
+        cityscapes,
+        coco,
+        folder,
+        pcontext,
+        synthetic_cls,
+        voc,
+    )
 
     return {
         "voc": voc.VOC,
@@ -42,6 +52,7 @@ def _registry() -> dict[str, Source]:
         "synthetic": synthetic_cls.SYNTHETIC,  # voc.SYNTHETIC's segmentation scenes, or with task=classification their scene types
         "cifar10": cifar10.CIFAR10,
         "cityscapes": cityscapes.CITYSCAPES,
+        "coco": coco.COCO,
     }
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from encnet_core.errors import DataError
 from encnet_core.fetch.download import RemoteFile
 
-__all__ = ["Ref", "Item", "SourcePlan", "Source", "MaskDecoder", "ItemLoader", "decode_index_png", "find_prefix"]
+__all__ = ["Ref", "Item", "SourcePlan", "Source", "MaskDecoder", "ItemLoader", "MaskMaker", "decode_index_png", "find_prefix"]
 
 Ref = tuple[str, str]
 """(archive path, member name), or ("", file path) for a plain file."""
@@ -25,6 +25,10 @@ MaskDecoder = Callable[[bytes], np.ndarray]
 
 ItemLoader = Callable[[], tuple[bytes, int | None]]
 """Makes a classification item: (encoded image file bytes, class index or None when unlabelled)."""
+
+MaskMaker = Callable[[], "np.ndarray | None"]
+"""Makes an item's (H, W) uint8 labels itself (COCO: rasterises its polygons), or None when the source's
+filter leaves the item out (COCO: 1000 labelled pixels or fewer); run in the conversion workers."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Item:
     decode_mask: MaskDecoder | None = None
     label: int | None = None  # classification: the class index, when the plan knows it
     load: ItemLoader | None = None  # classification: makes (image bytes, label) instead of reading ``image``
+    make_mask: MaskMaker | None = None  # makes the labels instead of reading ``mask`` (then only named in messages)
 
 
 @dataclass
