@@ -214,6 +214,13 @@ class _HDF5Split(Dataset):
             self._arrays = (group["images"], group.get("masks"))
         return self._arrays
 
+    def close(self) -> None:
+        """Close this process's handle (reopened on the next read). h5py refuses to open a file for writing
+        (``encnet targets``) while a handle of the same process still reads it: a finished run closes its own."""
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle, self._arrays, self._pid = None, None, None
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handle"] = None

@@ -504,6 +504,24 @@ def train(
 def _train(config: TrainConfig, resume: str | None, emit: Callback, info: DistInfo, trust_code: bool = False) -> TrainResult:
     start_time = time.perf_counter()
     run = setup(config, resume, emit, info, trust_code)
+    try:
+        return _run(run, config, emit, info, start_time)
+    finally:
+        for loader in (run.train_loader, run.val_loader):
+            _close_dataset(loader)
+
+
+def _close_dataset(loader: Any) -> None:
+    """Close the HDF5 handle of the dataset under ``loader`` (CheckedBatches -> DataLoader -> SeededSamples or
+    CheckedSamples -> the HDF5 split; any of the wrappers may be absent)."""
+    node = loader
+    while node is not None and not hasattr(node, "close"):
+        node = getattr(node, "loader", None) or getattr(node, "dataset", None)
+    if node is not None:
+        node.close()
+
+
+def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, start_time: float) -> TrainResult:
     state, window, stopped_by = run.state, LogWindow(info), None
     with _RunOutputs(Path(config.output_dir), info, emit) as out:
         out.watch_skips(run, info)
