@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,7 +210,7 @@ class _Converter:
             )
         return self._pool
 
-    def results(self, items: list[Item]) -> Iterator[Sample | dict[str, str]]:
+    def results(self, items: Sequence[Item]) -> Iterator[Sample | dict[str, str]]:
         """The result of every item, in order."""
         if self.workers <= 1 or len(items) < 16:
             for item in items:
