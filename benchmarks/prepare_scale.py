@@ -212,7 +212,7 @@ def measure(cache: Path, work: Path, sizes: Sequence[int], workers: Sequence[int
 def summarise(runs: Sequence[Run]) -> dict:
     """Medians per (N, workers) and the ratios: memory and time between the smallest and largest N, cores."""
     sizes = sorted({r.n for r in runs})
-    settings = sorted({r.workers for r in runs})
+    settings = list(dict.fromkeys(r.workers for r in runs))  # as given: the baseline (--workers 1) first
     rows = {}
     for n in sizes:
         for w in settings:
