@@ -23,7 +23,10 @@ interleaved: every N and setting once per round, so load changes hit all alike),
 
 * memory: peak(N_max) / peak(N_min) (goal <= 1.2), and the growth in MB per 1000 images;
 * time: seconds(N_max) / ((N_max / N_min) x seconds(N_min)) (goal <= 1.15: linear);
-* cores: seconds(--workers 1) / seconds(--workers 0) at N_max (the speed-up of one process per core);
+* cores: seconds(--workers 1) / seconds(--workers 0) at N_max (the speed-up of one process per core),
+  and per row the cores the command kept busy: CPU seconds of the tree (``wait4``: the workers are
+  reaped by the main process, so theirs are included) / wall seconds; on a machine that others load,
+  the speed-up is capped by the cores left, and ``cores`` shows how many the command got;
 
 with the load average (``uptime``) before and after.
 
@@ -70,6 +73,7 @@ class Run:
     peak_pss_mb: float  # peak of the summed PSS of the process tree (sampled)
     peak_rss_mb: float  # peak of the summed RSS of the process tree (sampled; shared pages counted per process)
     largest_mb: float  # ru_maxrss of the largest single process of the tree (wait4)
+    cpu: float  # CPU seconds (user + system) of the whole tree, interpreter start included (wait4)
     processes: int  # most processes seen in the tree at once
     counts: dict[str, int]  # images written per split
 
@@ -188,7 +192,7 @@ def run_prepare(inputs: Inputs, out: Path, workers: int, interval: float = 0.05)
             raise SystemExit(f"prepare exited with {process.returncode}: {stderr.read().decode(errors='replace')[-2000:]}")
     result = json.loads(report.read_text())
     return Run(inputs.count, workers, float(result["seconds"]), wall, peak_pss / 1024, peak_rss / 1024,
-               usage.ru_maxrss / 1024, processes, dict(result["counts"]))  # fmt: skip
+               usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, processes, dict(result["counts"]))  # fmt: skip
 
 
 def measure(cache: Path, work: Path, sizes: Sequence[int], workers: Sequence[int], repeats: int, size: int,
@@ -218,7 +222,7 @@ def summarise(runs: Sequence[Run]) -> dict:
         for w in settings:
             group = [r for r in runs if r.n == n and r.workers == w]
             rows[(n, w)] = {key: statistics.median(getattr(r, key) for r in group)
-                            for key in ("seconds", "wall", "peak_pss_mb", "peak_rss_mb", "largest_mb", "processes")}  # fmt: skip
+                            for key in ("seconds", "wall", "peak_pss_mb", "peak_rss_mb", "largest_mb", "cpu", "processes")}  # fmt: skip
     small, large = sizes[0], sizes[-1]
     ratios = {}
     for w in settings:
@@ -235,11 +239,11 @@ def summarise(runs: Sequence[Run]) -> dict:
 
 def table(summary: dict) -> list[str]:
     lines = [f"{'images':>8}{'workers':>9}{'procs':>7}{'prepare s':>11}{'wall s':>9}{'ms/image':>10}"
-             f"{'tree PSS MB':>13}{'tree RSS MB':>13}{'largest MB':>12}"]  # fmt: skip
+             f"{'tree PSS MB':>13}{'tree RSS MB':>13}{'largest MB':>12}{'CPU s':>8}{'cores':>7}"]  # fmt: skip
     for (n, w), row in summary["rows"].items():
         lines.append(f"{n:>8}{w if w else 'cores':>9}{row['processes']:>7.0f}{row['seconds']:>11.2f}{row['wall']:>9.2f}"
                      f"{row['seconds'] / n * 1000:>10.3f}{row['peak_pss_mb']:>13.1f}{row['peak_rss_mb']:>13.1f}"
-                     f"{row['largest_mb']:>12.1f}")  # fmt: skip
+                     f"{row['largest_mb']:>12.1f}{row['cpu']:>8.2f}{row['cpu'] / row['wall']:>7.2f}")  # fmt: skip
     small, large = summary["sizes"][0], summary["sizes"][-1]
     for w, ratio in summary["ratios"].items():
         setting = f"--workers {w}" + (" (one per core)" if w == 0 else "")
@@ -279,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as work:
         runs = measure(args.cache, Path(work), sorted(args.sizes), args.workers, args.repeats, args.size, args.interval)
     for run in runs:
-        print(f"run: {run.n} images, --workers {run.workers}: {run.seconds:.2f} s, tree PSS {run.peak_pss_mb:.1f} MB, "
+        print(f"run: {run.n} images, --workers {run.workers}: {run.seconds:.2f} s ({run.cpu:.2f} CPU s), tree PSS {run.peak_pss_mb:.1f} MB, "
               f"largest process {run.largest_mb:.1f} MB, {run.processes} processes, {run.counts}")  # fmt: skip
     summary = summarise(runs)
     for line in table(summary):

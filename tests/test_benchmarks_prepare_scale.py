@@ -47,7 +47,7 @@ def test_tiny_run_measures_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
     assert [(r.n, r.workers) for r in runs] == [(20, 1), (20, 0), (40, 1), (40, 0)]
     for run in runs:
         assert run.counts == {"train": run.n * 9 // 10, "val": run.n // 10}  # --val-fraction 0.1
-        assert run.seconds > 0 and run.wall > run.seconds
+        assert run.seconds > 0 and run.wall > run.seconds and run.cpu > 0
         assert 20 < run.peak_pss_mb <= run.peak_rss_mb and run.largest_mb > 20  # a Python process with numpy and h5py
         # the workers live a fraction of a second here: the 50 ms samples may miss them
         assert run.processes == 1 if run.workers == 1 else 1 <= run.processes <= 1 + (os.cpu_count() or 1)
