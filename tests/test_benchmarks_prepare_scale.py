@@ -57,6 +57,7 @@ def test_tiny_run_measures_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
         assert ratio["memory"] == pytest.approx(b["peak_pss_mb"] / a["peak_pss_mb"])
         assert ratio["time"] == pytest.approx(b["seconds"] / (2 * a["seconds"]))
     assert result["speedup"] == pytest.approx(result["rows"][(40, 1)]["seconds"] / result["rows"][(40, 0)]["seconds"])
+    assert result["speedup_best"] == pytest.approx(result["rows"][(40, 1)]["best_seconds"] / result["rows"][(40, 0)]["best_seconds"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("python ") and "h5py" in out[0] and out[1].startswith("before: load average")
     assert sum(line.startswith("run: ") for line in out) == 4
