@@ -98,7 +98,8 @@ def _images_under(folder: Path) -> list[str]:
     """The images under ``folder``, as relative POSIX paths, in path order (by component, as paths sort).
 
     Found as ``Path.rglob`` finds them (hidden files too, symlinked folders not entered), but as plain
-    strings: pathlib interns every name it parses, a table that never shrinks (about 190 bytes per image).
+    strings: pathlib interns every name it parses, and with every path alive at once the interpreter's
+    table of interned strings grows to hold them all (about 190 bytes per image), and never shrinks.
     """
     found = []
     for directory, _, names in os.walk(folder):
