@@ -1,6 +1,7 @@
 """``encnet prepare`` and ``encnet targets``: fetch, verify, convert; recompute the stored targets.
 
-Conversion runs in a process pool (one worker per core by default). Each worker reads its items
+Conversion runs in one process pool that every split shares (one worker per core by default; see
+`_Converter` for how it stays small at scale). Each worker reads its items
 straight from the archives (or extracted files), checks them (decodable image, mask of the same size
 with labels 0..C-1 or 255; for a classification source, a class index 0..C-1, the image made by the
 item's ``load`` where it has one) and hands back a ``Sample``; the main process writes them in order with
