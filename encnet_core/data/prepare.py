@@ -1,6 +1,7 @@
 """``encnet prepare`` and ``encnet targets``: fetch, verify, convert; recompute the stored targets.
 
-Conversion runs in a process pool (one worker per core by default). Each worker reads its items
+Conversion runs in one process pool that every split shares (one worker per core by default; see
+`_Converter` for how it stays small at scale). Each worker reads its items
 straight from the archives (or extracted files), checks them (decodable image, mask of the same size
 with labels 0..C-1 or 255; for a classification source, a class index 0..C-1, the image made by the
 item's ``load`` where it has one) and hands back a ``Sample``; the main process writes them in order with
@@ -16,8 +17,10 @@ next run resumes it.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -26,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,34 +213,70 @@ def _convert_chunk(chunk: list[Item], num_classes: int, limits: ArchiveLimits) -
     return [convert_item(item, num_classes, limits) for item in chunk]
 
 
-def _convert_all(
-    items: list[Item], num_classes: int, workers: int, limits: ArchiveLimits
-) -> Iterator[Sample | dict[str, str] | None]:
-    """Results in item order (None: an item the source's filter left out); chunks of consecutive items keep archive reads sequential per worker."""
-    if workers <= 1 or len(items) < 16:
-        for item in items:
-            yield convert_item(item, num_classes, limits)
-        return
-    chunk = max(4, min(64, len(items) // (workers * 8) or 1))
-    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker)
-    try:
-        pending = [pool.submit(_convert_chunk, c, num_classes, limits) for c in chunks[: workers * 4]]
-        next_chunk = len(pending)
+class _Converter:
+    """Converts a split's items, in item order, in one process pool that every split shares.
+
+    The pool starts at the first split with 16 items or more (smaller ones, and ``workers <= 1``, are
+    converted in this process). Its workers are forked from this process, plan and all, right after
+    ``gc.freeze()``: the collector in a worker then never walks (and so never copies) the objects it
+    inherited, so a plan of 118k items is held once, not once per worker. Chunks of consecutive items
+    keep archive reads sequential per worker; at most ``4 x workers`` chunks are in flight, made as
+    they are sent, so nothing here grows with the number of items.
+    """
+
+    def __init__(self, num_classes: int, workers: int, limits: ArchiveLimits) -> None:
+        self.num_classes, self.workers, self.limits = num_classes, workers, limits
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._froze = False
+
+    def _start(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            if method == "fork" and gc.get_freeze_count() == 0:  # (a caller's own freeze is left alone)
+                gc.freeze()
+                self._froze = True
+            self._pool = cf.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker
+            )
+        return self._pool
+
+    def results(self, items: Sequence[Item]) -> Iterator[Sample | dict[str, str] | None]:
+        """The result of every item, in order (None: an item the source's filter left out)."""
+        if self.workers <= 1 or len(items) < 16:
+            for item in items:
+                yield convert_item(item, self.num_classes, self.limits)
+            return
+        pool = self._start()
+        size = max(4, min(64, len(items) // (self.workers * 8) or 1))
+        starts = iter(range(0, len(items), size))
+
+        def submit() -> cf.Future | None:
+            begin = next(starts, None)
+            if begin is None:
+                return None
+            return pool.submit(_convert_chunk, items[begin : begin + size], self.num_classes, self.limits)
+
+        pending = collections.deque(f for f in (submit() for _ in range(self.workers * 4)) if f is not None)
         while pending:
             try:
-                results = pending.pop(0).result()
+                results = pending.popleft().result()
             except cf.process.BrokenProcessPool:
-                raise DataError(
-                    "a conversion process died (out of memory, or killed); try fewer --workers"
-                ) from None
-            if next_chunk < len(chunks):
-                pending.append(pool.submit(_convert_chunk, chunks[next_chunk], num_classes, limits))
-                next_chunk += 1
+                raise DataError("a conversion process died (out of memory, or killed); try fewer --workers") from None
+            following = submit()
+            if following is not None:
+                pending.append(following)
             yield from results
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the workers (queued chunks are cancelled) and let the collector see the plan again."""
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._pool = None
+            if self._froze:
+                gc.unfreeze()
+                self._froze = False
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -418,6 +457,7 @@ def prepare(
     filtered: dict[str, int] = {}
     sources_attr = {"source": source_name, "files": provenance, **plan.files}
     checks = LabelChecks(list(plan.classes), user_masks=plan.user_masks)
+    converter = _Converter(num_classes, workers, limits)
     try:
         with HDF5Writer(
             out, source_name, plan.classes, plan.palette, sources_attr, options.min_pixels, overwrite=options.overwrite,
@@ -431,7 +471,7 @@ def prepare(
                 writer.begin_split(split, len(items), labelled)
                 done = 0
                 filtered[split] = 0
-                for item, result in zip(items, _convert_all(items, num_classes, workers, limits), strict=True):
+                for item, result in zip(items, converter.results(items), strict=True):
                     done += 1
                     if result is None:  # the source's filter (not a problem: neither stored nor skipped)
                         filtered[split] += 1
@@ -461,7 +501,10 @@ def prepare(
             empty = checks.finish()  # raises before the file is moved into place
             writer.set_attribute("sources", json.dumps({**sources_attr, "skipped": skipped}))
     finally:
-        _close_archives()
+        try:
+            converter.close()
+        finally:
+            _close_archives()
     seconds = time.perf_counter() - start
     return PrepareResult(out, source_name, plan.classes, counts, skipped, warnings, seconds, empty, filtered)
 

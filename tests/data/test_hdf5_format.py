@@ -151,3 +151,37 @@ def test_presence_rule_is_the_same_for_the_writer_and_targets(tmp_path: Path) ->
 def test_statistics_report_the_format_version(tmp_path: Path) -> None:
     stats = dataset_statistics(_file(tmp_path, [encode_mask(LABELS)]))
     assert stats["format_version"] == FORMAT_VERSION and stats["splits"]["train"]["images"] == 1
+
+
+def test_writer_block_writes_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samples are written a block at a time: blocks of equal-length and ragged blobs, a block cut short by its
+    bytes, a split that outgrows its capacity, and the final short block all read back sample by sample."""
+    import encnet_core.data.hdf5 as hdf5
+
+    monkeypatch.setattr(hdf5, "WRITE_BLOCK", 8)
+    monkeypatch.setattr(hdf5, "WRITE_BLOCK_BYTES", 400)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(29):
+        labels = rng.integers(0, 3, (2, 3)).astype(np.uint8)
+        image = bytes([i]) * (5 if i < 12 else 5 + i)  # the first blocks: every blob the same length
+        if i == 20:
+            image = bytes(300)  # cuts its block short by bytes
+        samples.append(hdf5.Sample(f"s{i}", image, 2, 3, hdf5.encode_mask(labels), hdf5.class_pixel_counts(labels, 3)))
+    out = tmp_path / "blocks.h5"
+    with hdf5.HDF5Writer(out, "blocks", ["a", "b", "c"], np.zeros((3, 3), np.uint8), min_pixels=2) as writer:
+        writer.begin_split("train", capacity=10, labelled=True)
+        writer.add_all(samples)
+        writer.begin_split("val", capacity=3, labelled=False)
+        writer.add(hdf5.Sample("u0", b"xyz", 1, 1))
+    with h5py.File(out, "r") as handle:
+        train = handle["train"]
+        assert train["names"].shape == (29,) and train["images"].chunks == (10,)
+        for i, sample in enumerate(samples):
+            assert train["names"][i].decode() == sample.name
+            assert bytes(train["images"][i]) == sample.image and bytes(train["masks"][i]) == sample.mask
+            assert train["sizes"][i].tolist() == [2, 3]
+            assert train["class_pixels"][i].tolist() == sample.class_pixels.tolist()
+            assert train["se_targets"][i].tolist() == (sample.class_pixels >= 2).astype(int).tolist()
+        assert bytes(handle["val"]["images"][0]) == b"xyz" and handle["val"]["names"].shape == (1,)
+        assert "masks" not in handle["val"]

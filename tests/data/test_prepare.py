@@ -8,6 +8,7 @@ agree with that mask. torchvision's own VOC and SBD readers serve as an independ
 from __future__ import annotations
 
 import errno
+import gc
 import importlib.util
 import io
 import json
@@ -771,3 +772,32 @@ def test_workers_are_capped_at_the_core_count(
     monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 2)
     run("voc", tmp_path, archives={"": voc_for_the_pool.path}, checksums=md5(voc_for_the_pool), workers=10_000)
     assert sizes == [2]
+
+
+def test_one_pool_serves_every_split_and_the_collector_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two splits big enough for the pool: one pool (forked once, after gc.freeze), the same file as one
+    worker writes, and afterwards nothing is left frozen."""
+    ids = [f"2011_{i:06d}" for i in range(45)]
+    built = fx.write_tar(tmp_path / "in" / fx.VOC2012_TAR, fx.voc2012_layout(ids[:20], ids[20:], []))
+    real = prepare_module.cf.ProcessPoolExecutor
+    pools, frozen = [], []
+
+    def recording(workers: int, **kwargs):
+        pools.append(workers)
+        frozen.append(gc.get_freeze_count())
+        return real(workers, **kwargs)
+
+    monkeypatch.setattr(prepare_module.cf, "ProcessPoolExecutor", recording)
+    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 2)
+    one, _ = run("voc", tmp_path, out=tmp_path / "one.h5", archives={"": built.path}, checksums=md5(built))
+    two, _ = run("voc", tmp_path, out=tmp_path / "two.h5", archives={"": built.path}, checksums=md5(built), workers=2)
+    assert one.counts == two.counts == {"train": 20, "val": 25}
+    assert pools == [2] and gc.get_freeze_count() == 0
+    if "fork" in multiprocessing.get_all_start_methods():
+        assert frozen[0] > 0  # the plan was frozen before the workers were forked
+    with h5py.File(one.out, "r") as a, h5py.File(two.out, "r") as b:
+        for split in ("train", "val"):
+            assert [bytes(x) for x in a[split]["images"][...]] == [bytes(x) for x in b[split]["images"][...]]
+            assert [bytes(x) for x in a[split]["masks"][...]] == [bytes(x) for x in b[split]["masks"][...]]
+            assert a[split]["names"][...].tolist() == b[split]["names"][...].tolist()
+            np.testing.assert_array_equal(a[split]["class_pixels"][...], b[split]["class_pixels"][...])

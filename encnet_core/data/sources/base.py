@@ -4,7 +4,7 @@ the sources share (the sources import this module; ``encnet_core.data.sources`` 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from PIL import Image
 from encnet_core.errors import DataError
 from encnet_core.fetch.download import RemoteFile
 
-__all__ = ["Ref", "Item", "SourcePlan", "Source", "MaskDecoder", "ItemLoader", "MaskMaker", "decode_index_png", "find_prefix"]
+__all__ = ["Ref", "Item", "ItemList", "SourcePlan", "Source", "MaskDecoder", "ItemLoader", "MaskMaker", "decode_index_png", "find_prefix"]
 
 Ref = tuple[str, str]
 """(archive path, member name), or ("", file path) for a plain file."""
@@ -31,7 +31,7 @@ MaskMaker = Callable[[], "np.ndarray | None"]
 filter leaves the item out (COCO: 1000 labelled pixels or fewer); run in the conversion workers."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a plan may hold 100k+ of them
 class Item:
     """One image to convert (picklable: sent to the conversion workers)."""
 
@@ -44,13 +44,36 @@ class Item:
     make_mask: MaskMaker | None = None  # makes the labels instead of reading ``mask`` (then only named in messages)
 
 
+class ItemList(Sequence[Item]):
+    """A split's items made on demand from one small record per item (say, a relative path): a plan of
+    118k images then holds 118k short strings, not 118k `Item`s with their paths. An index gives an
+    `Item`, a slice a list of them (what the conversion workers are sent)."""
+
+    def __init__(self, records: Sequence[Any], make: Callable[[Any], Item]) -> None:
+        self._records, self._make = records, make
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self._make(record) for record in self._records[index]]
+        return self._make(self._records[index])
+
+    def __iter__(self) -> Iterator[Item]:
+        return map(self._make, self._records)
+
+    def __repr__(self) -> str:
+        return f"ItemList({len(self)} items)"
+
+
 @dataclass
 class SourcePlan:
     """Everything the converter needs to know about one dataset."""
 
     classes: list[str]
     palette: np.ndarray  # (C, 3) uint8
-    splits: dict[str, list[Item]]
+    splits: dict[str, Sequence[Item]]  # a list, or an ItemList
     expected: dict[str, int] = field(default_factory=dict)  # known split sizes, checked before converting
     files: dict[str, Any] = field(default_factory=dict)  # extra provenance recorded in the `sources` attribute
     task: str = "segmentation"  # or "classification": items carry a label (or a loader) instead of a mask

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from encnet_core.constants import IGNORE_INDEX
-from encnet_core.data.sources.base import Item, Source, SourcePlan
+from encnet_core.data.sources.base import Item, ItemList, Source, SourcePlan
 from encnet_core.errors import ConfigError, DataError
 from encnet_core.palette import voc_palette
 
@@ -130,8 +131,43 @@ def _colour_labels(rgb: np.ndarray, palette: np.ndarray, coloured: bool, mode: s
     return labels
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_under(folder: Path) -> list[str]:
+    """The images under ``folder``, as relative POSIX paths, in path order (by component, as paths sort).
+
+    Found as ``Path.rglob`` finds them (hidden files too, symlinked folders not entered), but as plain
+    strings: pathlib interns every name it parses, and with every path alive at once the interpreter's
+    table of interned strings grows to hold them all (about 190 bytes per image), and never shrinks.
+    """
+    found = []
+    for directory, _, names in os.walk(folder):
+        prefix = os.path.relpath(directory, folder).replace(os.sep, "/") + "/"
+        prefix = "" if prefix == "./" else prefix
+        for name in names:
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(os.path.join(directory, name)):
+                found.append(prefix + name)
+    found.sort(key=lambda relative: [os.path.normcase(part) for part in relative.split("/")])
+    return found
+
+
+def _under(root: str, relative: str) -> str:
+    """``str(Path(root) / relative)`` without pathlib, which would intern ``relative`` (see `_images_under`)."""
+    relative = relative.replace("/", os.sep)
+    return relative if root == "." else os.path.join(root, relative)
+
+
+def _mask_of(relative: str) -> str:
+    """The mask's relative path: the image's with the extension .png."""
+    return os.path.splitext(relative)[0] + ".png"
+
+
+def check_masks(image_root: Path, mask_root: Path | None, images: list[str]) -> None:
+    """`DataError` for the first image (in path order) without its mask, before any conversion."""
+    if mask_root is None:
+        return
+    for relative in images:
+        mask_path = _under(str(mask_root), _mask_of(relative))
+        if not os.path.isfile(mask_path):
+            raise DataError(f"no mask for {_under(str(image_root), relative)}: expected {mask_path}")
 
 
 def check_folder(params: dict[str, Any]) -> None:
@@ -163,21 +199,25 @@ def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -
         reduce_zero_label=bool(params.get("reduce_zero_label")),
     )  # fmt: skip
 
-    def items_for(image_root: Path, mask_root: Path | None) -> list[Item]:
-        items = []
-        for image in _images_under(image_root):
-            relative = image.relative_to(image_root)
-            mask = None
-            if mask_root is not None:
-                mask_path = (mask_root / relative).with_suffix(".png")
-                if not mask_path.is_file():
-                    raise DataError(f"no mask for {image}: expected {mask_path}")
-                mask = ("", str(mask_path))
-            items.append(Item(relative.with_suffix("").as_posix(), ("", str(image)), mask, decoder if mask else None))
-        return items
+    def items_for(image_root: Path, mask_root: Path | None, images: list[str] | None = None) -> ItemList:
+        """The items of ``images`` (relative paths; default: every image under ``image_root``, whose masks
+        are checked here), made on demand."""
+        if images is None:
+            images = _images_under(image_root)
+            check_masks(image_root, mask_root, images)
+
+        image_dir, mask_dir = str(image_root), None if mask_root is None else str(mask_root)
+
+        def make(relative: str) -> Item:
+            name, image = os.path.splitext(relative)[0], ("", _under(image_dir, relative))
+            if mask_dir is None:
+                return Item(name, image, None, None)
+            return Item(name, image, ("", _under(mask_dir, _mask_of(relative))), decoder)
+
+        return ItemList(images, make)
 
     split_dirs = [s for s in SPLIT_NAMES if (images_dir / s).is_dir()]
-    splits: dict[str, list[Item]] = {}
+    splits: dict[str, ItemList] = {}
     if split_dirs:
         for split in split_dirs:
             mask_root = masks_dir / split if masks_dir is not None and (masks_dir / split).is_dir() else None
@@ -187,15 +227,17 @@ def plan_folder(files: dict[str, Path], workdir: Path, params: dict[str, Any]) -
     else:
         if masks_dir is None:
             raise ConfigError("--masks DIR is required when the image folder has no train/val/test subfolders")
-        items = items_for(images_dir, masks_dir)
+        images = _images_under(images_dir)
+        check_masks(images_dir, masks_dir, images)
         fraction = float(params.get("val_fraction", 0.1))
-        order = list(range(len(items)))
+        order = list(range(len(images)))
         random.Random(int(params.get("seed", 0))).shuffle(order)
-        num_val = round(len(items) * fraction)
+        num_val = round(len(images) * fraction)
         val = set(order[:num_val])
-        splits["train"] = [item for i, item in enumerate(items) if i not in val]
+        del order
+        splits["train"] = items_for(images_dir, masks_dir, [r for i, r in enumerate(images) if i not in val])
         if num_val:
-            splits["val"] = [item for i, item in enumerate(items) if i in val]
+            splits["val"] = items_for(images_dir, masks_dir, [r for i, r in enumerate(images) if i in val])
     if not any(splits.values()):
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {images_dir}")
     return SourcePlan(classes, palette, splits, files={"images": str(images_dir), "masks": str(masks_dir)}, user_masks=True)
