@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ def _check_rows(report: dict, sections: int) -> None:
     for name, row in rows.items():
         if name in SKIPPED_ON_CPU:
             assert row["ratio"] is None and SKIPPED_ON_CPU[name] in row["detail"], row
-        else:  # measured, and no verdict: tiny CPU figures are no claims
-            assert row["ratio"] is not None and row["ratio"] >= 0 and row["passed"] is None, row
+        else:  # measured, and no verdict: tiny CPU figures are no claims (an overhead row may be below 0 under load)
+            assert row["ratio"] is not None and math.isfinite(row["ratio"]) and row["passed"] is None, row
+            assert row["ratio"] >= 0 or row["name"].startswith("infer() / pure forwards"), row
     # equality is a real check at any size
     assert rows["max relative difference, ours vs broadcast"]["ratio"] <= 1e-4
     assert rows["DDP (gloo) step / plain step"]["ratio"] > 0
