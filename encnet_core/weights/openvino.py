@@ -66,11 +66,12 @@ def weights_file(xml: Path) -> Path:
     return Path(xml).with_suffix(".bin")
 
 
-def _read(path: Path, fmt: str) -> tuple[Any, Any]:
-    """(openvino module, ov.Model) of an IR or an ONNX file, checked first; errors are one line naming the file."""
+def _read(path: Path, fmt: str) -> tuple[Any, Any, ModelMetadata]:
+    """(openvino module, ov.Model, metadata) of an IR or an ONNX file, checked first; errors are one line naming the file."""
     ov = _openvino()
+    props = None
     if fmt == "onnx":
-        check_onnx_file(path)
+        props = check_onnx_file(path)  # before OpenVINO opens it; the metadata is in its metadata_props
         what, files = "ONNX model", (str(path),)
     else:
         weights = weights_file(path)
@@ -78,18 +79,16 @@ def _read(path: Path, fmt: str) -> tuple[Any, Any]:
             raise CheckpointError(f"{path} is an OpenVINO IR but its weights file {weights} is missing (keep the .xml and .bin together)")
         what, files = "OpenVINO IR", (str(path), str(weights))
     try:
-        return ov, ov.Core().read_model(*files)
+        model = ov.Core().read_model(*files)
     except Exception as exc:  # OpenVINO raises RuntimeError for parse errors, bad offsets, unknown operations
         raise CheckpointError(f"{path} is not a readable {what} ({_reason(exc)})") from None
-
-
-def _metadata(model: Any, path: Path, fmt: str) -> ModelMetadata:
-    if fmt == "onnx":
-        return _metadata_from_json(check_onnx_file(path).get(METADATA_NAME, ""), path)
-    text = model.get_rt_info([METADATA_NAME]).astype(str) if model.has_rt_info([METADATA_NAME]) else ""
+    if props is not None:
+        text = props.get(METADATA_NAME, "")
+    else:
+        text = model.get_rt_info([METADATA_NAME]).astype(str) if model.has_rt_info([METADATA_NAME]) else ""
     if len(text) > MAX_METADATA_BYTES:
         raise CheckpointError(f"{path}: its {METADATA_NAME} is over the {MAX_METADATA_BYTES}-byte limit")
-    return _metadata_from_json(text, path)
+    return ov, model, _metadata_from_json(text, path)
 
 
 def _check_format(path: Path) -> str:
@@ -104,8 +103,7 @@ def read_openvino_metadata(path: Path) -> dict[str, Any]:
     checks the weights file fits it, compiles nothing."""
     path = Path(path)
     fmt = _check_format(path)
-    _, model = _read(path, fmt)
-    return _metadata(model, path, fmt).to_dict()
+    return _read(path, fmt)[2].to_dict()
 
 
 def load_openvino(path: Path, device: torch.device) -> LoadedModel:
@@ -113,8 +111,7 @@ def load_openvino(path: Path, device: torch.device) -> LoadedModel:
     whose outputs land on ``device`` (a CUDA device: OpenVINO still runs on the CPU, with a warning)."""
     path = Path(path)
     fmt = _check_format(path)
-    ov, model = _read(path, fmt)
-    meta = _metadata(model, path, fmt)
+    ov, model, meta = _read(path, fmt)
     if device.type != "cpu":
         log.warning("OpenVINO runs on the CPU here; its outputs are moved to %s", device)
     import openvino.properties as props
