@@ -1,4 +1,4 @@
-"""``encnet export``: slim, self-describing models (weights, safetensors, TorchScript, pt2, ONNX)."""
+"""``encnet export``: slim, self-describing models (weights, safetensors, TorchScript, pt2, ONNX, OpenVINO IR)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ _Format = StrEnum("Format", {name: name for name in EXPORT_FORMATS})  # choices 
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt), an export (not ONNX), or a zoo name (encnet weights list)."),
-    out: Path = typer.Argument(..., help="File to write."),
-    fmt: _Format = typer.Option("weights", "--format", "-f", help="Export format (safetensors: no pickle, no code; torchscript/pt2: programs)."),
-    half: bool = typer.Option(False, "--half", help="Store float16 weights (half the size; fp16 inference on GPUs)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (best.pt/last.pt), an export (not ONNX/OpenVINO), or a zoo name (encnet weights list)."),
+    out: Path = typer.Argument(..., help="File to write (openvino: OUT.xml, with OUT.bin beside it)."),
+    fmt: _Format = typer.Option("weights", "--format", "-f", help="Export format (safetensors: no pickle, no code; torchscript/pt2: programs; openvino: an IR, .xml + .bin)."),
+    half: bool = typer.Option(False, "--half", help="Store float16 weights (half the size; fp16 inference on GPUs; openvino: float16 weights, float32 input)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload the export and compare it with the PyTorch model."),
     hash_name: bool = typer.Option(False, "--hash-name", help="Append the first 8 hex digits of the file's sha256 to its name."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
@@ -28,7 +28,8 @@ def export(
 ) -> None:
     """Export a trained model with its metadata (classes, palette, normalisation, sizes, training summary).
 
-    evaluate and predict accept every format; ONNX needs `pip install 'encnet[onnx]'`. safetensors
+    evaluate and predict accept every format; ONNX needs `pip install 'encnet[onnx]'`, OpenVINO
+    `pip install 'encnet[openvino]'`. safetensors
     (no pickle, no code) is the format to share weights; TorchScript and pt2 are programs that
     others open only with --trust-code.
     """

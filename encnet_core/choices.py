@@ -31,7 +31,7 @@ LAYOUTS = ("standard", "far")
 DEFAULT_SIZES = {"standard": 128, "far": 256}
 """Default image side of each synthetic layout."""
 
-EXPORT_FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx")
+EXPORT_FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx", "openvino")
 """What ``encnet export --format`` writes (weights/export.py)."""
 
 SUBMIT_SERVERS = ("voc", "ade20k", "cityscapes")

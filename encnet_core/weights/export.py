@@ -9,7 +9,11 @@ Formats (the metadata travels inside each as ``encnet.json``):
   checked on every read); the format to share weights with strangers;
 * ``torchscript``: ``torch.jit.trace`` with the metadata as an extra file;
 * ``pt2``: ``torch.export`` program with dynamic height and width, metadata as an extra file;
-* ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``).
+* ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``);
+* ``openvino``: the ONNX export converted to an OpenVINO IR, ``OUT.xml`` (graph, metadata in its
+  ``rt_info``) and ``OUT.bin`` (weights) written together: both or neither (extra ``encnet[openvino]``).
+  The weights stay float32 unless ``--half`` asks for float16 weights (``compress_to_fp16``); the IR
+  takes float32 input either way.
 
 TorchScript and pt2 files are programs: reading them back (``--verify``, evaluate, predict, or as the
 input of another export) runs code from the file, so only files from a trusted source are opened
@@ -77,17 +81,18 @@ class ExportResult:
 
     path: Path
     format: str
-    bytes: int
-    sha256: str
+    bytes: int  # an OpenVINO IR: .xml and .bin together
+    sha256: str  # of ``path`` (an IR: its .xml)
     max_abs_diff: float | None  # largest |export - PyTorch| on the sample input, None without --verify
     metadata: dict[str, Any]  # ModelMetadata.to_dict() of what the export carries
 
 
-def _sha256(path: Path) -> str:
+def _sha256(*paths: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 (used within the iteration)
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -116,6 +121,8 @@ def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, s
         with torch.no_grad():
             program = torch.export.export(wrapper, (sample,), dynamic_shapes=dims)
         torch.export.save(program, tmp, extra_files={METADATA_NAME: meta_json})
+    elif fmt == "openvino":
+        _write_openvino(wrapper, tmp, meta_json, sample, metadata)
     elif fmt == "onnx":
         try:
             import onnx
@@ -138,6 +145,35 @@ def _write_export(wrapper: ExportWrapper, fmt: str, tmp: Path, meta_json: str, s
         onnx.save(proto, str(tmp))
 
 
+def _write_openvino(wrapper: ExportWrapper, tmp: Path, meta_json: str, sample: Tensor, metadata: dict) -> None:
+    """``tmp`` (.xml) and its .bin: the ONNX export converted by OpenVINO, metadata in the IR's rt_info."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ConfigError("OpenVINO export needs the openvino extra: pip install 'encnet[openvino]'") from None
+    onnx_tmp = tmp.with_suffix(".onnx")
+    try:
+        _write_export(wrapper, "onnx", onnx_tmp, meta_json, sample, metadata)
+        model = ov.convert_model(str(onnx_tmp))
+    finally:
+        onnx_tmp.unlink(missing_ok=True)
+    model.set_rt_info(meta_json, [METADATA_NAME])
+    # save_model compresses float weights to float16 by default: only when --half asks for it
+    ov.save_model(model, str(tmp), compress_to_fp16=bool(metadata.get("half")))
+
+
+def _commit_pair(file: AtomicFile, weights: AtomicFile) -> None:
+    """Give an IR's .xml and .bin their names, both or neither: an existing .xml goes first (an
+    interrupted export then leaves no .xml, never an old .xml with a new .bin), then the .bin, then the .xml."""
+    file.target.unlink(missing_ok=True)
+    weights.commit()
+    try:
+        file.commit()
+    except BaseException:
+        weights.target.unlink(missing_ok=True)
+        raise
+
+
 def export_model(
     checkpoint: Path,
     out: Path,
@@ -158,7 +194,11 @@ def export_model(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
+    if fmt == "openvino" and out.suffix.lower() != ".xml":
+        raise ConfigError(f"an openvino export is OUT.xml with OUT.bin beside it: give a .xml name, not {out.name}")
     check_output_file(out, "export to", overwrite=overwrite or hash_name)  # before any work
+    if fmt == "openvino":
+        check_output_file(out.with_suffix(".bin"), "export to", overwrite=overwrite or hash_name)
     ckpt = read_model_file(checkpoint, trust_code=trust_code)
     if "model_config" not in ckpt:
         raise CheckpointError(f"{checkpoint} has no model description (a bare state_dict); export a checkpoint written by encnet")
@@ -167,16 +207,21 @@ def export_model(
     except EncNetError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
     metadata = replace(ModelMetadata.from_dict(ckpt, checkpoint), export_format=fmt, half=half).to_dict()
-    dtype = torch.float16 if half else torch.float32
-    if half:
+    half_model = half and fmt != "openvino"  # OpenVINO: float32 graph, float16 weights (compress_to_fp16)
+    dtype = torch.float16 if half_model else torch.float32
+    if half_model:
         if fmt not in ("weights", "safetensors"):
             log.warning("--half %s export: the model expects float16 input (CUDA); CPU float16 kernels are slow", fmt)
         model = model.half()
     wrapper = ExportWrapper(model).eval()
     sample = _sample(sample_size or min(int(metadata["crop_size"]), 128), dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
-    file = AtomicFile(out, keep_suffix=True)  # keep the suffix: pt2 needs ".pt2"
+    file = AtomicFile(out, keep_suffix=True)  # keep the suffix: pt2 needs ".pt2", an IR ".xml"
     tmp = file.tmp
+    weights = None  # an IR's .bin: OpenVINO writes it beside the .xml, under the same name
+    if fmt == "openvino":
+        weights = AtomicFile(out.with_suffix(".bin"))
+        weights.tmp = tmp.with_suffix(".bin")
     meta_json = json.dumps(metadata)
     try:
         try:
@@ -189,14 +234,24 @@ def export_model(
         if verify:
             diff = _verify(wrapper, tmp, sample, half, tolerance)
         if hash_name:
-            digest = _sha256(tmp)[:8]
+            digest = _sha256(tmp, *([weights.tmp] if weights else []))[:8]  # an IR: the graph and its weights
             out = file.target = out.with_name(f"{out.stem}-{digest}{out.suffix}")
             if out.exists() and not overwrite:
                 raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-        file.commit()
+            if weights is not None:
+                weights.target = out.with_suffix(".bin")
+                if weights.target.exists() and not overwrite:
+                    raise ConfigError(f"{weights.target} exists; pass --overwrite to replace it")
+        if weights is not None:
+            _commit_pair(file, weights)
+        else:
+            file.commit()
     finally:
         file.discard()
-    return ExportResult(out, fmt, out.stat().st_size, _sha256(out), diff, metadata)
+        if weights is not None:
+            weights.discard()
+    size = out.stat().st_size + (weights.target.stat().st_size if weights else 0)  # an IR: both files
+    return ExportResult(out, fmt, size, _sha256(out), diff, metadata)
 
 
 def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tolerance: float) -> float:

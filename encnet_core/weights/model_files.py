@@ -1,8 +1,8 @@
 """Loading saved models: a model ready for inference, from any saved form (what ``evaluate`` and ``predict`` run).
 
 ``load_model(path, device)`` reads a training checkpoint (``last.pt``/``best.pt``) or an export
-(weights, safetensors, TorchScript, pt2, ONNX; the format is detected from the content, not the
-name) and returns a ``LoadedModel`` carrying the forward function and the metadata inference needs
+(weights, safetensors, TorchScript, pt2, ONNX, OpenVINO IR; the format is detected from the
+content, not the name) and returns a ``LoadedModel`` carrying the forward function and the metadata inference needs
 (classes, palette, normalisation, sizes). ``read_model_file`` gives the weights and metadata of any
 of them as a checkpoint-shaped dict (what ``export`` and ``train --init-from`` start from).
 
@@ -13,7 +13,10 @@ Which files are opened how:
 * ``torchscript`` and ``pt2`` are programs: loading them runs code from the file, so they are opened
   only with ``trust_code=True`` (``--trust-code``). Their metadata can be read without that, from the
   archive's own ``extra/encnet.json`` member;
-* ``onnx``: an onnxruntime session (a graph interpreted by native code; no Python runs).
+* ``onnx``: an onnxruntime session (a graph interpreted by native code; no Python runs), after
+  ``check_onnx_file``: external data outside the model's folder is refused before any runtime opens it;
+* ``openvino``: an IR (``.xml`` graph, ``.bin`` weights beside it) compiled by OpenVINO for the CPU
+  (weights/openvino.py; built-in operations only, no code from the file).
 
 The tensors of checkpoints, ``weights`` and ``safetensors`` files written by encnet are checked against
 the digest recorded in the file (weights/checkpoint.py ``tensor_digest``; safetensors: the header key
@@ -32,9 +35,9 @@ import json
 import struct
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import h5py
@@ -72,6 +75,7 @@ __all__ = [
     "METADATA_NAME",
     "DIGEST_HEADER",
     "read_safetensors",
+    "check_onnx_file",
 ]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -80,10 +84,11 @@ MAX_METADATA_BYTES = 4 << 20  # the largest encnet.json member read from an arch
 CODE_FORMATS = {"torchscript": "a TorchScript program", "pt2": "a torch.export (pt2) program"}
 """Formats whose loaders run code stored in the file; opened only with ``trust_code=True``."""
 
-MODEL_FORMATS = ("checkpoint", "safetensors", "torchscript", "pt2", "onnx")
+MODEL_FORMATS = ("checkpoint", "safetensors", "torchscript", "pt2", "onnx", "openvino")
 """What ``model_format`` answers (weights exports are ``torch.save`` files: "checkpoint")."""
 
-_FORMAT_NAMES = {"checkpoint": "a checkpoint", "safetensors": "a safetensors export", "onnx": "an ONNX model", **CODE_FORMATS}
+_FORMAT_NAMES = {"checkpoint": "a checkpoint", "safetensors": "a safetensors export", "onnx": "an ONNX model",
+                 "openvino": "an OpenVINO IR", **CODE_FORMATS}  # fmt: skip
 
 
 @dataclass
@@ -98,7 +103,7 @@ class LoadedModel:
     base_size: int
     crop_size: int
     device: torch.device
-    source: str  # "checkpoint", "weights", "safetensors", "torchscript", "pt2", "onnx"
+    source: str  # "checkpoint", "weights", "safetensors", "torchscript", "pt2", "onnx", "openvino"
     has_se: bool = False  # whether run() returns SE logits
     metadata: dict[str, Any] = field(default_factory=dict)
     task: str = "segmentation"  # what forward() gives: "segmentation" (N, C, h, w) or "classification" (N, C) logits
@@ -157,7 +162,8 @@ def detect_format(path: Path) -> str:
 
 
 def model_format(path: Path) -> str:
-    """"checkpoint" (torch.save: checkpoints and weights exports), "safetensors", "torchscript", "pt2" or "onnx".
+    """"checkpoint" (torch.save: checkpoints and weights exports), "safetensors", "torchscript", "pt2",
+    "onnx" or "openvino" (an IR's .xml: XML text, or a .xml name).
 
     Decided from the content (a renamed file is recognised); reads the first bytes and, for zip
     archives, the member list only.
@@ -167,6 +173,7 @@ def model_format(path: Path) -> str:
         raise CheckpointError(f"model file not found: {path}")
     with path.open("rb") as handle:
         head = handle.read(9)
+        text_head = head + handle.read(256 - len(head))
     if head[:8] == HDF5_SIGNATURE or (head[:2] != b"PK" and head[8:9] != b"{" and h5py.is_hdf5(path)):
         raise CheckpointError(
             f"{path} is a dataset (an HDF5 file), not a model: the model comes first "
@@ -189,6 +196,8 @@ def model_format(path: Path) -> str:
         return "safetensors"
     if head[:1] == b"\x08" or path.suffix.lower() == ".onnx":  # ONNX protobuf: field 1 (ir_version) first
         return "onnx"
+    if text_head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith((b"<?xml", b"<net")) or path.suffix.lower() == ".xml":
+        return "openvino"  # an IR's graph (its weights are the .bin beside it)
     return "checkpoint"
 
 
@@ -312,11 +321,65 @@ def _graph_model(module: Any, meta: ModelMetadata, device: torch.device, source:
     return _from_metadata(run, meta.has_se, meta, device, source)
 
 
+def _outside(location: str, folder: Path) -> bool:
+    """Whether an external-data ``location`` leaves ``folder``: absolute (POSIX or Windows), '..', or a link out of it."""
+    if not location or "\0" in location:
+        return True
+    pure = Path(location)
+    if pure.is_absolute() or PureWindowsPath(location).drive or PureWindowsPath(location).is_absolute() or ".." in PureWindowsPath(location).parts:
+        return True
+    return not (folder / pure).resolve().is_relative_to(folder.resolve())
+
+
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph or function and its subgraphs (initializers, sparse initializers, attributes)."""
+    yield from getattr(graph, "initializer", ())
+    for sparse in getattr(graph, "sparse_initializer", ()):
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _all_tensors(sub)
+
+
+def check_onnx_file(path: Path) -> dict[str, str]:
+    """Check an ONNX file before a runtime opens it; return its ``metadata_props``.
+
+    The graph is parsed by the onnx package without its external data; a tensor stored outside the
+    file must lie in the model's folder: an absolute location, '..' or a link leaving the folder is
+    refused (a model must not make a runtime read other files of this machine).
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise CheckpointError(f"{path} is an ONNX model: install the onnx extra (pip install 'encnet[onnx]')") from None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise CheckpointError(f"{path} is not a readable ONNX model ({exception_reason(exc)})") from None
+    folder = Path(path).parent
+    for graph in (proto.graph, *proto.functions):
+        for tensor in _all_tensors(graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+            if _outside(location, folder):
+                raise CheckpointError(
+                    f"{path} refers to external data outside its folder ({location[:200]!r}, tensor "
+                    f"{tensor.name[:100]!r}); refusing to open it"
+                )
+    return {entry.key: entry.value for entry in proto.metadata_props}
+
+
 def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
     try:
         import onnxruntime
     except ImportError:
         raise CheckpointError(f"{path} is an ONNX model: install onnxruntime (pip install 'encnet[onnx]')") from None
+    check_onnx_file(path)
     providers = onnx_providers(device)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=providers)
@@ -346,8 +409,8 @@ def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
         return load_checkpoint(path)
     if fmt == "safetensors":
         return read_safetensors(path)
-    if fmt == "onnx":
-        raise CheckpointError(f"{path} is an ONNX model: its weights cannot be read back; use the checkpoint or a weights/safetensors export")
+    if fmt in ("onnx", "openvino"):
+        raise CheckpointError(f"{path} is {_FORMAT_NAMES[fmt]}: its weights cannot be read back; use the checkpoint or a weights/safetensors export")
     _refuse_untrusted(path, fmt, trust_code)
     module, meta = _load_program(path, fmt, torch.device("cpu"))
     state = {key.removeprefix("model."): value for key, value in module.state_dict().items()}
@@ -378,7 +441,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code: bool = False) -> LoadedModel:
-    """Load a checkpoint or a weights, safetensors, TorchScript, pt2 or ONNX export for inference on ``device``.
+    """Load a checkpoint or a weights, safetensors, TorchScript, pt2, ONNX or OpenVINO export for inference on ``device``.
 
     TorchScript and pt2 files are programs: without ``trust_code`` they are refused before any loader
     touches them.
@@ -391,6 +454,10 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
         return _graph_model(module, meta, device, fmt)
     if fmt == "onnx":
         return _load_onnx(path, device)
+    if fmt == "openvino":
+        from encnet_core.weights.openvino import load_openvino  # imports this module
+
+        return load_openvino(path, device)
     ckpt = load_checkpoint(path) if fmt == "checkpoint" else read_safetensors(path)
     if "model_config" not in ckpt:
         raise CheckpointError(
@@ -445,6 +512,10 @@ def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
         return {"format": meta.pop("kind"), "runs_code": False, **meta}
     if fmt == "onnx":
         return {"format": "onnx", "runs_code": False, **_load_onnx(path, torch.device("cpu")).metadata}
+    if fmt == "openvino":
+        from encnet_core.weights.openvino import read_openvino_metadata
+
+        return {"format": "openvino", "runs_code": False, **read_openvino_metadata(path)}
     meta = _archive_metadata(path).to_dict()
     if trust_code:
         meta = _load_program(path, fmt, torch.device("cpu"))[1].to_dict() | {"loaded": True}
