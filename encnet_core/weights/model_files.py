@@ -106,6 +106,7 @@ class LoadedModel:
     # left at the head's resolution, and the model's own resizing that run() applies to them (logits, (H, W)) -> logits
     run_lowres: Callable[[Tensor], tuple[Tensor, Tensor | None]] | None = None
     upsample: Callable[[Tensor, tuple[int, int]], Tensor] | None = None
+    engine: str = "torch"  # what runs run(): "torch" (eager or a TorchScript/pt2 program), "onnxruntime" or "openvino"
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 3, h, w) normalised -> (N, C, h, w) logits ((N, C) for a classifier)."""
@@ -331,7 +332,9 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
         se = torch.from_numpy(outputs[names.index("se")]).to(device) if "se" in names else None
         return torch.from_numpy(outputs[names.index("out")]).to(device), se
 
-    return _from_metadata(run, meta.has_se, meta, device, "onnx")
+    loaded = _from_metadata(run, meta.has_se, meta, device, "onnx")
+    loaded.engine = "onnxruntime"
+    return loaded
 
 
 def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
@@ -377,11 +380,14 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     raise CheckpointError(f"{path} is {what}: no training state to resume; use --init-from to fine-tune from it")
 
 
-def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code: bool = False) -> LoadedModel:
+def load_model(
+    path: Path, device: torch.device, amp: str = "off", *, trust_code: bool = False, compile: bool = False
+) -> LoadedModel:
     """Load a checkpoint or a weights, safetensors, TorchScript, pt2 or ONNX export for inference on ``device``.
 
     TorchScript and pt2 files are programs: without ``trust_code`` they are refused before any loader
-    touches them.
+    touches them. ``compile``: checkpoints and weights/safetensors files run through ``torch.compile``
+    (compiled on the first call of each input shape; see docs/export.md "Engines" for what it costs and gains).
     """
     path = model_path(path)
     fmt = model_format(path)
@@ -401,6 +407,8 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
     if channels_last(device):
         model.to(memory_format=torch.channels_last)
     has_se = getattr(model, "has_se", False)  # classifiers have no SE head
+    if compile:
+        model = torch.compile(model)  # its attributes (_upsample) stay reachable through the wrapper
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode(), autocast_context(device, amp):
