@@ -13,7 +13,13 @@ from helpers import train_tiny
 
 from encnet_core import Segmenter
 from encnet_core.engine import engines
-from encnet_core.engine.engines import auto_engine, cached_onnx, installed_engines, load_with_engine, onnx_cache_path
+from encnet_core.engine.engines import (
+    auto_engine,
+    cached_onnx,
+    installed_engines,
+    load_with_engine,
+    onnx_cache_path,
+)
 from encnet_core.errors import ConfigError
 from encnet_core.weights import export as export_module
 from encnet_core.weights.export import export_model
