@@ -23,6 +23,7 @@ __all__ = [
     "autocast_context",
     "grad_scaler",
     "channels_last",
+    "inference_channels_last",
     "prepare_for_training",
     "pin_memory",
     "onnx_providers",
@@ -96,6 +97,13 @@ def grad_scaler(amp: str) -> torch.amp.GradScaler | None:
 def channels_last(device: torch.device) -> bool:
     """Whether models and their inputs use the channels-last memory layout on ``device`` (faster on GPUs)."""
     return is_cuda(device)
+
+
+def inference_channels_last(device: torch.device, amp: str = "off") -> bool:
+    """Whether eager inference (``load_model``) uses channels-last: on GPUs, and on the CPU in float32, where
+    benchmarks/engines_cpu.py measured it faster (docs/export.md "Engines"); not under CPU bf16 autocast,
+    where it measured slower than the default layout."""
+    return channels_last(device) or amp == "off"
 
 
 def prepare_for_training(device: torch.device) -> None:

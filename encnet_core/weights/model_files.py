@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from encnet_core.data.transforms import normalize_image
-from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
+from encnet_core.engine.device import autocast_context, inference_channels_last, onnx_providers
 from encnet_core.errors import CheckpointError
 from encnet_core.tasks import facts
 from encnet_core.weights import zoo
@@ -404,7 +404,7 @@ def load_model(
         )
     meta = ModelMetadata.from_dict(ckpt, path)
     model = model_from_checkpoint(ckpt, path).float().to(device).eval()
-    if channels_last(device):
+    if inference_channels_last(device, amp):  # the input follows: convolutions keep the layout of their weights
         model.to(memory_format=torch.channels_last)
     has_se = getattr(model, "has_se", False)  # classifiers have no SE head
     if compile:

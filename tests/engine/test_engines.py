@@ -3,7 +3,6 @@ checkpoint is cached once and reused, auto's rule, and the one-line errors."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +152,7 @@ def test_segmenter_load_engine(checkpoint: Path, cache: Path) -> None:
         Segmenter.load(checkpoint, device="cpu", engine="tensorrt")
 
 
-@pytest.mark.skipif(os.environ.get("ENCNET_TEST_COMPILE") != "1", reason="torch.compile takes a minute on 2 cores (ENCNET_TEST_COMPILE=1)")
+@pytest.mark.slow  # torch.compile: tens of seconds on 2 cores
 def test_compile_gives_the_same_logits(checkpoint: Path) -> None:
     eager = load_with_engine(checkpoint, CPU, "torch")
     compiled = load_with_engine(checkpoint, CPU, "auto", compile=True)
