@@ -168,7 +168,7 @@ EngineOpt = Annotated[
         "--engine",
         help="What runs the model: torch (eager PyTorch), onnxruntime or openvino (a checkpoint is exported to ONNX once, "
         "into the cache's engines/ folder, and reused), or auto: onnxruntime for an .onnx file, else torch "
-        "(measured no slower on CPU; docs/export.md, Engines).",
+        "(docs/export.md, Engines: the CPU measurements and the rule).",
     ),
 ]
 CompileOpt = Annotated[

@@ -30,7 +30,7 @@ from encnet_core.engine.device import is_cuda
 from encnet_core.errors import ConfigError
 from encnet_core.fetch.download import default_cache_dir
 from encnet_core.version import __version__
-from encnet_core.weights.model_files import LoadedModel, _load_onnx, load_model, model_format, model_path
+from encnet_core.weights.model_files import LoadedModel, load_model, load_onnx, model_format, model_path
 
 __all__ = ["ENGINES", "installed_engines", "auto_engine", "load_with_engine", "onnx_cache_path", "cached_onnx", "missing_engine"]
 
@@ -69,9 +69,12 @@ def auto_engine(model_format: str, device: torch.device, installed: dict[str, st
     * an ONNX file: onnxruntime (on CUDA its CUDA provider); OpenVINO when onnxruntime is missing and
       OpenVINO is installed, on the CPU; an IR file: openvino;
     * a checkpoint, weights, safetensors, TorchScript or pt2 file: torch. On CUDA eager PyTorch is what
-      the model was trained with; on the CPU, benchmarks/engines_cpu.py measured eager PyTorch against
-      onnxruntime on the exported file (docs/export.md "Engines") and PyTorch was not slower enough to
-      be worth an export, so it stays torch there too (``--engine onnxruntime`` asks for the export).
+      the model was trained with. On the CPU, benchmarks/engines_cpu.py measured onnxruntime on the
+      exported file 1.1 to 1.8 times faster than eager fp32 PyTorch at 480 x 480 in most runs, but not
+      faster than channels-last PyTorch in all (docs/export.md "Engines"); torch stays the pick there
+      because only eager PyTorch resizes the logits of large images in parts (``run_lowres``: a graph
+      returns full-size logits of every class) and it needs no export. ``--engine onnxruntime`` asks
+      for the export.
     """
     installed = installed_engines() if installed is None else installed
     if model_format == "openvino":
@@ -138,7 +141,7 @@ def load_with_engine(
             raise ConfigError(f"{path} is an OpenVINO IR model: it runs with --engine openvino")
         if installed_engines()["onnxruntime"] is None:
             raise ConfigError(missing_engine("onnxruntime"))
-        loaded = _load_onnx(path if fmt == "onnx" else cached_onnx(path, trust_code), device)
+        loaded = load_onnx(path if fmt == "onnx" else cached_onnx(path, trust_code), device)
     else:
         try:
             from encnet_core.weights import openvino as ov_loader

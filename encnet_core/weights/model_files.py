@@ -60,6 +60,7 @@ from encnet_core.weights.metadata import METADATA_NAME, ModelMetadata
 __all__ = [
     "LoadedModel",
     "load_model",
+    "load_onnx",
     "peek_metadata",
     "detect_format",
     "model_path",
@@ -335,6 +336,12 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
     loaded = _from_metadata(run, meta.has_se, meta, device, "onnx")
     loaded.engine = "onnxruntime"
     return loaded
+
+
+def load_onnx(path: Path, device: torch.device) -> LoadedModel:
+    """An ONNX file in an onnxruntime session on ``device`` (its CUDA provider on a GPU): what ``load_model``
+    does with one, and what engine/engines.py runs a checkpoint's cached ONNX export with."""
+    return _load_onnx(model_path(path), device)
 
 
 def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:

@@ -158,3 +158,22 @@ def test_compile_gives_the_same_logits(checkpoint: Path) -> None:
     compiled = load_with_engine(checkpoint, CPU, "auto", compile=True)
     x = torch.randn(1, 3, 48, 48)
     torch.testing.assert_close(compiled.forward(x), eager.forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_openvino_gets_the_cached_onnx_export(checkpoint: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from encnet_core.weights.model_files import load_onnx
+
+    given = []
+
+    def load_openvino(path: Path, device: torch.device):
+        given.append(path)
+        return load_onnx(path, device)  # a stand-in: weights/openvino.py compiles it with OpenVINO
+
+    monkeypatch.setitem(sys.modules, "encnet_core.weights.openvino", types.SimpleNamespace(load_openvino=load_openvino))
+    monkeypatch.setattr(engines, "installed_engines", lambda: {"torch": "2", "onnxruntime": "1", "openvino": "2025"})
+    loaded = load_with_engine(checkpoint, CPU, "openvino")
+    assert given == [onnx_cache_path(checkpoint)] and given[0].is_file()
+    assert loaded.engine == "openvino" and loaded.source == "checkpoint"
