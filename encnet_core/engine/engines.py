@@ -70,8 +70,8 @@ def auto_engine(model_format: str, device: torch.device, installed: dict[str, st
       OpenVINO is installed, on the CPU; an IR file: openvino;
     * a checkpoint, weights, safetensors, TorchScript or pt2 file: torch. On CUDA eager PyTorch is what
       the model was trained with. On the CPU, benchmarks/engines_cpu.py measured onnxruntime on the
-      exported file 1.1 to 1.8 times faster than eager fp32 PyTorch at 480 x 480 in most runs, but not
-      faster than channels-last PyTorch in all (docs/export.md "Engines"); torch stays the pick there
+      exported file faster than eager fp32 PyTorch at 480 x 480, but within the noise of channels-last
+      PyTorch (0.87x to 1.29x as fast on encnet_resnet50s; docs/export.md "Engines"); torch stays the pick there
       because only eager PyTorch resizes the logits of large images in parts (``run_lowres``: a graph
       returns full-size logits of every class) and it needs no export. ``--engine onnxruntime`` asks
       for the export.

@@ -129,6 +129,7 @@ def evaluate(
             options = replace(options, inference=request.config(model.crop_size, model.base_size))
         result = evaluate_loaded(model, data, options, info, progress, model_name=Path(model_path).name)
         result["model"] = str(model_path)
+        result["engine"] = model.engine  # what ran it (engine/engines.py): torch, onnxruntime or openvino
         if "protocol" in result:
             result["protocol"]["published"] = _published(model_path)
         return result

@@ -47,6 +47,7 @@ def test_evaluate_onnxruntime_matches_torch(tiny: tuple[Path, Path]) -> None:
         result = run("evaluate", ckpt, data, "--engine", engine, "--slide", "--flip", "--json", "-", "--device", "cpu", "-j", "0")
         assert result.exit_code == 0, result.output
         reports[engine] = json.loads(result.stdout)
+        assert reports[engine]["engine"] == engine
     cm_torch, cm_ort = (np.array(reports[e]["confusion_matrix"]) for e in ("torch", "onnxruntime"))
     assert np.abs(cm_torch - cm_ort).sum() <= 0.001 * cm_torch.sum()  # the same predictions on >= 99.9% of pixels
     assert reports["onnxruntime"]["pixAcc"] == pytest.approx(reports["torch"]["pixAcc"], abs=1e-3)
