@@ -27,13 +27,16 @@ def environment_report() -> dict[str, Any]:
 
 def engines_report(device: torch.device) -> dict[str, Any]:
     """The inference engines: each one's version, or the one line naming its pip extra when it is missing,
-    and what ``--engine auto`` picks on ``device`` for a checkpoint and for an .onnx file."""
+    and what ``--engine auto`` picks on ``device`` for a checkpoint and for an .onnx file; whether the CPU has
+    native bfloat16 (``--amp bf16`` on the CPU)."""
+    from encnet_core.engine.device import cpu_native_bf16
     from encnet_core.engine.engines import auto_engine, installed_engines, missing_engine
 
     found = installed_engines()
     return {
         "engines": {name: version or f"not installed: {missing_engine(name).split(': ', 1)[1]}" for name, version in found.items()},
         "auto_engine": {fmt: auto_engine(fmt, device, found) for fmt in ("checkpoint", "onnx")},
+        "cpu_bf16": ", ".join(cpu_native_bf16()) or "emulated (no avx512_bf16/amx_bf16)",
     }
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "grad_scaler",
     "channels_last",
     "inference_channels_last",
+    "cpu_native_bf16",
     "prepare_for_training",
     "pin_memory",
     "onnx_providers",
@@ -104,6 +105,21 @@ def inference_channels_last(device: torch.device, amp: str = "off") -> bool:
     benchmarks/engines_cpu.py measured it faster (docs/export.md "Engines"); not under CPU bf16 autocast,
     where it measured slower than the default layout."""
     return channels_last(device) or amp == "off"
+
+
+def cpu_native_bf16() -> list[str]:
+    """The CPU's native bfloat16 instruction sets (``avx512_bf16``, ``amx_bf16``; AMX also when torch
+    dispatches to it), or [] where bf16 autocast on the CPU is emulated (and slow). ``--amp bf16`` stays the
+    user's choice either way: it changes some predicted classes (docs/export.md "Engines")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            flags = set(handle.read().split())
+    except OSError:
+        flags = set()
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    if "AMX" in torch.backends.cpu.get_cpu_capability() and "amx_bf16" not in found:
+        found.append("amx_bf16")
+    return found
 
 
 def prepare_for_training(device: torch.device) -> None:

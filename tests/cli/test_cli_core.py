@@ -56,6 +56,11 @@ def test_doctor_runs_a_training_step() -> None:
 
     assert info["engines"]["torch"] == torch.__version__ and info["engines"]["onnxruntime"] == onnxruntime.__version__
     assert info["auto_engine"] == {"checkpoint": "torch", "onnx": "onnxruntime"}
+    flags = set(open("/proc/cpuinfo").read().split())
+    if "avx512_bf16" in flags:
+        assert info["cpu_bf16"].startswith("avx512_bf16")
+    elif not {"amx_bf16"} & flags and "AMX" not in torch.backends.cpu.get_cpu_capability():
+        assert info["cpu_bf16"] == "emulated (no avx512_bf16/amx_bf16)"
 
 
 def test_doctor_names_a_missing_engine_and_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
