@@ -122,19 +122,22 @@ def load_with_engine(
     """Load ``path`` (a model file or a zoo name) for inference on ``device`` with ``engine`` (``ENGINES``).
 
     ``amp`` and ``compile`` are eager PyTorch's (``load_model``): with them, auto picks torch for a
-    checkpoint-like file, and a graph engine refuses them.
+    checkpoint-like file, and an engine asked for by name (onnxruntime, openvino) refuses them; auto on an
+    ONNX file ignores them, as ``load_model`` always did.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     path = model_path(path)
     fmt = _file_format(path)
+    named = engine != "auto"
     if engine == "auto":
         engine = "torch" if fmt not in _GRAPH_FORMATS and (amp != "off" or compile) else auto_engine(fmt, device)
     if engine == "torch":
         if fmt in _GRAPH_FORMATS:
-            raise ConfigError(f"{path} is an {'ONNX' if fmt == 'onnx' else 'OpenVINO'} model, not a PyTorch one: an ONNX file runs with onnxruntime or openvino (--engine auto picks one)")
+            what = "an ONNX file runs with onnxruntime or openvino" if fmt == "onnx" else "an OpenVINO IR runs with openvino"
+            raise ConfigError(f"{path} is not a PyTorch model: {what} (--engine auto picks one)")
         return load_model(path, device, amp, trust_code=trust_code, compile=compile)
-    if amp != "off" or compile:
+    if named and (amp != "off" or compile):
         raise ConfigError(f"--amp and --compile apply to the torch engine, not {engine}; drop them or use --engine torch")
     if engine == "onnxruntime":
         if fmt == "openvino":

@@ -124,6 +124,13 @@ def test_graph_engine_refuses_eager_options(checkpoint: Path, cache: Path) -> No
     assert load_with_engine(checkpoint, CPU, "auto", amp="bf16").engine == "torch"
 
 
+def test_auto_on_an_onnx_file_ignores_amp_as_before(checkpoint: Path, cache: Path, tmp_path: Path) -> None:
+    onnx = export_model(checkpoint, tmp_path / "model.onnx", "onnx").path
+    assert load_with_engine(onnx, CPU, "auto", amp="bf16").engine == "onnxruntime"
+    with pytest.raises(ConfigError, match="apply to the torch engine"):
+        load_with_engine(onnx, CPU, "onnxruntime", amp="bf16")
+
+
 def test_auto_rule() -> None:
     both = {"torch": "2", "onnxruntime": "1", "openvino": "2024"}
     no_ort = {"torch": "2", "onnxruntime": None, "openvino": "2024"}
