@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from encnet_core.choices import MIRROR_ENV
+from encnet_core.choices import ENGINES, MIRROR_ENV
 
 if TYPE_CHECKING:  # the engine imports torch: loaded when a command runs, not to parse its options
     from encnet_core.engine.inference import InferenceRequest
@@ -23,6 +23,10 @@ class Amp(StrEnum):
     off = "off"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+Engine = StrEnum("Engine", {name: name for name in ENGINES})  # type: ignore[misc]  # choices.ENGINES
+"""Inference engines (encnet_core/engine/engines.py)."""
 
 
 class Merge(StrEnum):
@@ -158,6 +162,23 @@ ProtocolOpt = Annotated[
 ]
 Device = Annotated[str, device_option()]
 AmpOpt = Annotated[Amp, typer.Option("--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA).")]
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="What runs the model: torch (eager PyTorch), onnxruntime or openvino (a checkpoint is exported to ONNX once, "
+        "into the cache's engines/ folder, and reused), or auto: onnxruntime for an .onnx file, else torch "
+        "(docs/export.md, Engines: the CPU measurements and the rule).",
+    ),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="Run eager PyTorch through torch.compile (torch engine): a slow first pass per input size, "
+        "then faster ones (docs/export.md, Engines).",
+    ),
+]
 TrustCode = Annotated[
     bool,
     typer.Option(

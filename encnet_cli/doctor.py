@@ -55,7 +55,10 @@ def _print_report(report: dict) -> None:
     """The report's entries (but the benchmark's) as a two-column table."""
     table = Table(title="encnet doctor", show_header=False)
     for key, value in report.items():
-        if key != "bench":
+        if isinstance(value, dict) and key != "bench":  # engines, auto_engine: one row per entry
+            for name, entry in value.items():
+                table.add_row(f"{key} {name}", safe_text(entry))
+        elif key != "bench":
             table.add_row(key, safe_text(value))  # GPU names come from the driver
     console.print(table)
 

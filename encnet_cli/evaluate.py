@@ -31,6 +31,8 @@ def evaluate(
     batch_size: int = typer.Option(8, "--batch-size", help="Views per forward pass."),
     device: opt.Device = "auto",
     amp: opt.AmpOpt = opt.Amp.off,
+    engine: opt.EngineOpt = opt.Engine.auto,
+    compile: opt.CompileOpt = False,
     workers: str = opt.workers_option("auto"),
     save_predictions: Path = typer.Option(None, "--save-predictions", help="Folder for palette PNG predictions named after the images; a name that would leave the folder (absolute, '..') is rejected before any work."),
     confusion: Path = typer.Option(None, "--confusion", help="Write the row-normalised confusion matrix as a PNG: class names on both axes, rates in the cells, a colour bar (past 30 classes: the most confused pairs and the sorted per-class IoU)."),
@@ -62,7 +64,7 @@ def evaluate(
     _check_classification_flags(ctx, data)
     check_json_target(json_out)
     options = EvaluateOptions(
-        split=split, device=device, amp=opt.value(amp), workers=workers,
+        split=split, device=device, amp=opt.value(amp), engine=opt.value(engine), compile=compile, workers=workers,
         save_predictions=save_predictions, confusion=confusion, limit=limit, trust_code=trust_code,
         skip_bad=skip_bad, protocol=opt.value(protocol),
     )  # fmt: skip

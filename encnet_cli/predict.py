@@ -46,6 +46,8 @@ def predict(
     batch_size: int = typer.Option(4, "--batch-size", help="Images (whole-image mode) or views per forward pass."),
     device: opt.Device = "auto",
     amp: opt.AmpOpt = opt.Amp.off,
+    engine: opt.EngineOpt = opt.Engine.auto,
+    compile: opt.CompileOpt = False,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     trust_code: opt.TrustCode = False,
     mirror: opt.Mirror = None,
@@ -63,7 +65,7 @@ def predict(
     request = PredictRequest(
         output=output, inference=opt.inference_request(scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size),
         mask_format=opt.value(mask_format), overlay=overlay, alpha=alpha, se_threshold=se_threshold, top_k=top_k,
-        overwrite=overwrite, batch_size=batch_size, device=device, amp=opt.value(amp), trust_code=trust_code, mirror=mirror,
+        overwrite=overwrite, batch_size=batch_size, device=device, amp=opt.value(amp), engine=opt.value(engine), compile=compile, trust_code=trust_code, mirror=mirror,
         given=frozenset(_given(ctx, predict_flags())),
     )  # fmt: skip
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:

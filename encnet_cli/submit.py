@@ -38,6 +38,7 @@ def submit(
     batch_size: int = typer.Option(8, "--batch-size", help="Views per forward pass."),
     device: opt.Device = "auto",
     amp: opt.AmpOpt = opt.Amp.off,
+    engine: opt.EngineOpt = opt.Engine.auto,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing result PNGs and the archive."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     trust_code: opt.TrustCode = False,
@@ -62,7 +63,7 @@ def submit(
     check_json_target(json_out)
     options = SubmitOptions(
         server=opt.value(server), output=output, split=split, protocol=opt.value(protocol), overwrite=overwrite,
-        device=device, amp=opt.value(amp), trust_code=trust_code, mirror=mirror,
+        device=device, amp=opt.value(amp), engine=opt.value(engine), trust_code=trust_code, mirror=mirror,
     )  # fmt: skip
     request = opt.inference_request(scales, slide, flip, crop_size, base_size, stride_rate, merge, batch_size)
     with ProgressReporter(enabled=progress and not json_to_stdout(json_out)) as reporter:

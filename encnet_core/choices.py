@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "SOURCES", "LABEL_SOURCES", "DEFAULT_LABELS", "TASKS", "SYNTHETIC_CLASSIFICATION_DEFAULTS", "LAYOUTS",
-    "DEFAULT_SIZES", "EXPORT_FORMATS", "SUBMIT_SERVERS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
+    "DEFAULT_SIZES", "EXPORT_FORMATS", "SUBMIT_SERVERS", "ENGINES", "ENGINE_EXTRAS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
 ]  # fmt: skip
 
 SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10", "cityscapes", "coco")
@@ -33,6 +33,12 @@ DEFAULT_SIZES = {"standard": 128, "far": 256}
 
 EXPORT_FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx", "openvino")
 """What ``encnet export --format`` writes (weights/export.py)."""
+
+ENGINES = ("auto", "torch", "onnxruntime", "openvino")
+"""Inference engines of predict, evaluate, submit and ``Segmenter.load`` (engine/engines.py; auto: its rule)."""
+
+ENGINE_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+"""The pip extra that installs each engine beyond torch (``pip install 'encnet[EXTRA]'``)."""
 
 SUBMIT_SERVERS = ("voc", "ade20k", "cityscapes")
 """Evaluation servers ``encnet submit --server`` writes results for (engine/submit.py ``SERVERS``)."""

@@ -28,12 +28,13 @@ import torch
 from PIL import Image, ImageOps
 
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.engines import load_with_engine
 from encnet_core.engine.images import load_rgb, read_error_reason
 from encnet_core.engine.inference import InferenceConfig, infer
 from encnet_core.errors import ConfigError
 from encnet_core.tasks import facts
 from encnet_core.weights import zoo
-from encnet_core.weights.model_files import LoadedModel, load_model
+from encnet_core.weights.model_files import LoadedModel
 
 __all__ = ["Segmenter", "Segmentation", "ImageInput"]
 
@@ -98,6 +99,8 @@ class Segmenter:
         batch_size: int = 4,
         se_threshold: float = 0.5,
         mirror: str | None = None,
+        engine: str = "auto",
+        compile: bool = False,
     ) -> Segmenter:
         """Load a zoo name (``encnet weights list``; pulled on first use), a checkpoint or an export.
 
@@ -106,9 +109,11 @@ class Segmenter:
         base size default to the model's training sizes. ``batch_size``: images per pass in
         whole-image mode, views per pass otherwise. ``mirror``: base URL holding ``models/NAME-SHA.zip``,
         used instead of the reference's (and of ``$ENCNET_WEIGHTS_MIRROR``) when a zoo name is downloaded.
+        ``engine``: auto, torch, onnxruntime or openvino (engine/engines.py; ``model.engine`` says which one runs).
+        ``compile``: run eager PyTorch through ``torch.compile`` (torch engine only).
         """
         zoo.resolve(name_or_path, mirror=mirror, mirror_hint="pass mirror=URL")  # a zoo name not cached yet: pulled now
-        model = load_model(name_or_path, resolve_device(device), amp, trust_code=trust_code)
+        model = load_with_engine(name_or_path, resolve_device(device), engine, trust_code, amp=amp, compile=compile)
         inference = InferenceConfig(
             scales=tuple(float(s) for s in scales) if scales is not None else None, slide=slide, flip=flip, merge=merge,
             crop_size=model.crop_size if crop_size is None else crop_size,

@@ -16,13 +16,28 @@ from encnet_core.errors import ConfigError
 from encnet_core.models import create_model
 from encnet_core.version import __version__
 
-__all__ = ["environment_report", "run_doctor"]
+__all__ = ["environment_report", "engines_report", "run_doctor"]
 
 
 def environment_report() -> dict[str, Any]:
     """The environment part of the doctor's report: versions, whether CUDA is available, the visible GPUs.
     Needs no device, so it is shown even when the step cannot run (e.g. ``--device cuda`` without a GPU)."""
     return {"encnet": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__, **environment()}
+
+
+def engines_report(device: torch.device) -> dict[str, Any]:
+    """The inference engines: each one's version, or the one line naming its pip extra when it is missing,
+    and what ``--engine auto`` picks on ``device`` for a checkpoint and for an .onnx file; whether the CPU has
+    native bfloat16 (``--amp bf16`` on the CPU)."""
+    from encnet_core.engine.device import cpu_native_bf16
+    from encnet_core.engine.engines import auto_engine, installed_engines, missing_engine
+
+    found = installed_engines()
+    return {
+        "engines": {name: version or f"not installed: {missing_engine(name).split(': ', 1)[1]}" for name, version in found.items()},
+        "auto_engine": {fmt: auto_engine(fmt, device, found) for fmt in ("checkpoint", "onnx")},
+        "cpu_bf16": ", ".join(cpu_native_bf16()) or "emulated (no avx512_bf16/amx_bf16)",
+    }
 
 
 def run_doctor(
@@ -63,6 +78,7 @@ def run_doctor(
         "loss": {"total": float(loss.detach()), **{k: float(v) for k, v in parts.items()}},
         "params_with_grad": f"{grads}/{sum(1 for _ in model.parameters())}",
         "step_seconds": round(elapsed, 3),
+        **engines_report(device),  # engines (versions), auto_engine (checkpoint, onnx)
         "status": "ok" if finite else "non-finite loss",
     }
     if bench:

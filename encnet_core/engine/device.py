@@ -23,6 +23,8 @@ __all__ = [
     "autocast_context",
     "grad_scaler",
     "channels_last",
+    "inference_channels_last",
+    "cpu_native_bf16",
     "prepare_for_training",
     "pin_memory",
     "onnx_providers",
@@ -96,6 +98,28 @@ def grad_scaler(amp: str) -> torch.amp.GradScaler | None:
 def channels_last(device: torch.device) -> bool:
     """Whether models and their inputs use the channels-last memory layout on ``device`` (faster on GPUs)."""
     return is_cuda(device)
+
+
+def inference_channels_last(device: torch.device, amp: str = "off") -> bool:
+    """Whether eager inference (``load_model``) uses channels-last: on GPUs, and on the CPU in float32, where
+    benchmarks/engines_cpu.py measured it faster (docs/export.md "Engines"); not under CPU bf16 autocast,
+    where it measured slower than the default layout."""
+    return channels_last(device) or amp == "off"
+
+
+def cpu_native_bf16() -> list[str]:
+    """The CPU's native bfloat16 instruction sets (``avx512_bf16``, ``amx_bf16``; AMX also when torch
+    dispatches to it), or [] where bf16 autocast on the CPU is emulated (and slow). ``--amp bf16`` stays the
+    user's choice either way: it changes some predicted classes (docs/export.md "Engines")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            flags = set(handle.read().split())
+    except OSError:
+        flags = set()
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    if "AMX" in torch.backends.cpu.get_cpu_capability() and "amx_bf16" not in found:
+        found.append("amx_bf16")
+    return found
 
 
 def prepare_for_training(device: torch.device) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from encnet_core.data.hdf5 import read_info
 from encnet_core.engine.distributed import DistInfo, init_distributed, shutdown_distributed
+from encnet_core.engine.engines import load_with_engine
 from encnet_core.engine.inference import InferenceConfig, InferenceRequest
 from encnet_core.engine.segmentation import PROTOCOL_NAMES
 from encnet_core.engine.tasks import check_task, task_for
@@ -25,7 +26,7 @@ from encnet_core.errors import ConfigError, DataError
 from encnet_core.paths import check_output_dir, check_output_file
 from encnet_core.progress import ProgressCallback
 from encnet_core.weights import zoo
-from encnet_core.weights.model_files import LoadedModel, check_trusted, load_model
+from encnet_core.weights.model_files import LoadedModel, check_trusted
 
 __all__ = ["EvaluateOptions", "run", "evaluate", "evaluate_loaded", "check_evaluate_outputs"]
 
@@ -38,6 +39,8 @@ class EvaluateOptions:
     inference: InferenceConfig = InferenceConfig()  # whole / sliding / multi-scale, flip, merge
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "off"  # autocast for the forward passes
+    engine: str = "auto"  # auto | torch | onnxruntime | openvino (engine/engines.py)
+    compile: bool = False  # torch.compile the eager model (torch engine)
     workers: int | str = "auto"  # DataLoader workers decoding images: "auto" or a number (engine/workers.py)
     save_predictions: Path | None = None  # folder for palette PNGs named after the images
     confusion: Path | None = None  # PNG of the row-normalised confusion matrix
@@ -121,11 +124,12 @@ def evaluate(
     check_evaluate_outputs(options)
     info = init_distributed(options.device)
     try:
-        model = load_model(model_path, info.device, options.amp, trust_code=options.trust_code)
+        model = load_with_engine(model_path, info.device, options.engine, options.trust_code, amp=options.amp, compile=options.compile)
         if request is not None:
             options = replace(options, inference=request.config(model.crop_size, model.base_size))
         result = evaluate_loaded(model, data, options, info, progress, model_name=Path(model_path).name)
         result["model"] = str(model_path)
+        result["engine"] = model.engine  # what ran it (engine/engines.py): torch, onnxruntime or openvino
         if "protocol" in result:
             result["protocol"]["published"] = _published(model_path)
         return result

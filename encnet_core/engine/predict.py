@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.engines import load_with_engine
 from encnet_core.engine.images import PredictResult
 from encnet_core.engine.inference import InferenceRequest
 from encnet_core.engine.tasks import task_for
@@ -15,7 +16,6 @@ from encnet_core.errors import ConfigError
 from encnet_core.progress import ProgressCallback
 from encnet_core.tasks import facts, foreign_predict_flags
 from encnet_core.weights import zoo
-from encnet_core.weights.model_files import load_model
 
 __all__ = ["PredictRequest", "PredictRun", "run", "check_task_options"]
 
@@ -37,6 +37,8 @@ class PredictRequest:
     batch_size: int = 4  # images (or views) per forward pass
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "off"  # autocast for the forward passes
+    engine: str = "auto"  # auto | torch | onnxruntime | openvino (engine/engines.py)
+    compile: bool = False  # torch.compile the eager model (torch engine)
     trust_code: bool = False  # open TorchScript/pt2 models (programs: loading runs code from the file)
     mirror: str | None = None  # where a zoo name not cached yet is pulled from (None: the default)
     given: frozenset[str] = frozenset()  # the options set explicitly, as flags: those of the other task are refused
@@ -65,6 +67,8 @@ def run(model: Path, inputs: list[Path], request: PredictRequest, progress: Prog
     writes masks (``predict``), a classifier predictions.json of its top classes
     (``classification.predict_classes``)."""
     zoo.resolve(model, mirror=request.mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
-    loaded = load_model(model, resolve_device(request.device), request.amp, trust_code=request.trust_code)
+    loaded = load_with_engine(
+        model, resolve_device(request.device), request.engine, request.trust_code, amp=request.amp, compile=request.compile
+    )
     check_task_options(loaded.task, request.given)
     return PredictRun(loaded.task, loaded.classes, task_for(loaded.task).predict(loaded, inputs, request, progress))

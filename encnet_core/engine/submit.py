@@ -42,6 +42,7 @@ from torch import Tensor
 from encnet_core.data.dataset import HDF5SegmentationDataset
 from encnet_core.data.hdf5 import read_info, read_names
 from encnet_core.engine.device import resolve_device
+from encnet_core.engine.engines import load_with_engine
 from encnet_core.engine.images import collect_inputs, load_rgb, read_error_reason
 from encnet_core.engine.inference import InferenceConfig, InferenceRequest, infer
 from encnet_core.engine.masks import upsampled_labels
@@ -52,7 +53,7 @@ from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.progress import ProgressCallback
 from encnet_core.tasks import facts
 from encnet_core.weights import zoo
-from encnet_core.weights.model_files import LoadedModel, load_model
+from encnet_core.weights.model_files import LoadedModel
 
 __all__ = ["Server", "SERVERS", "SubmitOptions", "SubmitResult", "check_classes", "server_png", "run"]
 
@@ -143,6 +144,7 @@ class SubmitOptions:
     overwrite: bool = False  # replace existing PNGs and the archive
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "off"  # autocast for the forward passes
+    engine: str = "auto"  # auto | torch | onnxruntime | openvino (engine/engines.py)
     trust_code: bool = False  # open TorchScript/pt2 models (programs: loading runs code from the file)
     mirror: str | None = None  # where a zoo name not cached yet is pulled from (None: the default)
 
@@ -335,7 +337,7 @@ def run(
     targets = [folder / f"{name}.png" for name in inputs.names]
     _check_outputs([*targets, archive], options.overwrite)
     zoo.resolve(model_path, mirror=options.mirror, mirror_hint=zoo.MIRROR_HINT)  # a zoo name not cached yet: pulled now
-    model = load_model(model_path, resolve_device(options.device), options.amp, trust_code=options.trust_code)
+    model = load_with_engine(model_path, resolve_device(options.device), options.engine, options.trust_code, amp=options.amp)
     if not facts(model.task).per_pixel:
         raise ConfigError(f"{model_path} is a {model.task} model; a server takes the label maps of a segmentation model")
     check_classes(server, model.classes)

@@ -32,6 +32,7 @@ becomes the cached safetensors file, pulled on first use; a file that exists alw
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import warnings
 import zipfile
@@ -46,7 +47,7 @@ import torch
 from torch import Tensor
 
 from encnet_core.data.transforms import normalize_image
-from encnet_core.engine.device import autocast_context, channels_last, onnx_providers
+from encnet_core.engine.device import autocast_context, inference_channels_last, onnx_providers
 from encnet_core.errors import CheckpointError
 from encnet_core.tasks import facts
 from encnet_core.weights import zoo
@@ -63,6 +64,7 @@ from encnet_core.weights.metadata import METADATA_NAME, ModelMetadata
 __all__ = [
     "LoadedModel",
     "load_model",
+    "load_onnx",
     "peek_metadata",
     "detect_format",
     "model_path",
@@ -76,7 +78,13 @@ __all__ = [
     "DIGEST_HEADER",
     "read_safetensors",
     "check_onnx_file",
+    "load_openvino",
+    "read_openvino_metadata",
+    "weights_file",
+    "OPENVINO_DEVICE",
 ]
+
+log = logging.getLogger("encnet")
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 MAX_METADATA_BYTES = 4 << 20  # the largest encnet.json member read from an archive (real ones are a few kB)
@@ -111,6 +119,7 @@ class LoadedModel:
     # left at the head's resolution, and the model's own resizing that run() applies to them (logits, (H, W)) -> logits
     run_lowres: Callable[[Tensor], tuple[Tensor, Tensor | None]] | None = None
     upsample: Callable[[Tensor, tuple[int, int]], Tensor] | None = None
+    engine: str = "torch"  # what runs run(): "torch" (eager or a TorchScript/pt2 program), "onnxruntime" or "openvino"
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 3, h, w) normalised -> (N, C, h, w) logits ((N, C) for a classifier)."""
@@ -394,7 +403,15 @@ def _load_onnx(path: Path, device: torch.device) -> LoadedModel:
         se = torch.from_numpy(outputs[names.index("se")]).to(device) if "se" in names else None
         return torch.from_numpy(outputs[names.index("out")]).to(device), se
 
-    return _from_metadata(run, meta.has_se, meta, device, "onnx")
+    loaded = _from_metadata(run, meta.has_se, meta, device, "onnx")
+    loaded.engine = "onnxruntime"
+    return loaded
+
+
+def load_onnx(path: Path, device: torch.device) -> LoadedModel:
+    """An ONNX file in an onnxruntime session on ``device`` (its CUDA provider on a GPU): what ``load_model``
+    does with one, and what engine/engines.py runs a checkpoint's cached ONNX export with."""
+    return _load_onnx(model_path(path), device)
 
 
 def read_model_file(path: Path, trust_code: bool = False) -> dict[str, Any]:
@@ -440,11 +457,14 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     raise CheckpointError(f"{path} is {what}: no training state to resume; use --init-from to fine-tune from it")
 
 
-def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code: bool = False) -> LoadedModel:
+def load_model(
+    path: Path, device: torch.device, amp: str = "off", *, trust_code: bool = False, compile: bool = False
+) -> LoadedModel:
     """Load a checkpoint or a weights, safetensors, TorchScript, pt2, ONNX or OpenVINO export for inference on ``device``.
 
     TorchScript and pt2 files are programs: without ``trust_code`` they are refused before any loader
-    touches them.
+    touches them. ``compile``: checkpoints and weights/safetensors files run through ``torch.compile``
+    (compiled on the first call of each input shape; see docs/export.md "Engines" for what it costs and gains).
     """
     path = model_path(path)
     fmt = model_format(path)
@@ -455,8 +475,6 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
     if fmt == "onnx":
         return _load_onnx(path, device)
     if fmt == "openvino":
-        from encnet_core.weights.openvino import load_openvino  # imports this module
-
         return load_openvino(path, device)
     ckpt = load_checkpoint(path) if fmt == "checkpoint" else read_safetensors(path)
     if "model_config" not in ckpt:
@@ -465,9 +483,11 @@ def load_model(path: Path, device: torch.device, amp: str = "off", *, trust_code
         )
     meta = ModelMetadata.from_dict(ckpt, path)
     model = model_from_checkpoint(ckpt, path).float().to(device).eval()
-    if channels_last(device):
+    if inference_channels_last(device, amp):  # the input follows: convolutions keep the layout of their weights
         model.to(memory_format=torch.channels_last)
     has_se = getattr(model, "has_se", False)  # classifiers have no SE head
+    if compile:
+        model = torch.compile(model)  # its attributes (_upsample) stay reachable through the wrapper
 
     def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
         with torch.inference_mode(), autocast_context(device, amp):
@@ -513,10 +533,106 @@ def peek_metadata(path: Path, trust_code: bool = False) -> dict[str, Any]:
     if fmt == "onnx":
         return {"format": "onnx", "runs_code": False, **_load_onnx(path, torch.device("cpu")).metadata}
     if fmt == "openvino":
-        from encnet_core.weights.openvino import read_openvino_metadata
-
         return {"format": "openvino", "runs_code": False, **read_openvino_metadata(path)}
     meta = _archive_metadata(path).to_dict()
     if trust_code:
         meta = _load_program(path, fmt, torch.device("cpu"))[1].to_dict() | {"loaded": True}
     return {"format": fmt, "runs_code": True, **meta}
+
+
+# ----------------------------------------------------------------------------- OpenVINO
+# (weights/openvino.py is the public face of this part; the code lives here, beside the other formats' readers)
+
+OPENVINO_DEVICE = "CPU"
+"""The OpenVINO device models are compiled for."""
+
+_OV_INSTALL = "pip install 'encnet[openvino]'"
+
+
+def _ov_module() -> Any:
+    try:
+        import openvino
+    except ImportError:
+        raise CheckpointError(f"OpenVINO models need the openvino package: {_OV_INSTALL}") from None
+    return openvino
+
+
+def _ov_reason(exc: BaseException) -> str:
+    """OpenVINO's messages start with the C++ source location; the last non-blank line says what is wrong."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def weights_file(xml: Path) -> Path:
+    """The weights file of an IR: the ``.xml``'s name with ``.bin`` (where OpenVINO looks for it)."""
+    return Path(xml).with_suffix(".bin")
+
+
+def _ov_read(path: Path, fmt: str) -> tuple[Any, Any, ModelMetadata]:
+    """(openvino module, ov.Model, metadata) of an IR or an ONNX file, checked first; errors are one line naming the file."""
+    ov = _ov_module()
+    props = None
+    if fmt == "onnx":
+        props = check_onnx_file(path)  # before OpenVINO opens it; the metadata is in its metadata_props
+        what, files = "ONNX model", (str(path),)
+    else:
+        weights = weights_file(path)
+        if not weights.is_file():
+            raise CheckpointError(f"{path} is an OpenVINO IR but its weights file {weights} is missing (keep the .xml and .bin together)")
+        what, files = "OpenVINO IR", (str(path), str(weights))
+    try:
+        model = ov.Core().read_model(*files)
+    except Exception as exc:  # OpenVINO raises RuntimeError for parse errors, bad offsets, unknown operations
+        raise CheckpointError(f"{path} is not a readable {what} ({_ov_reason(exc)})") from None
+    if props is not None:
+        text = props.get(METADATA_NAME, "")
+    else:
+        text = model.get_rt_info([METADATA_NAME]).astype(str) if model.has_rt_info([METADATA_NAME]) else ""
+    if len(text) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{path}: its {METADATA_NAME} is over the {MAX_METADATA_BYTES}-byte limit")
+    return ov, model, _metadata_from_json(text, path)
+
+
+def _ov_check_format(path: Path) -> str:
+    fmt = model_format(path)
+    if fmt not in ("openvino", "onnx"):
+        raise CheckpointError(f"{path} is not an OpenVINO IR (.xml with its .bin) or an ONNX model; OpenVINO cannot run it")
+    return fmt
+
+
+def read_openvino_metadata(path: Path) -> dict[str, Any]:
+    """The encnet metadata of an IR (or ONNX file) as ``ModelMetadata.to_dict()``; reads the graph and
+    checks the weights file fits it, compiles nothing."""
+    path = Path(path)
+    fmt = _ov_check_format(path)
+    return _ov_read(path, fmt)[2].to_dict()
+
+
+def load_openvino(path: Path, device: torch.device) -> LoadedModel:
+    """An OpenVINO IR (``.xml`` + ``.bin``) or ONNX file, compiled for OpenVINO's CPU, as a ``LoadedModel``
+    whose outputs land on ``device`` (a CUDA device: OpenVINO still runs on the CPU, with a warning)."""
+    path = Path(path)
+    fmt = _ov_check_format(path)
+    ov, model, meta = _ov_read(path, fmt)
+    if device.type != "cpu":
+        log.warning("OpenVINO runs on the CPU here; its outputs are moved to %s", device)
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config = {hints.inference_precision: ov.Type.f32, props.inference_num_threads: torch.get_num_threads()}
+    try:
+        compiled = ov.Core().compile_model(model, OPENVINO_DEVICE, config)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: OpenVINO cannot compile it for the CPU ({_ov_reason(exc)})") from None
+    outputs = {name: port for port in compiled.outputs for name in port.get_names()}
+    if "out" not in outputs:
+        raise CheckpointError(f"{path} has no output named 'out'; export it with `encnet export`")
+    se_port = outputs.get("se")
+    dtype = np.float16 if compiled.inputs[0].get_element_type() == ov.Type.f16 else np.float32
+
+    def run(x: Tensor) -> tuple[Tensor, Tensor | None]:
+        result = compiled(x.detach().cpu().numpy().astype(dtype, copy=False), share_outputs=False)
+        se = torch.from_numpy(result[se_port]).to(device) if se_port is not None else None
+        return torch.from_numpy(result[outputs["out"]]).to(device), se
+
+    return _from_metadata(run, se_port is not None and meta.has_se, meta, device, "openvino")

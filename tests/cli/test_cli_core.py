@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
@@ -50,6 +52,27 @@ def test_doctor_runs_a_training_step() -> None:
     assert info["outputs"]["out"] == [2, 21, 64, 64]
     assert set(info["loss"]) == {"total", "seg", "aux", "se"}
     assert info["params_with_grad"].split("/")[0] == info["params_with_grad"].split("/")[1]
+    import onnxruntime
+
+    assert info["engines"]["torch"] == torch.__version__ and info["engines"]["onnxruntime"] == onnxruntime.__version__
+    assert info["auto_engine"] == {"checkpoint": "torch", "onnx": "onnxruntime"}
+    flags = set(open("/proc/cpuinfo").read().split())
+    if "avx512_bf16" in flags:
+        assert info["cpu_bf16"].startswith("avx512_bf16")
+    elif not {"amx_bf16"} & flags and "AMX" not in torch.backends.cpu.get_cpu_capability():
+        assert info["cpu_bf16"] == "emulated (no avx512_bf16/amx_bf16)"
+
+
+def test_doctor_names_a_missing_engine_and_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from encnet_core.engine import engines
+
+    monkeypatch.setattr(engines, "installed_engines", lambda: {"torch": "2", "onnxruntime": None, "openvino": None})
+    result = runner.invoke(app, ["doctor", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = {cells[0]: cells[1] for line in result.output.splitlines() if len(cells := [c.strip() for c in line.split("│") if c.strip()]) == 2}
+    assert rows["engines onnxruntime"] == "not installed: pip install 'encnet[onnx]'"
+    assert rows["engines openvino"] == "not installed: pip install 'encnet[openvino]'"
+    assert rows["auto_engine checkpoint"] == "torch" and rows["auto_engine onnx"] == "onnxruntime"
 
 
 def test_user_error_is_one_line_exit_1() -> None:
