@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "SOURCES", "LABEL_SOURCES", "DEFAULT_LABELS", "TASKS", "SYNTHETIC_CLASSIFICATION_DEFAULTS", "LAYOUTS",
-    "DEFAULT_SIZES", "EXPORT_FORMATS", "SUBMIT_SERVERS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
+    "DEFAULT_SIZES", "EXPORT_FORMATS", "PRECISIONS", "SUBMIT_SERVERS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
 ]  # fmt: skip
 
 SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10", "cityscapes", "coco")
@@ -33,6 +33,9 @@ DEFAULT_SIZES = {"standard": 128, "far": 256}
 
 EXPORT_FORMATS = ("weights", "safetensors", "torchscript", "pt2", "onnx")
 """What ``encnet export --format`` writes (weights/export.py)."""
+
+PRECISIONS = ("fp32", "fp16", "int8")
+"""What a model computes with (its metadata's ``precision``): float32, float16 (``--half``), int8 (``--int8``, ONNX)."""
 
 SUBMIT_SERVERS = ("voc", "ade20k", "cityscapes")
 """Evaluation servers ``encnet submit --server`` writes results for (engine/submit.py ``SERVERS``)."""

@@ -9,7 +9,9 @@ Formats (the metadata travels inside each as ``encnet.json``):
   checked on every read); the format to share weights with strangers;
 * ``torchscript``: ``torch.jit.trace`` with the metadata as an extra file;
 * ``pt2``: ``torch.export`` program with dynamic height and width, metadata as an extra file;
-* ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``).
+* ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``);
+  with ``int8`` the float graph is then quantized (weights/quantize.py: ONNX Runtime's static QDQ
+  quantizer, calibrated on a dataset split) and the metadata's ``precision`` says "int8".
 
 TorchScript and pt2 files are programs: reading them back (``--verify``, evaluate, predict, or as the
 input of another export) runs code from the file, so only files from a trusted source are opened
@@ -81,6 +83,7 @@ class ExportResult:
     sha256: str
     max_abs_diff: float | None  # largest |export - PyTorch| on the sample input, None without --verify
     metadata: dict[str, Any]  # ModelMetadata.to_dict() of what the export carries
+    mask_agreement: float | None = None  # int8 with --verify: share of calibration pixels whose class matches PyTorch's
 
 
 def _sha256(path: Path) -> str:
@@ -150,13 +153,27 @@ def export_model(
     sample_size: int = 0,
     tolerance: float = 1e-3,
     trust_code: bool = False,
+    int8: bool = False,
+    calibrate: Path | None = None,
+    calib_images: int = 64,
+    calib_split: str = "train",
 ) -> ExportResult:
     """Export a training checkpoint (or another export) to ``fmt``; verified exports only land at ``out``.
 
     A TorchScript/pt2 input is a program and is opened only with ``trust_code``; ONNX cannot be an input.
+    ``int8`` (ONNX only) quantizes the export, calibrated on ``calib_images`` images of the ``calib_split``
+    split of the prepared dataset ``calibrate``; its verification reports the mask agreement with PyTorch.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if int8 and fmt != "onnx":
+        raise ConfigError(f"--int8 quantizes ONNX exports only (ONNX Runtime's quantizer); use --format onnx, not {fmt}")
+    if int8 and calibrate is None:
+        raise ConfigError("--int8 needs --calibrate DATA.h5: a prepared dataset whose images set the activation ranges")
+    if calibrate is not None and not int8:
+        raise ConfigError("--calibrate applies to --int8 exports only; add --int8 or drop --calibrate")
+    if int8 and half:
+        raise ConfigError("--int8 and --half exclude each other: an int8 export starts from the float32 graph")
     out = Path(out)
     check_output_file(out, "export to", overwrite=overwrite or hash_name)  # before any work
     ckpt = read_model_file(checkpoint, trust_code=trust_code)
@@ -166,7 +183,12 @@ def export_model(
         model = model_from_checkpoint(ckpt, checkpoint).eval()
     except EncNetError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
-    metadata = replace(ModelMetadata.from_dict(ckpt, checkpoint), export_format=fmt, half=half).to_dict()
+    precision = "int8" if int8 else ("fp16" if half else "fp32")
+    metadata = replace(ModelMetadata.from_dict(ckpt, checkpoint), export_format=fmt, half=half, precision=precision).to_dict()
+    if int8:
+        from encnet_core.weights import quantize
+
+        quantize.check_calibration_data(Path(calibrate), calib_split, metadata, calib_images)  # before any work
     dtype = torch.float16 if half else torch.float32
     if half:
         if fmt not in ("weights", "safetensors"):
@@ -178,15 +200,26 @@ def export_model(
     file = AtomicFile(out, keep_suffix=True)  # keep the suffix: pt2 needs ".pt2"
     tmp = file.tmp
     meta_json = json.dumps(metadata)
+    agreement = None
+    float_file = AtomicFile(out.with_name(out.stem + "-float.onnx"), keep_suffix=True) if int8 else None
     try:
         try:
-            _write_export(wrapper, fmt, tmp, meta_json, sample, metadata)
+            if int8:
+                float_meta = json.dumps({**metadata, "precision": "fp32"})
+                _write_export(wrapper, fmt, float_file.tmp, float_meta, sample, metadata)
+                batches = quantize.calibration_batches(Path(calibrate), calib_split, metadata, calib_images)
+                quantize.quantize_onnx(float_file.tmp, tmp, batches)
+                quantize.set_metadata(tmp, meta_json)
+            else:
+                _write_export(wrapper, fmt, tmp, meta_json, sample, metadata)
         except EncNetError:
             raise
-        except Exception as exc:  # tracer/exporter failures: one line, details with ENCNET_DEBUG=1
-            raise EncNetError(f"{fmt} export failed: {exception_reason(exc)}") from exc
+        except Exception as exc:  # tracer/exporter/quantizer failures: one line, details with ENCNET_DEBUG=1
+            raise EncNetError(f"{fmt} {'int8 ' if int8 else ''}export failed: {exception_reason(exc)}") from exc
         diff = None
-        if verify:
+        if verify and int8:
+            diff, agreement = _verify_int8(wrapper, tmp, batches)
+        elif verify:
             diff = _verify(wrapper, tmp, sample, half, tolerance)
         if hash_name:
             digest = _sha256(tmp)[:8]
@@ -196,7 +229,28 @@ def export_model(
         file.commit()
     finally:
         file.discard()
-    return ExportResult(out, fmt, out.stat().st_size, _sha256(out), diff, metadata)
+        if float_file is not None:
+            float_file.discard()
+    return ExportResult(out, fmt, out.stat().st_size, _sha256(out), diff, metadata, agreement)
+
+
+def _verify_int8(wrapper: ExportWrapper, path: Path, batches: list) -> tuple[float, float]:
+    """Reload the int8 export and compare it with the PyTorch model on the calibration images:
+    (largest |logit difference|, share of pixels (images, for a classifier) whose argmax agrees)."""
+    loaded = load_model(path, torch.device("cpu"))
+    worst, same, total = 0.0, 0, 0
+    for batch in batches:
+        x = torch.from_numpy(batch)
+        with torch.no_grad():
+            reference = wrapper(x)
+            reference = reference[0] if isinstance(reference, tuple) else reference
+            got = loaded.forward(x)
+        if got.shape != reference.shape:
+            raise EncNetError(f"verification failed: export gives shape {tuple(got.shape)}, PyTorch {tuple(reference.shape)}")
+        worst = max(worst, (got.float() - reference.float()).abs().max().item())
+        agree = got.argmax(1) == reference.argmax(1)
+        same, total = same + int(agree.sum()), total + agree.numel()
+    return worst, same / total
 
 
 def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tolerance: float) -> float:
