@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("onnxruntime")
 
 
+@pytest.mark.slow
 def test_deploy_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "deploy.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "deploy.py"), "--model", "encnet_tiny", "--shapes", "40x56",

@@ -35,7 +35,6 @@ CALIBRATION_BATCH = 8  # images per calibration run
 def check_calibration_data(data: Path, split: str, meta: dict[str, Any], count: int) -> None:
     """Refuse, with one line and before any work, a calibration set that does not fit the model."""
     from encnet_core.data.hdf5 import read_info
-    from encnet_core.engine.tasks import check_task
 
     if count < 1:
         raise ConfigError(f"--calib-images must be at least 1, got {count}")
@@ -43,7 +42,9 @@ def check_calibration_data(data: Path, split: str, meta: dict[str, Any], count: 
     if not data.is_file():
         raise DataError(f"calibration dataset not found: {data} (a prepared .h5 file: encnet prepare)")
     info = read_info(data)
-    check_task(meta.get("task") or "segmentation", info.task, data, "the model")
+    task = meta.get("task") or "segmentation"
+    if task != info.task:  # (engine/tasks.py check_task's words; weights/ takes nothing but device from engine/)
+        raise ConfigError(f"the model is a {task} model but {data} is a {info.task} dataset; calibrate on the dataset the model was trained for")
     if split not in info.splits:
         raise DataError(f"{data} has no split {split!r}; it has {', '.join(info.splits) or 'no splits'} (--calib-split)")
     if info.splits[split] < 1:
