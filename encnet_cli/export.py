@@ -23,6 +23,10 @@ def export(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Reload the export and compare it with the PyTorch model."),
     hash_name: bool = typer.Option(False, "--hash-name", help="Append the first 8 hex digits of the file's sha256 to its name."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    int8: bool = typer.Option(False, "--int8", help="ONNX only: quantize to int8 (ONNX Runtime, static QDQ; needs --calibrate)."),
+    calibrate: Path | None = typer.Option(None, "--calibrate", help="Prepared dataset (.h5) whose images calibrate the --int8 activation ranges."),
+    calib_images: int = typer.Option(64, "--calib-images", help="Images of the split used to calibrate --int8.", min=1),
+    calib_split: str = typer.Option("train", "--calib-split", help="Split of --calibrate to take the images from."),
     json_out: opt.JsonOut = None,
     trust_code: opt.TrustCode = False,
 ) -> None:
@@ -31,14 +35,16 @@ def export(
     evaluate and predict accept every format; ONNX needs `pip install 'encnet[onnx]'`, OpenVINO
     `pip install 'encnet[openvino]'`. safetensors
     (no pickle, no code) is the format to share weights; TorchScript and pt2 are programs that
-    others open only with --trust-code.
+    others open only with --trust-code. --int8 --calibrate DATA.h5 writes an int8 ONNX model
+    (about 3x smaller and faster on CPUs; its agreement with the float model is reported).
     """
     from encnet_core.weights.export import export_model  # torch: when the command runs, not for --help
 
     check_json_target(json_out)
     result = export_model(
-        checkpoint, out, opt.value(fmt), half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code
-    )
+        checkpoint, out, opt.value(fmt), half=half, verify=verify, hash_name=hash_name, overwrite=overwrite, trust_code=trust_code,
+        int8=int8, calibrate=calibrate, calib_images=calib_images, calib_split=calib_split,
+    )  # fmt: skip
     summary = {
         "path": str(result.path),
         "format": result.format,
@@ -47,15 +53,22 @@ def export(
         "max_abs_diff": result.max_abs_diff,
         "model": (result.metadata.get("model_config") or {}).get("name"),
         "classes": len(result.metadata["classes"]),
+        "precision": result.metadata.get("precision", "fp32"),
     }
+    if result.mask_agreement is not None:
+        summary["mask_agreement"] = result.mask_agreement
     if json_out is not None:
         emit_json(summary, json_out)
         if json_to_stdout(json_out):
             return
     table = Table(title=f"encnet export -> {safe_text(result.path)}", show_header=False)
     for key, value in summary.items():
-        if key == "max_abs_diff":
+        if key == "max_abs_diff" and result.mask_agreement is not None:
+            value = f"{value:.3g} (int8 vs PyTorch logits)"
+        elif key == "max_abs_diff":
             value = "not verified (--no-verify)" if value is None else f"{value:.3g} (verified against PyTorch)"
+        elif key == "mask_agreement":
+            value = f"{value:.2%} of calibration pixels get PyTorch's class"
         elif key == "bytes":
             value = f"{value / 1e6:.2f} MB"
         table.add_row(key, safe_text(value))

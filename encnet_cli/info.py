@@ -78,7 +78,7 @@ def _print_model(meta: dict) -> None:
         "mean / std": f"{meta['mean']} / {meta['std']}",
         "base / crop size": f"{meta['base_size']} / {meta['crop_size']}",
         "encnet version": meta.get("encnet_version"),
-        "half": meta.get("half"),
+        "precision": meta.get("precision", "fp32"),
         "training": meta.get("training"),
     }
     for key, value in rows.items():

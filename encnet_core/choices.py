@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "SOURCES", "LABEL_SOURCES", "DEFAULT_LABELS", "TASKS", "SYNTHETIC_CLASSIFICATION_DEFAULTS", "LAYOUTS",
-    "DEFAULT_SIZES", "EXPORT_FORMATS", "SUBMIT_SERVERS", "ENGINES", "ENGINE_EXTRAS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
+    "DEFAULT_SIZES", "EXPORT_FORMATS", "PRECISIONS", "SUBMIT_SERVERS", "ENGINES", "ENGINE_EXTRAS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
 ]  # fmt: skip
 
 SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10", "cityscapes", "coco")
@@ -39,6 +39,9 @@ ENGINES = ("auto", "torch", "onnxruntime", "openvino")
 
 ENGINE_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 """The pip extra that installs each engine beyond torch (``pip install 'encnet[EXTRA]'``)."""
+
+PRECISIONS = ("fp32", "fp16", "int8")
+"""What a model computes with (its metadata's ``precision``): float32, float16 (``--half``), int8 (``--int8``, ONNX)."""
 
 SUBMIT_SERVERS = ("voc", "ade20k", "cityscapes")
 """Evaluation servers ``encnet submit --server`` writes results for (engine/submit.py ``SERVERS``)."""

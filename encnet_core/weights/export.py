@@ -10,6 +10,8 @@ Formats (the metadata travels inside each as ``encnet.json``):
 * ``torchscript``: ``torch.jit.trace`` with the metadata as an extra file;
 * ``pt2``: ``torch.export`` program with dynamic height and width, metadata as an extra file;
 * ``onnx``: opset 18, dynamic batch/height/width axes, metadata in ``metadata_props`` (extra ``encnet[onnx]``);
+  with ``int8`` the float graph is then quantized (weights/quantize.py: ONNX Runtime's static QDQ
+  quantizer, calibrated on a dataset split) and the metadata's ``precision`` says "int8".
 * ``openvino``: the ONNX export converted to an OpenVINO IR, ``OUT.xml`` (graph, metadata in its
   ``rt_info``) and ``OUT.bin`` (weights) written together: both or neither (extra ``encnet[openvino]``).
   The weights stay float32 unless ``--half`` asks for float16 weights (``compress_to_fp16``); the IR
@@ -85,6 +87,7 @@ class ExportResult:
     sha256: str  # of ``path`` (an IR: its .xml)
     max_abs_diff: float | None  # largest |export - PyTorch| on the sample input, None without --verify
     metadata: dict[str, Any]  # ModelMetadata.to_dict() of what the export carries
+    mask_agreement: float | None = None  # int8 with --verify: share of calibration pixels whose class matches PyTorch's
 
 
 def _sha256(*paths: Path) -> str:
@@ -186,13 +189,27 @@ def export_model(
     sample_size: int = 0,
     tolerance: float = 1e-3,
     trust_code: bool = False,
+    int8: bool = False,
+    calibrate: Path | None = None,
+    calib_images: int = 64,
+    calib_split: str = "train",
 ) -> ExportResult:
     """Export a training checkpoint (or another export) to ``fmt``; verified exports only land at ``out``.
 
     A TorchScript/pt2 input is a program and is opened only with ``trust_code``; ONNX cannot be an input.
+    ``int8`` (ONNX only) quantizes the export, calibrated on ``calib_images`` images of the ``calib_split``
+    split of the prepared dataset ``calibrate``; its verification reports the mask agreement with PyTorch.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if int8 and fmt != "onnx":
+        raise ConfigError(f"--int8 quantizes ONNX exports only (ONNX Runtime's quantizer); use --format onnx, not {fmt}")
+    if int8 and calibrate is None:
+        raise ConfigError("--int8 needs --calibrate DATA.h5: a prepared dataset whose images set the activation ranges")
+    if calibrate is not None and not int8:
+        raise ConfigError("--calibrate applies to --int8 exports only; add --int8 or drop --calibrate")
+    if int8 and half:
+        raise ConfigError("--int8 and --half exclude each other: an int8 export starts from the float32 graph")
     out = Path(out)
     if fmt == "openvino" and out.suffix.lower() != ".xml":
         raise ConfigError(f"an openvino export is OUT.xml with OUT.bin beside it: give a .xml name, not {out.name}")
@@ -206,7 +223,12 @@ def export_model(
         model = model_from_checkpoint(ckpt, checkpoint).eval()
     except EncNetError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
-    metadata = replace(ModelMetadata.from_dict(ckpt, checkpoint), export_format=fmt, half=half).to_dict()
+    precision = "int8" if int8 else ("fp16" if half else "fp32")
+    metadata = replace(ModelMetadata.from_dict(ckpt, checkpoint), export_format=fmt, half=half, precision=precision).to_dict()
+    if int8:
+        from encnet_core.weights import quantize
+
+        quantize.check_calibration_data(Path(calibrate), calib_split, metadata, calib_images)  # before any work
     half_model = half and fmt != "openvino"  # OpenVINO: float32 graph, float16 weights (compress_to_fp16)
     dtype = torch.float16 if half_model else torch.float32
     if half_model:
@@ -223,15 +245,26 @@ def export_model(
         weights = AtomicFile(out.with_suffix(".bin"))
         weights.tmp = tmp.with_suffix(".bin")
     meta_json = json.dumps(metadata)
+    agreement = None
+    float_file = AtomicFile(out.with_name(out.stem + "-float.onnx"), keep_suffix=True) if int8 else None
     try:
         try:
-            _write_export(wrapper, fmt, tmp, meta_json, sample, metadata)
+            if int8:
+                float_meta = json.dumps({**metadata, "precision": "fp32"})
+                _write_export(wrapper, fmt, float_file.tmp, float_meta, sample, metadata)
+                batches = quantize.calibration_batches(Path(calibrate), calib_split, metadata, calib_images)
+                quantize.quantize_onnx(float_file.tmp, tmp, batches)
+                quantize.set_metadata(tmp, meta_json)
+            else:
+                _write_export(wrapper, fmt, tmp, meta_json, sample, metadata)
         except EncNetError:
             raise
-        except Exception as exc:  # tracer/exporter failures: one line, details with ENCNET_DEBUG=1
-            raise EncNetError(f"{fmt} export failed: {exception_reason(exc)}") from exc
+        except Exception as exc:  # tracer/exporter/quantizer failures: one line, details with ENCNET_DEBUG=1
+            raise EncNetError(f"{fmt} {'int8 ' if int8 else ''}export failed: {exception_reason(exc)}") from exc
         diff = None
-        if verify:
+        if verify and int8:
+            diff, agreement = _verify_int8(wrapper, tmp, batches)
+        elif verify:
             diff = _verify(wrapper, tmp, sample, half, tolerance)
         if hash_name:
             digest = _sha256(tmp, *([weights.tmp] if weights else []))[:8]  # an IR: the graph and its weights
@@ -250,8 +283,29 @@ def export_model(
         file.discard()
         if weights is not None:
             weights.discard()
+        if float_file is not None:
+            float_file.discard()
     size = out.stat().st_size + (weights.target.stat().st_size if weights else 0)  # an IR: both files
-    return ExportResult(out, fmt, size, _sha256(out), diff, metadata)
+    return ExportResult(out, fmt, size, _sha256(out), diff, metadata, agreement)
+
+
+def _verify_int8(wrapper: ExportWrapper, path: Path, batches: list) -> tuple[float, float]:
+    """Reload the int8 export and compare it with the PyTorch model on the calibration images:
+    (largest |logit difference|, share of pixels (images, for a classifier) whose argmax agrees)."""
+    loaded = load_model(path, torch.device("cpu"))
+    worst, same, total = 0.0, 0, 0
+    for batch in batches:
+        x = torch.from_numpy(batch)
+        with torch.no_grad():
+            reference = wrapper(x)
+            reference = reference[0] if isinstance(reference, tuple) else reference
+            got = loaded.forward(x)
+        if got.shape != reference.shape:
+            raise EncNetError(f"verification failed: export gives shape {tuple(got.shape)}, PyTorch {tuple(reference.shape)}")
+        worst = max(worst, (got.float() - reference.float()).abs().max().item())
+        agree = got.argmax(1) == reference.argmax(1)
+        same, total = same + int(agree.sum()), total + agree.numel()
+    return worst, same / total
 
 
 def _verify(wrapper: ExportWrapper, path: Path, sample: Tensor, half: bool, tolerance: float) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from encnet_core.choices import TASKS  # what a model predicts: the task of the data it was trained on
+from encnet_core.choices import PRECISIONS, TASKS  # what a model predicts, and computes with
 from encnet_core.constants import DEFAULT_BASE_SIZE, DEFAULT_CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD
 from encnet_core.errors import CheckpointError
 from encnet_core.models import create_model, list_models, model_task
@@ -55,6 +55,7 @@ class ModelMetadata:
     export_format: str | None = None  # exports only: weights, safetensors, torchscript, pt2, onnx
     half: bool | None = None  # exports only: float16 weights / inputs
     task: str = "segmentation"  # segmentation ((N, C, H, W) logits) or classification ((N, C) logits); a file without one: its model's
+    precision: str = "fp32"  # numbers the model computes with: fp32, fp16 (--half) or int8 (--int8 ONNX); a file without one: fp32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -100,6 +101,8 @@ class ModelMetadata:
         for key in ("export_format", "half"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.export_format is not None or self.precision != "fp32":
+            out["precision"] = self.precision  # exports record it; checkpoints (fp32) stay as before
         return out
 
     @classmethod
@@ -125,6 +128,7 @@ class ModelMetadata:
             export_format=meta.get("export_format"),
             half=meta.get("half"),
             task=meta.get("task") or _model_config_task(config) or "segmentation",
+            precision=meta.get("precision") or ("fp16" if meta.get("half") else "fp32"),
         )
 
     @staticmethod
@@ -141,6 +145,9 @@ class ModelMetadata:
             raise CheckpointError(f"{path}: {problem}; the file is damaged or was not written by encnet")
 
         num_classes = None
+        precision = meta.get("precision")
+        if precision is not None and precision not in PRECISIONS:
+            fail(f"precision is {precision!r}, not one of {', '.join(PRECISIONS)}")
         task = meta.get("task")
         if task is not None and task not in TASKS:
             fail(f"task is {task!r}, not one of {', '.join(TASKS)}")

@@ -70,7 +70,7 @@ def test_a_published_deeplab_by_name_in_every_command(http_server, zoo_cache: Pa
     segmenter = Segmenter.load(name, device="cpu")
     x = torch.randn(1, 3, 36, 44)
     with torch.no_grad():
-        torch.testing.assert_close(segmenter.model.forward(x), reference(x)["out"], rtol=0, atol=0)
+        torch.testing.assert_close(segmenter.model.forward(x), reference(x)["out"], rtol=0, atol=1e-5)  # channels-last eager
     assert segmenter.seg(image).labels.shape == (36, 44)
 
     images = tmp_path / "images"

@@ -133,7 +133,8 @@ def test_pull_converts_and_caches_with_metadata(http_server, zoo_cache: Path, mo
         expected = reference.eval()(x)["out"]
     loaded = load_model(name, torch.device("cpu"))  # by name: the cached file
     assert loaded.source == "safetensors" and loaded.classes == classes
-    torch.testing.assert_close(loaded.forward(x), expected, rtol=0, atol=0)
+    # eager CPU inference runs channels-last (engine/device.inference_channels_last): same weights, other summation order
+    torch.testing.assert_close(loaded.forward(x), expected, rtol=0, atol=1e-5)
 
 
 def test_cache_is_reused_without_a_request(http_server, zoo_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -411,5 +412,5 @@ def test_init_from_and_export_take_a_name(http_server, zoo_cache: Path, tmp_path
     fine_tune = create_model("encnet_tiny", 3, lateral=True)  # onto another class count: classifiers re-initialised
     assert "head.conv6.1" in init_from_checkpoint(fine_tune, Path(published.entry.name), ["a", "b", "c"])
     result = export_model(Path(published.entry.name), tmp_path / "tiny.pt", "weights")
-    assert result.metadata["model_config"]["name"] == "encnet_tiny" and result.max_abs_diff == 0.0
+    assert result.metadata["model_config"]["name"] == "encnet_tiny" and result.max_abs_diff <= 1e-5  # channels-last reload
     assert len(http_server.state.requests) == 1
