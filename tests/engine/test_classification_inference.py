@@ -89,8 +89,10 @@ def test_evaluate_refuses_segmentation_options_and_the_other_task(trained: tuple
 def test_every_export_format_gives_the_checkpoints_logits(trained: tuple[Path, Path], tmp_path: Path, fmt: str) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
+    if fmt == "openvino":
+        pytest.importorskip("openvino", reason="pip install 'encnet[openvino]'")
     data, best = trained
-    out = tmp_path / f"model.{fmt}"
+    out = tmp_path / f"model.{'xml' if fmt == 'openvino' else fmt}"  # an OpenVINO IR is OUT.xml + OUT.bin
     result = export_model(best, out, fmt)
     assert result.metadata["task"] == "classification" and result.metadata["export_format"] == fmt
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-4
