@@ -108,7 +108,7 @@ def build(engine: str, folder: Path, threads: int):
             from encnet_core.weights.openvino import load_openvino
         except ImportError as exc:
             raise Skip(f"encnet_core.weights.openvino is not available ({exc})") from None
-        loaded = load_openvino(folder / "fp32.onnx", "CPU")
+        loaded = load_openvino(folder / "fp32.onnx", cpu)
         return loaded.forward if hasattr(loaded, "forward") else loaded
     raise ValueError(engine)
 
