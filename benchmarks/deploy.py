@@ -38,7 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ENGINES = ("torch fp32", "torch channels_last", "torch bf16", "onnxruntime fp32", "onnxruntime int8", "openvino fp32")
+ENGINES = (
+    "torch fp32", "torch channels_last", "torch bf16", "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino bf16",
+)  # fmt: skip
 EXTRAS = {"torch": "(base)", "onnxruntime": "encnet[onnx]", "openvino": "encnet[openvino]"}
 GOALS = {"float": (2.0, 0.3), "int8": (3.0, 1.0)}  # resnet50s 480x480 batch 1: speed ratio >=, |mIoU delta| (points) <=
 
@@ -99,7 +101,7 @@ def build(engine: str, folder: Path, threads: int):
 
         _limit_onnxruntime_threads(threads)
         return load_model(folder / ("int8.onnx" if engine.endswith("int8") else "fp32.onnx"), cpu).forward
-    if engine == "openvino fp32":
+    if engine in ("openvino fp32", "openvino bf16"):
         try:
             import openvino  # noqa: F401
         except ImportError:
@@ -108,7 +110,7 @@ def build(engine: str, folder: Path, threads: int):
             from encnet_core.weights.openvino import load_openvino
         except ImportError as exc:
             raise Skip(f"encnet_core.weights.openvino is not available ({exc})") from None
-        loaded = load_openvino(folder / "fp32.onnx", cpu)
+        loaded = load_openvino(folder / "fp32.onnx", cpu, precision=engine.split()[1])  # bf16: --engine openvino --amp bf16
         return loaded.forward if hasattr(loaded, "forward") else loaded
     raise ValueError(engine)
 

@@ -161,7 +161,7 @@ ProtocolOpt = Annotated[
     ),
 ]
 Device = Annotated[str, device_option()]
-AmpOpt = Annotated[Amp, typer.Option("--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA).")]
+AmpOpt = Annotated[Amp, typer.Option("--amp", help="Autocast for inference: off, bf16, or fp16 (CUDA); with --engine openvino, bf16 is OpenVINO's bfloat16 precision.")]
 EngineOpt = Annotated[
     Engine,
     typer.Option(

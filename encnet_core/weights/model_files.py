@@ -608,9 +608,14 @@ def read_openvino_metadata(path: Path) -> dict[str, Any]:
     return _ov_read(path, fmt)[2].to_dict()
 
 
-def load_openvino(path: Path, device: torch.device) -> LoadedModel:
+def load_openvino(path: Path, device: torch.device, precision: str = "fp32") -> LoadedModel:
     """An OpenVINO IR (``.xml`` + ``.bin``) or ONNX file, compiled for OpenVINO's CPU, as a ``LoadedModel``
-    whose outputs land on ``device`` (a CUDA device: OpenVINO still runs on the CPU, with a warning)."""
+    whose outputs land on ``device`` (a CUDA device: OpenVINO still runs on the CPU, with a warning).
+
+    ``precision``: the CPU plugin's inference precision, "fp32" (default: it would otherwise pick bf16 on
+    CPUs that have it) or "bf16" (``--engine openvino --amp bf16``); inputs and outputs stay float32."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     path = Path(path)
     fmt = _ov_check_format(path)
     ov, model, meta = _ov_read(path, fmt)
@@ -619,7 +624,8 @@ def load_openvino(path: Path, device: torch.device) -> LoadedModel:
     import openvino.properties as props
     import openvino.properties.hint as hints
 
-    config = {hints.inference_precision: ov.Type.f32, props.inference_num_threads: torch.get_num_threads()}
+    inference = ov.Type.bf16 if precision == "bf16" else ov.Type.f32
+    config = {hints.inference_precision: inference, props.inference_num_threads: torch.get_num_threads()}
     try:
         compiled = ov.Core().compile_model(model, OPENVINO_DEVICE, config)
     except Exception as exc:

@@ -173,11 +173,26 @@ def test_openvino_gets_the_cached_onnx_export(checkpoint: Path, cache: Path, mon
     real = openvino_loader.load_openvino
     given = []
 
-    def load_openvino(path: Path, device: torch.device):
+    def load_openvino(path: Path, device: torch.device, **options):
         given.append(path)
-        return real(path, device)
+        return real(path, device, **options)
 
     monkeypatch.setattr(openvino_loader, "load_openvino", load_openvino)
     loaded = load_with_engine(checkpoint, CPU, "openvino")
     assert given == [onnx_cache_path(checkpoint)] and given[0].is_file()
     assert loaded.engine == "openvino" and loaded.source == "checkpoint"
+
+
+def test_openvino_takes_amp_bf16_as_its_inference_precision(checkpoint: Path, cache: Path) -> None:
+    pytest.importorskip("openvino", reason="pip install 'encnet[openvino]'")
+    fp32 = load_with_engine(checkpoint, CPU, "openvino")
+    bf16 = load_with_engine(checkpoint, CPU, "openvino", amp="bf16")
+    assert bf16.engine == "openvino"
+    x = torch.randn(2, 3, 48, 64)
+    a, b = fp32.forward(x), bf16.forward(x)
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+    assert not torch.equal(a, b)  # bfloat16 arithmetic (emulated where the CPU has none): close, not equal
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.95
+    for options in ({"amp": "fp16"}, {"amp": "bf16", "compile": True}):
+        with pytest.raises(ConfigError, match=r"openvino takes --amp bf16 only"):
+            load_with_engine(checkpoint, CPU, "openvino", **options)
