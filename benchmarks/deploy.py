@@ -7,7 +7,9 @@ Engines (a row each, printed whatever it measures or why it was skipped):
 * ``onnxruntime fp32``: the ONNX export (``encnet export --format onnx``) through
   ``weights.model_files.load_model``; ``onnxruntime int8``: the ``--int8`` export (weights/quantize.py);
 * ``openvino fp32``: the ONNX export through ``encnet_core.weights.openvino.load_openvino`` when
-  ``openvino`` imports (``encnet[openvino]``); the row says why otherwise.
+  ``openvino`` imports (``encnet[openvino]``); the row says why otherwise; ``openvino bf16``: the same
+  with OpenVINO's bfloat16 inference precision (``--engine openvino --amp bf16``); ``openvino int8``:
+  ``export --format openvino --int8`` (NNCF's quantization, ``encnet[nncf]``).
 
 Speed: the model (``--model``, default encnet_resnet50s, random weights: speed does not depend on
 them) on the same random images of each shape (``--shapes``, default 480x480 and 512x1024 as HxW) and
@@ -40,6 +42,7 @@ from pathlib import Path
 
 ENGINES = (
     "torch fp32", "torch channels_last", "torch bf16", "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino bf16",
+    "openvino int8",
 )  # fmt: skip
 EXTRAS = {"torch": "(base)", "onnxruntime": "encnet[onnx]", "openvino": "encnet[openvino]"}
 GOALS = {"float": (2.0, 0.3), "int8": (3.0, 1.0)}  # resnet50s 480x480 batch 1: speed ratio >=, |mIoU delta| (points) <=
@@ -101,7 +104,7 @@ def build(engine: str, folder: Path, threads: int):
 
         _limit_onnxruntime_threads(threads)
         return load_model(folder / ("int8.onnx" if engine.endswith("int8") else "fp32.onnx"), cpu).forward
-    if engine in ("openvino fp32", "openvino bf16"):
+    if engine.startswith("openvino"):
         try:
             import openvino  # noqa: F401
         except ImportError:
@@ -110,7 +113,12 @@ def build(engine: str, folder: Path, threads: int):
             from encnet_core.weights.openvino import load_openvino
         except ImportError as exc:
             raise Skip(f"encnet_core.weights.openvino is not available ({exc})") from None
-        loaded = load_openvino(folder / "fp32.onnx", cpu, precision=engine.split()[1])  # bf16: --engine openvino --amp bf16
+        if engine == "openvino int8":  # export --format openvino --int8 (NNCF)
+            if not (folder / "int8.xml").is_file():
+                raise Skip("no OpenVINO int8 export (needs encnet[nncf])")
+            loaded = load_openvino(folder / "int8.xml", cpu)
+        else:
+            loaded = load_openvino(folder / "fp32.onnx", cpu, precision=engine.split()[1])  # bf16: --engine openvino --amp bf16
         return loaded.forward if hasattr(loaded, "forward") else loaded
     raise ValueError(engine)
 
@@ -156,6 +164,10 @@ def write_files(checkpoint: Path, data: Path, folder: Path, calib_images: int) -
         export_model(checkpoint, folder / "int8.onnx", "onnx", int8=True, calibrate=data, calib_images=calib_images, overwrite=True)
     except Exception as exc:  # noqa: BLE001 - no onnx/onnxruntime: those rows say so
         print(f"ONNX exports failed: {exc}", file=sys.stderr)
+    try:
+        export_model(checkpoint, folder / "int8.xml", "openvino", int8=True, calibrate=data, calib_images=calib_images, overwrite=True)
+    except Exception as exc:  # noqa: BLE001 - no openvino/nncf: the row says so
+        print(f"OpenVINO int8 export failed: {exc}", file=sys.stderr)
 
 
 def speed_model(name: str, data: Path, crop: int, path: Path) -> Path:
@@ -228,7 +240,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="batch sizes, comma-separated")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine")
     parser.add_argument("--reps", type=int, default=3, help="timed forward passes per shape and batch (median)")
-    parser.add_argument("--calib-images", type=int, default=8, help="calibration images of the int8 exports")
+    parser.add_argument("--calib-images", type=int, default=8, help="calibration images of the speed model's int8 export (random weights)")
     parser.add_argument("--train-iters", type=int, default=150, help="iterations of the tiny models of the accuracy columns (0: none)")
     parser.add_argument("--layouts", default="standard,far", help="synthetic layouts of the accuracy columns")
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run, comma-separated")

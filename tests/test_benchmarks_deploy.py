@@ -25,7 +25,7 @@ def test_deploy_benchmark_smoke(tmp_path: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     text = done.stdout
-    for engine in ("torch fp32", "torch channels_last", "torch bf16", "onnxruntime fp32", "onnxruntime int8", "openvino fp32"):
+    for engine in ("torch fp32", "torch channels_last", "torch bf16", "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino int8"):
         assert engine in text
     assert "load average" in text and "goal float" in text and "goal int8" in text
     results = json.loads(out.read_text())
@@ -37,3 +37,6 @@ def test_deploy_benchmark_smoke(tmp_path: Path) -> None:
     accuracy = results["accuracy"]["standard"]
     assert accuracy["onnxruntime fp32"]["mIoU"] == pytest.approx(accuracy["torch fp32"]["mIoU"], abs=1e-3)
     assert 0 <= accuracy["onnxruntime int8"]["pixAcc"] <= 1
+    if "rates" in engines["openvino int8"]:  # encnet[nncf] installed (dev): NNCF's IR ran
+        assert all(rate > 0 for rate in engines["openvino int8"]["rates"].values())
+        assert 0 <= accuracy["openvino int8"]["pixAcc"] <= 1

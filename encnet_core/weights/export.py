@@ -16,6 +16,8 @@ Formats (the metadata travels inside each as ``encnet.json``):
   ``rt_info``) and ``OUT.bin`` (weights) written together: both or neither (extra ``encnet[openvino]``).
   The weights stay float32 unless ``--half`` asks for float16 weights (``compress_to_fp16``); the IR
   takes float32 input either way.
+  With ``int8`` the IR is quantized by NNCF, OpenVINO's post-training quantizer, calibrated on a
+  dataset split (weights/quantize.py ``quantize_openvino``; extra ``encnet[nncf]``).
 
 TorchScript and pt2 files are programs: reading them back (``--verify``, evaluate, predict, or as the
 input of another export) runs code from the file, so only files from a trusted source are opened
@@ -42,6 +44,7 @@ from torch import Tensor, nn
 from encnet_core.choices import EXPORT_FORMATS
 from encnet_core.errors import CheckpointError, ConfigError, EncNetError
 from encnet_core.paths import AtomicFile, check_output_file
+from encnet_core.progress import ProgressCallback
 from encnet_core.tasks import facts
 from encnet_core.weights.checkpoint import (
     exception_reason,
@@ -50,7 +53,13 @@ from encnet_core.weights.checkpoint import (
     tensor_digest,
 )
 from encnet_core.weights.metadata import ModelMetadata
-from encnet_core.weights.model_files import DIGEST_HEADER, METADATA_NAME, load_model, read_model_file
+from encnet_core.weights.model_files import (
+    DIGEST_HEADER,
+    METADATA_NAME,
+    load_model,
+    no_openvino_telemetry,
+    read_model_file,
+)
 
 log = logging.getLogger("encnet")
 
@@ -155,6 +164,7 @@ def _write_openvino(wrapper: ExportWrapper, tmp: Path, meta_json: str, sample: T
     except ImportError:
         raise ConfigError("OpenVINO export needs the openvino extra: pip install 'encnet[openvino]'") from None
     onnx_tmp = tmp.with_suffix(".onnx")
+    no_openvino_telemetry()
     try:
         _write_export(wrapper, "onnx", onnx_tmp, meta_json, sample, metadata)
         model = ov.convert_model(str(onnx_tmp))
@@ -191,19 +201,20 @@ def export_model(
     trust_code: bool = False,
     int8: bool = False,
     calibrate: Path | None = None,
-    calib_images: int = 8,  # ONNX Runtime's calibrator holds every activation of every image (docs/export.md)
+    calib_images: int = 32,
     calib_split: str = "train",
+    progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Export a training checkpoint (or another export) to ``fmt``; verified exports only land at ``out``.
 
     A TorchScript/pt2 input is a program and is opened only with ``trust_code``; ONNX cannot be an input.
-    ``int8`` (ONNX only) quantizes the export, calibrated on ``calib_images`` images of the ``calib_split``
+    ``int8`` (ONNX or OpenVINO) quantizes the export, calibrated on ``calib_images`` images of the ``calib_split``
     split of the prepared dataset ``calibrate``; its verification reports the mask agreement with PyTorch.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if int8 and fmt != "onnx":
-        raise ConfigError(f"--int8 quantizes ONNX exports only (ONNX Runtime's quantizer); use --format onnx, not {fmt}")
+    if int8 and fmt not in ("onnx", "openvino"):
+        raise ConfigError(f"--int8 quantizes ONNX and OpenVINO exports only; use --format onnx or openvino, not {fmt}")
     if int8 and calibrate is None:
         raise ConfigError("--int8 needs --calibrate DATA.h5: a prepared dataset whose images set the activation ranges")
     if calibrate is not None and not int8:
@@ -229,6 +240,8 @@ def export_model(
         from encnet_core.weights import quantize
 
         quantize.check_calibration_data(Path(calibrate), calib_split, metadata, calib_images)  # before any work
+        if fmt == "openvino":
+            quantize.check_nncf()
     half_model = half and fmt != "openvino"  # OpenVINO: float32 graph, float16 weights (compress_to_fp16)
     dtype = torch.float16 if half_model else torch.float32
     if half_model:
@@ -251,10 +264,13 @@ def export_model(
         try:
             if int8:
                 float_meta = json.dumps({**metadata, "precision": "fp32"})
-                _write_export(wrapper, fmt, float_file.tmp, float_meta, sample, metadata)
+                _write_export(wrapper, "onnx", float_file.tmp, float_meta, sample, metadata)
                 batches = quantize.calibration_batches(Path(calibrate), calib_split, metadata, calib_images)
-                quantize.quantize_onnx(float_file.tmp, tmp, batches)
-                quantize.set_metadata(tmp, meta_json)
+                if fmt == "onnx":
+                    quantize.quantize_onnx(float_file.tmp, tmp, batches, progress=progress)
+                    quantize.set_metadata(tmp, meta_json)
+                else:
+                    quantize.quantize_openvino(float_file.tmp, tmp, batches, meta_json, progress=progress)
             else:
                 _write_export(wrapper, fmt, tmp, meta_json, sample, metadata)
         except EncNetError:

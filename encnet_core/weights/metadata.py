@@ -55,7 +55,7 @@ class ModelMetadata:
     export_format: str | None = None  # exports only: weights, safetensors, torchscript, pt2, onnx
     half: bool | None = None  # exports only: float16 weights / inputs
     task: str = "segmentation"  # segmentation ((N, C, H, W) logits) or classification ((N, C) logits); a file without one: its model's
-    precision: str = "fp32"  # numbers the model computes with: fp32, fp16 (--half) or int8 (--int8 ONNX); a file without one: fp32
+    precision: str = "fp32"  # numbers the model computes with: fp32, fp16 (--half) or int8 (--int8: ONNX or OpenVINO); a file without one: fp32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))

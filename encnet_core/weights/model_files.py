@@ -78,6 +78,7 @@ __all__ = [
     "DIGEST_HEADER",
     "read_safetensors",
     "check_onnx_file",
+    "no_openvino_telemetry",
     "load_openvino",
     "read_openvino_metadata",
     "weights_file",
@@ -557,6 +558,21 @@ def _ov_module() -> Any:
     return openvino
 
 
+def no_openvino_telemetry() -> None:
+    """Stop OpenVINO's tools from sending usage data from this process.
+
+    OpenVINO's converter (``ov.convert_model``) and NNCF report usage to Google Analytics through
+    ``openvino_telemetry`` unless the user has run its ``opt_in_out --opt_out`` (no consent file counts as
+    consent; it also writes an id under ~/intel). encnet never sends anything on a user's behalf: the
+    consent check answers "declined" in this process (the user's own settings and files are untouched).
+    Called before each conversion and before NNCF is imported."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no telemetry package: nothing is sent
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
 def _ov_reason(exc: BaseException) -> str:
     """OpenVINO's messages start with the C++ source location; the last non-blank line says what is wrong."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -621,6 +637,11 @@ def load_openvino(path: Path, device: torch.device, precision: str = "fp32") -> 
     ov, model, meta = _ov_read(path, fmt)
     if device.type != "cpu":
         log.warning("OpenVINO runs on the CPU here; its outputs are moved to %s", device)
+    if fmt == "onnx" and meta.precision == "int8":
+        log.warning(
+            "%s is ONNX Runtime's int8 graph: OpenVINO runs it, but its masks drifted from PyTorch's on EncNet "
+            "(docs/export.md); for OpenVINO export --format openvino --int8, or run this file with onnxruntime", path.name,
+        )  # fmt: skip
     import openvino.properties as props
     import openvino.properties.hint as hints
 

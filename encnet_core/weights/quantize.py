@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 
 from encnet_core.errors import ConfigError, DataError
+from encnet_core.progress import ProgressCallback, ThrottledProgress
 
-__all__ = ["KEEP_FLOAT", "calibration_batches", "check_calibration_data", "quantize_onnx"]
+__all__ = ["KEEP_FLOAT", "calibration_batches", "check_calibration_data", "check_nncf", "quantize_onnx", "quantize_openvino"]
 
 KEEP_FLOAT: tuple[str, ...] = ("/model/head/encmodule/",)  # node-name prefixes left in float (module docstring)
-CALIBRATION_BATCH = 4  # images per calibration run
-# Known limit: ONNX Runtime's MinMax calibrator keeps every activation of every calibration run until the end
-# (8 images of EncNet-ResNet50 at 480 px: 11 GB). Its CalibMaxIntermediateOutputs option would bound that, but
-# in onnxruntime 1.32 it drops the runs it clears instead of folding their ranges in, so it is not used.
+CALIBRATION_BATCH = 1  # images per calibration run: memory is that of one image, whatever --calib-images is
+# ONNX Runtime's MinMax calibrator keeps only each tensor's min and max per run; its session's memory is set by
+# the first two runs (the arena, then the memory pattern) and stays there: EncNet-ResNet50 at 480 px, batch 1,
+# measured 4.2 GB peak for 2, 4 and 8 images; batch 4 took 6.8 GB for 4 images and 12 GB for 8.
 
 
 def check_calibration_data(data: Path, split: str, meta: dict[str, Any], count: int) -> None:
@@ -80,14 +81,20 @@ def calibration_batches(data: Path, split: str, meta: dict[str, Any], count: int
 
 
 class _Reader:
-    """The ``CalibrationDataReader`` protocol over prepared batches."""
+    """The ``CalibrationDataReader`` protocol over prepared batches; reports the images handed out."""
 
-    def __init__(self, batches: list[np.ndarray]) -> None:
+    def __init__(self, batches: list[np.ndarray], progress: ProgressCallback | None = None) -> None:
         self._batches = batches
         self._iter: Iterator[np.ndarray] = iter(batches)
+        self._report = ThrottledProgress(progress, "calibrating int8", "items")
+        self._total = sum(len(batch) for batch in batches)
+        self._done = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._iter, None)
+        self._report(self._done, self._total, final=batch is None)
+        if batch is not None:
+            self._done += len(batch)
         return None if batch is None else {"image": batch}
 
     def rewind(self) -> None:
@@ -110,6 +117,7 @@ def quantize_onnx(
     batches: list[np.ndarray],
     keep_float: tuple[str, ...] = KEEP_FLOAT,
     activation: str = "int8",
+    progress: ProgressCallback | None = None,
 ) -> list[str]:
     """Write the int8 QDQ model of the float ONNX file ``float_path`` to ``out``; returns the nodes left float."""
     import onnxruntime
@@ -124,7 +132,7 @@ def quantize_onnx(
         quantize_static(
             str(float_path),
             str(out),
-            _Reader(batches),
+            _Reader(batches, progress),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             weight_type=QuantType.QInt8,
@@ -136,6 +144,61 @@ def quantize_onnx(
         root.setLevel(level)
         onnxruntime.set_default_logger_severity(2)
     return excluded
+
+
+def check_nncf() -> None:
+    """Refuse, before any work, an OpenVINO int8 export without NNCF (OpenVINO's quantizer)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+        raise ConfigError("--format openvino --int8 needs OpenVINO and NNCF: pip install 'encnet[nncf]'")
+
+
+def quantize_openvino(
+    float_onnx: Path, out: Path, batches: list[np.ndarray], meta_json: str,
+    keep_float: tuple[str, ...] = KEEP_FLOAT, progress: ProgressCallback | None = None,
+) -> None:  # fmt: skip
+    """Write the int8 OpenVINO IR (``out`` .xml and its .bin) of the float ONNX file ``float_onnx``:
+    NNCF's post-training quantization (``nncf.quantize``: int8 weights and activations, its default
+    MinMax-based ranges and fast bias correction) calibrated on ``batches``, the nodes under
+    ``keep_float`` left float as in ``quantize_onnx``; the metadata ``meta_json`` in the IR's rt_info.
+
+    Why NNCF and not the ONNX Runtime QDQ graph converted: OpenVINO runs that graph as fast, but
+    its results drifted from PyTorch's on EncNet (docs/export.md "int8"); NNCF's model did not."""
+    import contextlib
+    import io
+    import re
+
+    from encnet_core.weights.metadata import METADATA_NAME
+    from encnet_core.weights.model_files import no_openvino_telemetry
+
+    no_openvino_telemetry()  # before NNCF's import, which sets up its telemetry
+    import nncf
+    import openvino as ov
+
+    report = ThrottledProgress(progress, "calibrating int8", "items")
+    total, done = sum(len(batch) for batch in batches), 0
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        nonlocal done
+        report(done, total)
+        done = min(total, done + len(batch))
+        return batch
+
+    scope = nncf.IgnoredScope(patterns=[re.escape(prefix) + ".*" for prefix in keep_float], validate=False)
+    model = ov.convert_model(str(float_onnx))
+    nncf.set_log_level(logging.ERROR)
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # NNCF imports it: "No CUDA runtime is found" on CPU machines
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's own progress bars (ours go to the caller's callback)
+            quantized = nncf.quantize(model, nncf.Dataset(batches, counted), subset_size=len(batches), ignored_scope=scope)
+    finally:
+        quiet.setLevel(level)
+    report(total, total, final=True)
+    quantized.set_rt_info(meta_json, [METADATA_NAME])
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
 
 
 def set_metadata(path: Path, meta_json: str) -> None:

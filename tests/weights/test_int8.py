@@ -1,4 +1,5 @@
-"""encnet export --int8: ONNX Runtime static quantization calibrated on a dataset split, and its refusals."""
+"""encnet export --int8: ONNX Runtime static quantization calibrated on a dataset split, the OpenVINO IR
+made from it, the engine that runs it, and the refusals."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ pytest.importorskip("onnxruntime")
 
 CPU = torch.device("cpu")
 AGREEMENT = 0.95  # measured on this model: 96.6% of val pixels, 99.0% of calibration pixels keep the fp32 class
+OPENVINO_AGREEMENT = 0.85  # NNCF's IR of this 30-iteration model: 89.4% of val pixels, 96.2% of calibration pixels
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def test_refusals_before_any_work(trained: tuple[Path, Path], tmp_path: Path) ->
     out = tmp_path / "x.onnx"
     with pytest.raises(ConfigError, match="--int8 needs --calibrate"):
         export_model(checkpoint, out, "onnx", int8=True)
-    with pytest.raises(ConfigError, match="ONNX exports only"):
+    with pytest.raises(ConfigError, match="ONNX and OpenVINO exports only"):
         export_model(checkpoint, tmp_path / "x.pt", "weights", int8=True, calibrate=data)
     with pytest.raises(ConfigError, match="--calibrate applies to --int8"):
         export_model(checkpoint, out, "onnx", calibrate=data)
@@ -124,4 +126,74 @@ def test_refusals_before_any_work(trained: tuple[Path, Path], tmp_path: Path) ->
     line = one_error_line(runner.invoke(app, ["export", str(checkpoint), str(out), "--format", "onnx", "--int8"]))
     assert "--int8 needs --calibrate" in line
     line = one_error_line(runner.invoke(app, ["export", str(checkpoint), str(tmp_path / "y.ts"), "--format", "torchscript", "--int8", "--calibrate", str(data)]))
-    assert "ONNX exports only" in line
+    assert "ONNX and OpenVINO exports only" in line
+
+
+def test_calibration_reports_progress(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, checkpoint = trained
+    reports = []
+    export_model(checkpoint, tmp_path / "p.onnx", "onnx", int8=True, calibrate=data, calib_images=5, verify=False,
+                 progress=lambda description, done, total, unit: reports.append((description, done, total, unit)))  # fmt: skip
+    assert reports and {r[0] for r in reports} == {"calibrating int8"} and reports[-1][1:] == (5, 5, "items")
+
+
+def test_int8_onnx_runs_with_onnxruntime_and_openvino_warns(exports, caplog: pytest.LogCaptureFixture) -> None:
+    """auto keeps onnxruntime for the QDQ file: OpenVINO runs it fast but its masks drifted from PyTorch's on EncNet
+    (docs/export.md: far layout pixAcc 0.90 -> 0.21); asked for by name it runs, with a warning pointing to the IR export."""
+    pytest.importorskip("openvino")
+    from encnet_core.engine.engines import load_with_engine
+
+    _, int8, _ = exports
+    assert load_with_engine(int8, CPU).engine == "onnxruntime"
+    with caplog.at_level("WARNING", logger="encnet"):
+        assert load_with_engine(int8, CPU, "openvino").engine == "openvino"
+    assert "export --format openvino --int8" in caplog.text
+
+
+def test_openvino_int8_export(trained: tuple[Path, Path], exports, tmp_path: Path) -> None:
+    """NNCF's int8 IR: int8 weights, the classes of the float model on nearly every val pixel."""
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    data, checkpoint = trained
+    fp32, _, _ = exports
+    out = tmp_path / "m.xml"
+    args = ["export", str(checkpoint), str(out), "--format", "openvino", "--int8", "--calibrate", str(data), "--calib-images", "8"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["precision"] == "int8" and summary["format"] == "openvino" and summary["mask_agreement"] >= AGREEMENT
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]  # no float graph or int8 ONNX left behind
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in ops  # NNCF's quantization points, which the CPU plugin runs as int8
+    assert out.with_suffix(".bin").stat().st_size < 0.5 * fp32.stat().st_size  # int8 weights
+    assert peek_metadata(out)["precision"] == "int8"
+    info = CliRunner().invoke(app, ["info", str(out), "--json"])
+    assert info.exit_code == 0 and json.loads(info.output)["precision"] == "int8"
+    agreement = (_val_masks(out, data) == _val_masks(fp32, data)).float().mean().item()
+    assert agreement >= OPENVINO_AGREEMENT, agreement
+
+
+def test_openvino_int8_without_nncf_is_one_line(trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    data, checkpoint = trained
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    out = tmp_path / "m.xml"
+    args = ["export", str(checkpoint), str(out), "--format", "openvino", "--int8", "--calibrate", str(data)]
+    line = one_error_line(CliRunner().invoke(app, args))
+    assert "pip install 'encnet[nncf]'" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_openvino_tools_send_no_telemetry() -> None:
+    """OpenVINO's converter and NNCF send usage data unless the user opted out; encnet's conversions declare the opt-out
+    for the process (weights/model_files.py no_openvino_telemetry)."""
+    pytest.importorskip("openvino_telemetry")
+    from openvino_telemetry import Telemetry
+
+    from encnet_core.weights.model_files import no_openvino_telemetry
+
+    no_openvino_telemetry()
+    telemetry = Telemetry(app_name="encnet-test", app_version="0", tid="G-TEST", backend="ga4", enable_opt_in_dialog=False)
+    assert telemetry.consent is False
