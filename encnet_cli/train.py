@@ -13,6 +13,7 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
+from encnet_core.choices import TRACKERS
 from encnet_core.config import (
     CLASSIFICATION_DEFAULTS,
     LR_SCHEDULES,
@@ -23,7 +24,6 @@ from encnet_core.config import (
 )
 
 _Schedule = StrEnum("Schedule", {name: name for name in LR_SCHEDULES})  # choices from the library's list
-TRACKERS = ("tensorboard", "mlflow", "wandb")  # encnet_core.engine.trackers.TRACKERS (not imported: --help stays light)
 _Tracker = StrEnum("Tracker", {name: name for name in TRACKERS})
 
 # Each option is written once, in train()'s signature: the ones named after a TrainConfig field are its flags.

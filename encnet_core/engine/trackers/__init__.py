@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from encnet_core.choices import TRACKERS
 from encnet_core.engine.events import Callback
 from encnet_core.engine.trackers.base import TrackerCallback
 
 __all__ = ["TRACKERS", "make_trackers", "TrackerCallback"]
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")  # the names --tracker takes
 
 
 def _make(name: str, run_dir: Path, config: dict[str, Any], inner: Callback | None) -> TrackerCallback:
