@@ -174,13 +174,15 @@ def train(
     display = TrainDisplay(enabled=progress and is_main and not json_to_stdout(json_out))
     if trackers:
         trackers[-1].inner = display  # the chain: tracker -> ... -> tracker -> display
+    failed = True
     try:
         result = run_train(config, resume=resume, callback=trackers[0] if trackers else display, trust_code=trust_code)
+        failed = False
         for each in trackers:  # the final metrics; no-op on ranks other than 0 (they opened no run)
             each.finish(result.best, result.iteration)
     finally:
         for each in trackers:
-            each.close()
+            each.close(failed=failed)  # a run that raised: FAILED in MLflow, exit code 1 in W&B
         display.close()
     if not is_main:
         return

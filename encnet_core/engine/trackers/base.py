@@ -59,7 +59,7 @@ class TrackerCallback:
     """The shared part of every tracker: event dispatch, ``inner``, the last validation, ``finish``.
 
     Subclasses implement ``_open(event, config)`` (make the run: TrainStart, rank 0 only), ``_log(scalars,
-    step)``, ``_finish(final, step)`` and ``_close()``, and set ``self.run`` while a run is open.
+    step)``, ``_finish(final, step)`` and ``_close(failed)``, and set ``self.run`` while a run is open.
     """
 
     def __init__(self, run_dir: Path | str, config: dict[str, Any] | None = None, inner: Callback | None = None) -> None:
@@ -71,8 +71,8 @@ class TrackerCallback:
 
     def __call__(self, event: TrainEvent) -> None:
         if isinstance(event, TrainStart):
-            if self.run is not None:
-                self._close()
+            self.close()  # a second TrainStart (another train() call): a new tracker run
+            self._last = None
             self._open(event, self.config)
         elif isinstance(event, TrainLog) and self.run is not None:
             self._log(train_scalars(event), event.iteration)
@@ -89,10 +89,11 @@ class TrackerCallback:
             self._finish(final_scalars(best, self._last, iteration), iteration)
         self.close()
 
-    def close(self) -> None:
-        """End the run (safe to call twice, or when no event came)."""
+    def close(self, failed: bool = False) -> None:
+        """End the run (safe to call twice, or when no event came); ``failed``: the training raised
+        (MLflow marks the run FAILED, W&B gives it exit code 1)."""
         if self.run is not None:
-            self._close()
+            self._close(failed)
             self.run = None
 
     def _open(self, event: TrainStart, config: dict[str, Any]) -> None:
@@ -104,11 +105,11 @@ class TrackerCallback:
     def _finish(self, final: dict[str, float], step: int) -> None:
         raise NotImplementedError
 
-    def _close(self) -> None:
+    def _close(self, failed: bool) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> TrackerCallback:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        self.close(failed=kind is not None)

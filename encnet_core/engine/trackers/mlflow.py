@@ -81,5 +81,5 @@ class MLflowCallback(TrackerCallback):
     def _finish(self, final: dict[str, float], step: int) -> None:
         self._log(final, step)
 
-    def _close(self) -> None:
-        self.client.set_terminated(self.run.info.run_id)
+    def _close(self, failed: bool) -> None:
+        self.client.set_terminated(self.run.info.run_id, status="FAILED" if failed else "FINISHED")

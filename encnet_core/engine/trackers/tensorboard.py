@@ -74,5 +74,5 @@ class TensorBoardCallback(TrackerCallback):
         for name, value in final.items():
             self.run.add_scalar(name, value, step)
 
-    def _close(self) -> None:
+    def _close(self, failed: bool) -> None:
         self.run.close()

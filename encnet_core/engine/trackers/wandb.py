@@ -58,5 +58,5 @@ class WandbCallback(TrackerCallback):
     def _finish(self, final: dict[str, float], step: int) -> None:
         self.run.summary.update(final)
 
-    def _close(self) -> None:
-        self.run.finish()
+    def _close(self, failed: bool) -> None:
+        self.run.finish(exit_code=1 if failed else 0)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from encnet_cli.main import app
 from encnet_core.config import TrainConfig
+from encnet_core.engine.events import TrainLog
 from encnet_core.engine.trackers.mlflow import MLflowCallback
 from encnet_core.engine.train import train
 
@@ -109,3 +110,21 @@ def test_missing_mlflow_is_one_line(synthetic_h5: Path, tmp_path: Path, monkeypa
     line = one_error_line(result)
     assert "pip install 'encnet[mlflow]'" in line
     assert not (tmp_path / "run").exists(), "refused before the run folder is made"
+
+
+def test_a_run_that_raises_is_failed(make_config: Callable[..., TrainConfig], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, mlflow_client: Callable) -> None:  # fmt: skip
+    _no_env(monkeypatch, "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_ALLOW_FILE_STORE")
+    config = make_config("raises", iters=4, log_every=1, val_split="")
+
+    def stop_at_two(event) -> None:
+        if isinstance(event, TrainLog) and event.iteration == 2:
+            raise RuntimeError("stopped by the test")
+
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        with MLflowCallback(config.output_dir, config=config.to_dict(), inner=stop_at_two) as callback:
+            train(config, callback=callback)
+    client = mlflow_client(tracking_uri=(Path(config.output_dir) / "mlruns").as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("encnet").experiment_id])
+    assert run.info.status == "FAILED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss/total")) == [1, 2]
