@@ -52,6 +52,7 @@ class MLflowCallback(TrackerCallback):
         self.uri = ""
 
     def _open(self, event: TrainStart, config: dict[str, Any]) -> None:
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(self.run_dir)
@@ -67,16 +68,17 @@ class MLflowCallback(TrackerCallback):
         run_params = {"total_iters": event.total_iters, "world_size": event.world_size, "global_batch": event.global_batch,
                       "scaled_lr": event.lr, "params": event.params}  # fmt: skip
         params = flat_config({**config, **{f"run.{k}": v for k, v in run_params.items()}})
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per batch
+            self.client.log_batch(self.run.info.run_id, params=items[start : start + 100])
 
     def _log(self, scalars: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(value), now, step) for name, value in scalars.items()]
-        self.client.log_batch(self.run.info.run_id, metrics=metrics)
+        for start in range(0, len(metrics), 1000):  # and at most 1000 metrics
+            self.client.log_batch(self.run.info.run_id, metrics=metrics[start : start + 1000])
 
     def _finish(self, final: dict[str, float], step: int) -> None:
         self._log(final, step)
