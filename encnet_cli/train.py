@@ -13,6 +13,7 @@ from rich.table import Table
 
 from encnet_cli import _options as opt
 from encnet_cli._output import check_json_target, console, emit_json, json_to_stdout, plural, safe_text
+from encnet_core.choices import TRACKERS
 from encnet_core.config import (
     CLASSIFICATION_DEFAULTS,
     LR_SCHEDULES,
@@ -23,6 +24,7 @@ from encnet_core.config import (
 )
 
 _Schedule = StrEnum("Schedule", {name: name for name in LR_SCHEDULES})  # choices from the library's list
+_Tracker = StrEnum("Tracker", {name: name for name in TRACKERS})
 
 # Each option is written once, in train()'s signature: the ones named after a TrainConfig field are its flags.
 NOT_FLAGS = {  # TrainConfig fields without a flag of their own, and why
@@ -39,7 +41,8 @@ CLI_ONLY = {  # train() parameters that are no TrainConfig field: how the run is
     "resume": "where to continue from, not a setting of the run (config.toml would resume every rerun)",
     "trust_code": "a permission: no recipe or saved config.toml may turn it on",
     "json_out": "output of the command",
-    "tensorboard": "output of the command (a callback around the display)",
+    "tensorboard": "output of the command (an alias of --tracker tensorboard)",
+    "tracker": "output of the command (callbacks around the display)",
     "progress": "output of the command",
 }
 FIELD_OF = {"compile_model": "compile"}  # parameters named apart from their field (compile is a builtin)
@@ -132,10 +135,17 @@ def train(
         help="Go on past samples that do not decode or break the format: a bad training sample is replaced by the next good one, a bad validation sample is left out; each is listed in metrics.jsonl and the summary.",
     ),  # fmt: skip
     json_out: opt.JsonOut = None,
+    tracker: list[_Tracker] = typer.Option(
+        None, "--tracker",
+        help="Also log the run (settings; losses, lr, throughput and validation metrics per record; best and last "
+        "validation at the end) to an experiment tracker; repeatable; rank 0 only. tensorboard: events in "
+        "RUN/tensorboard. mlflow: MLFLOW_TRACKING_URI if set, else a local file store RUN/mlruns; experiment "
+        "MLFLOW_EXPERIMENT_NAME or 'encnet'. wandb: WANDB_PROJECT or 'encnet', files under RUN/wandb (or WANDB_DIR); "
+        "WANDB_MODE=offline needs no account. Each needs its extra: pip install 'encnet[NAME]'.",
+    ),  # fmt: skip
     tensorboard: bool = typer.Option(
         False, "--tensorboard",
-        help="Also write TensorBoard events to RUN/tensorboard (losses, lr, throughput, validation metrics); needs "
-        "pip install 'encnet[tensorboard]'; view with tensorboard --logdir runs/.",
+        help="The same as --tracker tensorboard: TensorBoard events in RUN/tensorboard; view with tensorboard --logdir runs/.",
     ),  # fmt: skip
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress display."),
 ) -> None:
@@ -153,21 +163,26 @@ def train(
     # torch and rich.progress: when the command runs, not to parse its options or print --help
     from encnet_cli._progress import TrainDisplay, val_text
     from encnet_core.data.hdf5 import probe_task
-    from encnet_core.engine.tensorboard import TENSORBOARD_DIR, TensorBoardCallback
+    from encnet_core.engine.trackers import make_trackers
     from encnet_core.engine.train import train as run_train
 
     config = resolve_train_config(data, recipe, config_file, parse_set_option(set_values or []), flags, task=probe_task(data))
     check_json_target(json_out)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    board = TensorBoardCallback(Path(config.output_dir) / TENSORBOARD_DIR) if tensorboard else None  # installed?
+    names = [str(t) for t in tracker or []] + (["tensorboard"] if tensorboard else [])
+    trackers = make_trackers(names, Path(config.output_dir), config.to_dict())  # installed? (one line, before any work)
     display = TrainDisplay(enabled=progress and is_main and not json_to_stdout(json_out))
-    if board is not None:
-        board.inner = display
+    if trackers:
+        trackers[-1].inner = display  # the chain: tracker -> ... -> tracker -> display
+    failed = True
     try:
-        result = run_train(config, resume=resume, callback=board or display, trust_code=trust_code)
+        result = run_train(config, resume=resume, callback=trackers[0] if trackers else display, trust_code=trust_code)
+        failed = False
+        for each in trackers:  # the final metrics; no-op on ranks other than 0 (they opened no run)
+            each.finish(result.best, result.iteration)
     finally:
-        if board is not None:
-            board.close()
+        for each in trackers:
+            each.close(failed=failed)  # a run that raised: FAILED in MLflow, exit code 1 in W&B
         display.close()
     if not is_main:
         return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "SOURCES", "LABEL_SOURCES", "DEFAULT_LABELS", "TASKS", "SYNTHETIC_CLASSIFICATION_DEFAULTS", "LAYOUTS",
-    "DEFAULT_SIZES", "EXPORT_FORMATS", "PRECISIONS", "SUBMIT_SERVERS", "ENGINES", "ENGINE_EXTRAS", "MIRROR_ENV", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
+    "DEFAULT_SIZES", "EXPORT_FORMATS", "PRECISIONS", "SUBMIT_SERVERS", "ENGINES", "ENGINE_EXTRAS", "MIRROR_ENV", "TRACKERS", "ARCHIVE_MAX_MEMBER_MIB", "ARCHIVE_MAX_RATIO",
 ]  # fmt: skip
 
 SOURCES = ("voc", "voc-aug", "pcontext", "ade20k", "folder", "synthetic", "cifar10", "cityscapes", "coco")
@@ -24,6 +24,9 @@ TASKS = ("segmentation", "classification")
 
 SYNTHETIC_CLASSIFICATION_DEFAULTS = {"num_train": 1500, "num_val": 300, "size": 32}
 """Split sizes and image side of the synthetic classification set when not given."""
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+"""Experiment trackers of ``encnet train --tracker`` (engine/trackers/; each needs the extra of its name)."""
 
 LAYOUTS = ("standard", "far")
 """Synthetic scene layouts: ``standard`` (the default dataset) and ``far`` (context beyond a small receptive field)."""

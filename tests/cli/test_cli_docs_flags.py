@@ -14,10 +14,11 @@ from encnet_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TOOLS = {  # flags of other programs the docs show with encnet (torchrun, pip, pytest, tensorboard)
+TOOLS = {  # flags of other programs the docs show with encnet (torchrun, pip, pytest, tensorboard, mlflow)
     "--nproc-per-node", "--nproc_per_node", "--nnodes", "--node-rank", "--node_rank", "--rdzv-backend",
     "--rdzv-endpoint", "--rdzv-id", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id", "--master-addr",
     "--master-port", "--standalone", "--max-restarts", "--no-deps", "--upgrade", "--durations", "--logdir",
+    "--backend-store-uri",
 }  # fmt: skip
 # the benchmark and helper scripts' own argparse flags
 SCRIPTS = {

@@ -31,7 +31,7 @@ def test_each_command_module_imports_alone() -> None:
     assert result.stdout.split() == [w for name in MODULES for w in ("ok", name)]
 
 
-HEAVY = ("torch", "torchvision", "h5py", "scipy", "matplotlib")
+HEAVY = ("torch", "torchvision", "h5py", "scipy", "matplotlib", "tensorboard", "mlflow", "wandb")
 
 LOADED_SCRIPT = """
 import json, sys
@@ -100,6 +100,7 @@ def test_choices_have_one_home() -> None:
     from encnet_core import choices
     from encnet_core.data import hdf5, sources, synthetic
     from encnet_core.data.sources import pcontext, synthetic_cls
+    from encnet_core.engine import trackers
     from encnet_core.fetch import archives
     from encnet_core.weights import export, zoo
 
@@ -110,6 +111,7 @@ def test_choices_have_one_home() -> None:
     assert synthetic_cls.CLASSIFICATION_DEFAULTS is choices.SYNTHETIC_CLASSIFICATION_DEFAULTS
     assert synthetic.LAYOUTS is choices.LAYOUTS and synthetic.DEFAULT_SIZES is choices.DEFAULT_SIZES
     assert zoo.MIRROR_ENV == choices.MIRROR_ENV
+    assert trackers.TRACKERS is choices.TRACKERS
     limits = archives.ArchiveLimits()
     assert (limits.max_member_bytes, limits.max_ratio) == (choices.ARCHIVE_MAX_MEMBER_MIB * archives.MiB, choices.ARCHIVE_MAX_RATIO)
     code = "import json, sys, encnet_core.choices; print(json.dumps(sorted(sys.modules)))"

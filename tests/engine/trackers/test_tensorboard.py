@@ -1,4 +1,4 @@
-"""``train --tensorboard`` (engine/tensorboard.py): the events read back hold metrics.jsonl's numbers."""
+"""``train --tracker tensorboard`` (engine/trackers/tensorboard.py): the events read back hold metrics.jsonl's numbers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from encnet_cli.main import app
 from encnet_core.config import TrainConfig
 from encnet_core.engine.events import TrainLog, TrainStart
-from encnet_core.engine.tensorboard import TensorBoardCallback
+from encnet_core.engine.trackers.tensorboard import TensorBoardCallback
 from encnet_core.engine.train import train
 
 pytest.importorskip("tensorboard")
