@@ -44,8 +44,9 @@ class TrainConfig:
     val_split: str = "val"  # split to validate on ("" to skip validation)
     epochs: int | None = None  # run length in epochs (total, also when resuming)
     iters: int | None = None  # run length in iterations (overrides epochs)
-    batch_size: int = 8  # images per process and step
-    lr: float = 0.01  # base learning rate per 16 images; the run uses lr * global_batch / 16
+    batch_size: int = 8  # images per process and micro-batch
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation): batch_size x processes x accumulate images a step
+    lr: float = 0.01  # base learning rate per 16 images; the run uses lr * global_batch / 16 (images per optimizer step)
     head_lr_mult: float = 10.0  # heads (EncHead, aux) learn at this multiple of the lr
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
@@ -84,6 +85,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.accumulate >= 1, "--accumulate must be at least 1"),
             (self.lr > 0, "--lr must be positive"),
             (self.crop_size >= 16, "--crop-size must be at least 16"),
             (self.base_size >= 16, "--base-size must be at least 16"),

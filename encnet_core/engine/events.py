@@ -30,12 +30,12 @@ class TrainStart:
 
     total_iters: int  # iterations of the whole run
     iteration: int  # iterations already done (0, or where a resumed run continues)
-    iters_per_epoch: int  # global batches per epoch
+    iters_per_epoch: int  # optimizer steps per epoch (global batches // accumulate)
     epochs: int  # epochs of the whole run (the last one may be partial)
     device: str  # this process's device, e.g. "cpu" or "cuda:0"
     world_size: int  # processes (torchrun)
     lr: float  # backbone lr after scaling by the global batch
-    global_batch: int  # images per step over all processes
+    global_batch: int  # images per optimizer step over all processes (batch x processes x accumulate)
     params: int  # model parameters
 
 

@@ -6,7 +6,8 @@ order is a seeded permutation, and each sample's augmentation is drawn from a ge
 ``N iterations, stop, --resume, N more`` equal to ``2N`` in one go (on CPU, bit for bit).
 
 Read from the bottom up: ``train`` joins the process group and calls ``_train``, the loop, which
-gets everything it trains with from ``setup`` (one ``TrainSetup``), runs ``train_step`` per batch,
+gets everything it trains with from ``setup`` (one ``TrainSetup``), runs ``train_step`` per optimizer step
+(one batch, or ``--accumulate K`` micro-batches: an "iteration" is an optimizer step throughout),
 keeps the loss means in a ``LogWindow`` and ends each epoch in ``_end_of_epoch`` (validate, save).
 The parts live next door: tasks.py (what differs between segmentation and classification: model,
 datasets, loss, validation; the task is the dataset's), sampling.py (data order and augmentation
@@ -21,7 +22,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class TrainResult:
     images_per_second: float = 0.0  # training images per second of step time, over all processes
     data_share: float = 0.0  # share of step time spent waiting for data
     skipped: list[dict[str, Any]] = field(default_factory=list)  # bad samples left out (--skip-bad), once each
-    iters_per_epoch: int = 0  # global batches per epoch
+    iters_per_epoch: int = 0  # optimizer steps per epoch (global batches // accumulate)
 
 
 def epoch_of(iteration: int, iters_per_epoch: int) -> int:
@@ -153,9 +154,9 @@ class TrainSetup:
     criterion: nn.Module  # (outputs, targets) -> (loss, parts): segmentation seg + aux + SE weighted, classification CE
     state: TrainState  # iteration and best score (a resumed run's, or the start)
     total_iters: int  # iterations of the whole run
-    iters_per_epoch: int  # global batches per epoch
+    iters_per_epoch: int  # optimizer steps per epoch: global micro-batches // accumulate
     total_epochs: int  # epochs of the whole run (the last one may be partial)
-    global_batch: int  # images per step over all processes
+    global_batch: int  # images per optimizer step over all processes (batch x processes x accumulate)
     lr: float  # backbone lr after scaling by the global batch
     reinitialised: list[str]  # layers --init-from re-initialised
     channels_last: bool  # model and batches in NHWC memory format (device.channels_last's choice unless setup was told)
@@ -182,14 +183,14 @@ def setup(
     task = config_task(config, data_info.task)  # the model fits the data, the settings apply
     check_amp(info.device, config.amp)
     sampler, train_loader, val_loader = _loaders(config, data_info, info, task)
-    iters_per_epoch = sampler.batches_per_epoch
+    iters_per_epoch = sampler.batches_per_epoch // config.accumulate  # optimizer steps; a remainder of micro-batches is dropped
     total_iters = _run_length(config, iters_per_epoch)
     say = (lambda text: emit(Message(text))) if info.is_main else None
     model, reinitialised = _model(config, data_info, info, say, trust_code, layout)  # its option errors come before the folder
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.toml").write_text(config.to_toml())
-    global_batch = config.batch_size * info.world_size
+    global_batch = config.batch_size * info.world_size * config.accumulate  # images per optimizer step
     lr = scaled_lr(config, global_batch)
     optimizer = build_optimizer(model, config, lr)
     scheduler = build_scheduler(optimizer, config, total_iters, iters_per_epoch)
@@ -220,7 +221,13 @@ def _loaders(
             f"the {config.train_split} split has {len(train_set)} images, fewer than one global batch "
             f"({config.batch_size} x {info.world_size}); lower --batch-size"
         )
-    run_samples = (config.iters or (config.epochs or 1) * sampler.batches_per_epoch) * config.batch_size  # this process's, over the run
+    if sampler.batches_per_epoch < config.accumulate:
+        raise ConfigError(
+            f"the {config.train_split} split has {len(train_set)} images, fewer than one optimizer step "
+            f"({config.batch_size} x {info.world_size} x --accumulate {config.accumulate}); lower --accumulate or --batch-size"
+        )
+    micro_batches = config.iters * config.accumulate if config.iters else (config.epochs or 1) * sampler.batches_per_epoch
+    run_samples = micro_batches * config.batch_size  # this process's, over the run
     workers = loader_workers(config.workers, run_samples)  # auto: from the usable cores and the work (engine/workers.py)
     loader_args = {
         "num_workers": workers,
@@ -305,30 +312,73 @@ def _set_train_mode(model: nn.Module, config: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- steps, records, validation
 
 
-def train_step(run: TrainSetup, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
-    """One SGD step on a batch (forward under autocast, fp16 loss scaling); returns the loss and its terms.
+def train_step(
+    run: TrainSetup, images: Tensor | Sequence[Tensor], targets: Tensor | Sequence[Tensor], device: torch.device
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One SGD step (forward under autocast, fp16 loss scaling) on a batch, or on K micro-batches accumulated.
 
-    The loop below calls it once per batch; the GPU benchmark (diagnostics/benchmark.py) times it.
+    The loop below calls it once per optimizer step; the GPU benchmark (diagnostics/benchmark.py) times it.
     ``images``: (B, 3, H, W), made NHWC when ``run.channels_last``; ``targets``: masks (B, H, W) for
-    segmentation, labels (B,) for classification.
+    segmentation, labels (B,) for classification. Or sequences of K of each (``--accumulate K``): each
+    micro-batch's loss is divided by K and backpropagated (scaled by the GradScaler with fp16), DDP
+    all-reduces only on the last one (``no_sync`` before), then one optimizer step: the gradient is the
+    mean of the micro-batches' loss gradients. Only one micro-batch's activations are alive at a time.
+    Returns the loss and its terms, each the mean over the micro-batches.
     """
+    if isinstance(images, Tensor):
+        images, targets = [images], [targets]
+    k = len(images)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses, terms = [], []
+    for i, (micro_images, micro_targets) in enumerate(zip(images, targets, strict=True)):
+        with _gradient_sync(run.net, last=i == k - 1):
+            loss, parts = _forward(run, micro_images, micro_targets, device)
+            scaled = loss / k if k > 1 else loss
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        losses.append(loss.detach())
+        terms.append(parts)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    if k == 1:
+        return losses[0], terms[0]
+    return torch.stack(losses).mean(), {key: torch.stack([t[key] for t in terms]).mean() for key in terms[0]}
+
+
+def _forward(run: TrainSetup, images: Tensor, targets: Tensor, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss and its terms on one (micro-)batch, moved to ``device`` (NHWC when ``run.channels_last``)."""
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
     if run.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast_context(device, run.config.amp):
         outputs = run.net(images)
-    loss, parts = run.criterion(outputs, targets)
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.scaler is not None:
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    else:
-        loss.backward()
-        run.optimizer.step()
-    run.scheduler.step()
-    return loss, parts
+    return run.criterion(outputs, targets)
+
+
+def _gradient_sync(net: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync()`` on all but the last micro-batch of a step (gradients all-reduced once); nothing without DDP."""
+    no_sync = getattr(net, "no_sync", None)  # DDP, also under torch.compile (which forwards attributes)
+    return contextlib.nullcontext() if last or no_sync is None else no_sync()
+
+
+def _step_groups(batches: Iterable[tuple[Tensor, Tensor]], k: int) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """The loader's batches in groups of ``k``, one group per optimizer step: (images, targets) lists.
+
+    An incomplete last group is dropped, as the loader drops incomplete batches (the loop never reaches it:
+    an epoch is ``batches // k`` steps).
+    """
+    images: list[Tensor] = []
+    targets: list[Tensor] = []
+    for image_batch, target_batch in batches:
+        images.append(image_batch)
+        targets.append(target_batch)
+        if len(images) == k:
+            yield images, targets
+            images, targets = [], []
 
 
 class LogWindow:
@@ -530,14 +580,15 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
         with _StopFlag() as stop:
             while state.iteration < run.total_iters and stopped_by is None:
                 epoch, position = divmod(state.iteration, run.iters_per_epoch)
-                run.sampler.set_epoch(epoch, position)
+                run.sampler.set_epoch(epoch, position * config.accumulate)  # the sampler counts micro-batches
                 _set_train_mode(run.net, config)
                 fetch_start = time.perf_counter()
-                for images, masks in run.train_loader:
+                for images, masks in _step_groups(run.train_loader, config.accumulate):  # one optimizer step each
                     data_time = time.perf_counter() - fetch_start
                     loss, parts = train_step(run, images, masks, info.device)
                     state.iteration += 1
-                    window.add(loss, parts, images.shape[0] * info.world_size, data_time, time.perf_counter() - fetch_start)
+                    step_images = sum(batch.shape[0] for batch in images) * info.world_size
+                    window.add(loss, parts, step_images, data_time, time.perf_counter() - fetch_start)
                     last_of_epoch = state.iteration % run.iters_per_epoch == 0 or state.iteration >= run.total_iters
                     if window.steps >= config.log_every or last_of_epoch or stop.signal:
                         window.check_finite(state.iteration, out.last_path)

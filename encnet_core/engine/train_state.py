@@ -171,7 +171,7 @@ def resume_from(
 
 # Settings that an exact continuation needs unchanged (the run length may change; it is the point of resuming).
 EXACT_RESUME_SETTINGS = (
-    "data", "train_split", "batch_size", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
+    "data", "train_split", "batch_size", "accumulate", "lr", "head_lr_mult", "momentum", "weight_decay", "poly_power",
     "lr_schedule", "lr_step", "warmup_iters", "crop_size", "base_size", "scale_min", "scale_max", "se_loss", "se_weight", "aux",
     "aux_weight", "amp", "seed", "freeze_backbone", "freeze_bn", "mean", "std",
 )  # fmt: skip
