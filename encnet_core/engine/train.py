@@ -54,6 +54,7 @@ from encnet_core.engine.distributed import (
     broadcast_flag,
     gather_lists,
     init_distributed,
+    max_over_ranks,
     shutdown_distributed,
 )
 from encnet_core.engine.events import (
@@ -197,11 +198,14 @@ def setup(
     optimizer = build_optimizer(model, config, lr)
     scheduler = build_scheduler(optimizer, config, total_iters, iters_per_epoch)
     scaler = grad_scaler(config.amp)
-    state, path = TrainState(), resume_path(restart_resume(resume, out_dir, say), out_dir)
+    restart = max_over_ranks(elastic_restart(), info)  # torchrun restarted the workers (after one died)
+    state, path = TrainState(), resume_path(restart_resume(resume, out_dir, restart, say), out_dir)
     if path is not None:
         state = resume_from(path, config=config, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             total_iters=total_iters, classes=data_info.classes, ranks=info.world_size, say=say,
                             iters_per_epoch=iters_per_epoch)  # fmt: skip
+    if restart and info.is_main:
+        _forget_lost_records(out_dir / "metrics.jsonl", state.iteration)
     model, net = _parallel(model, config, info)
     criterion = task.criterion(config)
     return TrainSetup(
@@ -575,8 +579,6 @@ def _forget_lost_records(metrics: Path, iteration: int) -> None:
 def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, start_time: float) -> TrainResult:
     state, window, stopped_by = run.state, LogWindow(info), None
     saves = _SaveSchedule(config, info)
-    if info.is_main and elastic_restart():
-        _forget_lost_records(Path(config.output_dir) / "metrics.jsonl", state.iteration)
     with _RunOutputs(Path(config.output_dir), info, emit) as out:
         out.watch_skips(run, info)
         out.emit(TrainStart(run.total_iters, state.iteration, run.iters_per_epoch, run.total_epochs, str(info.device),

@@ -140,21 +140,21 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
 
 
 def elastic_restart() -> int:
-    """Which restart of its worker group torchrun is running (TORCHELASTIC_RESTART_COUNT; 0: the first
-    attempt, or not under torchrun)."""
+    """Which restart of its worker group this process's torchrun agent is running (TORCHELASTIC_RESTART_COUNT;
+    0: the first attempt, or not under torchrun). With several nodes, an agent whose own workers were
+    healthy restarts them with its count unchanged: take the largest over all ranks (``max_over_ranks``)."""
     try:
         return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     except ValueError:
         return 0
 
 
-def restart_resume(resume: str | None, out_dir: Path, say: Callable[[str], None] | None = None) -> str | None:
-    """What a run resumes from: ``resume``, unless torchrun restarted the worker group (``--max-restarts``
-    after a worker or node died). Then the run folder's last.pt, when it exists, is the newest state of
-    this very run (newer than any ``--resume`` path given), and the run continues from it as
-    ``--resume auto`` would; without one yet it starts as the first attempt did. Every rank decides the
-    same way from the same (shared) run folder. ``say`` (rank 0's) gets one line."""
-    restart = elastic_restart()
+def restart_resume(resume: str | None, out_dir: Path, restart: int, say: Callable[[str], None] | None = None) -> str | None:
+    """What a run resumes from: ``resume``, unless torchrun restarted the worker group (``restart`` > 0:
+    ``--max-restarts`` after a worker or node died). Then the run folder's last.pt, when it exists, is
+    the newest state of this very run (newer than any ``--resume`` path given), and the run continues
+    from it as ``--resume auto`` would; without one yet it starts as the first attempt did. Every rank
+    decides the same way from the same (shared) run folder. ``say`` (rank 0's) gets one line."""
     if restart <= 0:
         return resume
     last = out_dir / "last.pt"
