@@ -181,10 +181,12 @@ def _two_nodes(
     run each agent elsewhere (``ip netns exec NS``), ``node_env`` adds to its environment."""
     port, run_id = _free_port(addresses[0] if addresses[0] == "127.0.0.1" else "0.0.0.0"), f"encnet-test-{os.getpid()}"
     agents = []
-    for prefix, env, address in zip(prefixes, node_env, addresses, strict=True):
+    for node, (prefix, env, address) in enumerate(zip(prefixes, node_env, addresses, strict=True)):
+        # is_host: the first agent serves the rendezvous store (torchrun guesses it from the host name, which
+        # inside a network namespace names no address of it)
         command = [*prefix, *TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                    "--rdzv-endpoint", f"{addresses[0]}:{port}", "--rdzv-id", run_id, "--local-addr", address,
-                   "--max-restarts", "1", *args]  # fmt: skip
+                   "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}", "--max-restarts", "1", *args]  # fmt: skip
         agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                        env=_env(**env), cwd=cwd))  # fmt: skip
     results = []
