@@ -67,7 +67,8 @@ def _attempt_store(rank: int, timeout: datetime.timedelta) -> dist.Store | None:
     would read the dead ones' connection keys and fail ("Connection refused") or hang. The attempt is
     counted in the store itself, per rank (every attempt starts every rank once): the agents' own
     TORCHELASTIC_RESTART_COUNT cannot be used, as an agent whose workers were healthy restarts them with its
-    count unchanged.
+    count unchanged. (A rank that died before counting itself would leave the ranks' counts apart, and the
+    next attempt waiting until ``timeout``: a crash that early, in start-up, comes back on every attempt.)
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None

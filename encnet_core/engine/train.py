@@ -566,11 +566,19 @@ def _close_dataset(loader: Any) -> None:
 
 def _forget_lost_records(metrics: Path, iteration: int) -> None:
     """After an elastic restart: drop metrics.jsonl records of the iterations after the checkpoint the run
-    continues from (they are done again), so that no iteration is recorded twice."""
+    continues from (they are done again), so that no iteration is recorded twice, and a last line the dead
+    process left half written."""
     if not metrics.is_file():
         return
+
+    def keep(line: str) -> bool:
+        try:
+            return line.endswith("\n") and json.loads(line).get("iteration", 0) <= iteration
+        except (ValueError, AttributeError):
+            return False
+
     lines = metrics.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line).get("iteration", 0) <= iteration] if lines else []
+    kept = [line for line in lines if keep(line)]
     if len(kept) < len(lines):
         with atomic_write(metrics) as tmp:
             tmp.write_text("".join(kept))

@@ -108,7 +108,7 @@ def test_restart_resumes_from_the_run_folders_last_pt(tmp_path: Path, monkeypatc
 def test_restart_forgets_the_records_after_the_checkpoint(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.jsonl"
     entries = [{"type": "train", "iteration": i} for i in (2, 4, 6)] + [{"type": "val", "iteration": 4}]
-    metrics.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    metrics.write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"type": "train", "iter')  # cut mid-write
     train_module._forget_lost_records(metrics, 4)
     assert [json.loads(line) for line in metrics.read_text().splitlines()] == [entries[0], entries[1], entries[3]]
     assert _records(tmp_path) == entries[:2]
