@@ -124,6 +124,8 @@ def train(
     train_split: str = typer.Option(None, "--train-split", help=f"Split to train on{_d('train_split')}."),
     val_every: int = typer.Option(None, "--val-every", help=f"Validate every N epochs; 0 = only at the end{_d('val_every')}."),
     log_every: int = typer.Option(None, "--log-every", help=f"Iterations per metrics.jsonl record{_d('log_every')}."),
+    save_every: int = typer.Option(None, "--save-every", help=f"Also save last.pt every N iterations within an epoch, to lose at most N iterations when a process or node dies; 0 = off{_d('save_every')}."),
+    save_every_minutes: float = typer.Option(None, "--save-every-minutes", help=f"Also save last.pt when M minutes passed since the last save; 0 = off{_d('save_every_minutes')}: long epochs lose at most that much work, for a save that takes a second or two (a ResNet-101 checkpoint)."),
     resume: str = typer.Option(None, "--resume", help="'auto' (the run folder's last.pt, if any) or a checkpoint path."),
     init_from: Path = typer.Option(None, "--init-from", help="Fine-tune from an encnet or PyTorch-Encoding checkpoint, an export, or a zoo name (encnet weights list)."),
     trust_code: opt.TrustCode = False,

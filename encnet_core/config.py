@@ -72,6 +72,8 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data order and augmentation
     val_every: int = 1  # validate every N epochs (0 = only at the end)
     log_every: int = 10  # iterations per metrics.jsonl record and progress refresh
+    save_every: int = 0  # rank 0 also writes last.pt every N iterations within an epoch (0 = off)
+    save_every_minutes: float = 30.0  # ... and when M minutes passed since the last save (0 = off)
     skip_bad: bool = False  # replace bad training samples by the next good one and skip bad validation samples (listed)
     init_from: str | None = None  # encnet or PyTorch-Encoding checkpoint to start from
     freeze_backbone: bool = False  # train only the heads (backbone weights and BN statistics fixed)
@@ -98,6 +100,8 @@ class TrainConfig:
             (self.iters is None or self.iters >= 1, "--iters must be at least 1"),
             (self.val_every >= 0, "--val-every must be >= 0"),
             (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.save_every >= 0, "--save-every must be >= 0"),
+            (self.save_every_minutes >= 0, "--save-every-minutes must be >= 0"),
             (self.dropout is None or 0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.num_codes is None or self.num_codes >= 1, "--num-codes must be at least 1"),
         ]

@@ -15,7 +15,7 @@ from encnet_core.engine.device import is_cuda, process_device, resolve_device
 
 log = logging.getLogger("encnet")
 
-__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "broadcast_flag", "gather_lists"]
+__all__ = ["DistInfo", "init_distributed", "shutdown_distributed", "all_reduce_sum", "broadcast_flag", "gather_lists", "max_over_ranks"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,29 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     backend = "nccl" if is_cuda(device) else "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        timeout = datetime.timedelta(minutes=30)
+        if (store := _attempt_store(rank, timeout)) is not None:
+            kwargs.update(store=store, rank=rank, world_size=world)
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
     return DistInfo(rank, world, local_rank, device, backend)
+
+
+def _attempt_store(rank: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's shared rendezvous store (TORCHELASTIC_USE_AGENT_STORE): that store, under a prefix of
+    its own for this attempt of the worker group; None otherwise (init_process_group's env:// store).
+
+    The agents keep one store for the whole job, so after a restart (``--max-restarts``) the new processes
+    would read the dead ones' connection keys and fail ("Connection refused") or hang. The attempt is
+    counted in the store itself, per rank (every attempt starts every rank once): the agents' own
+    TORCHELASTIC_RESTART_COUNT cannot be used, as an agent whose workers were healthy restarts them with its
+    count unchanged. (A rank that died before counting itself would leave the ranks' counts apart, and the
+    next attempt waiting until ``timeout``: a crash that early, in start-up, comes back on every attempt.)
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    attempt = store.add(f"encnet/starts/rank{rank}", 1)
+    return dist.PrefixStore(f"encnet/attempt{attempt}/", store)
 
 
 def shutdown_distributed(info: DistInfo, completed: bool = False) -> None:
@@ -90,3 +111,12 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def max_over_ranks(value: int, info: DistInfo) -> int:
+    """The largest of every process's ``value`` (``value`` when alone)."""
+    if not info.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=info.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())

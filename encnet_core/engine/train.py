@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +55,7 @@ from encnet_core.engine.distributed import (
     broadcast_flag,
     gather_lists,
     init_distributed,
+    max_over_ranks,
     shutdown_distributed,
 )
 from encnet_core.engine.events import (
@@ -71,7 +73,9 @@ from encnet_core.engine.sampling import EpochSampler, SeededSamples, ShardSample
 from encnet_core.engine.tasks import SEGMENTATION, Task, config_task, task_for
 from encnet_core.engine.train_state import (
     TrainState,
+    elastic_restart,
     init_from_checkpoint,
+    restart_resume,
     resume_from,
     resume_path,
     training_payload,
@@ -79,7 +83,7 @@ from encnet_core.engine.train_state import (
 from encnet_core.engine.workers import loader_workers
 from encnet_core.errors import ConfigError, EncNetError
 from encnet_core.models import create_model, list_models, model_task
-from encnet_core.paths import check_output_dir
+from encnet_core.paths import atomic_write, check_output_dir
 from encnet_core.weights.checkpoint import save_checkpoint
 from encnet_core.weights.model_files import check_trusted
 
@@ -195,11 +199,14 @@ def setup(
     optimizer = build_optimizer(model, config, lr)
     scheduler = build_scheduler(optimizer, config, total_iters, iters_per_epoch)
     scaler = grad_scaler(config.amp)
-    state, path = TrainState(), resume_path(resume, out_dir)
+    restart = max_over_ranks(elastic_restart(), info)  # torchrun restarted the workers (after one died)
+    state, path = TrainState(), resume_path(restart_resume(resume, out_dir, restart, say), out_dir)
     if path is not None:
         state = resume_from(path, config=config, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             total_iters=total_iters, classes=data_info.classes, ranks=info.world_size, say=say,
                             iters_per_epoch=iters_per_epoch)  # fmt: skip
+    if restart and info.is_main:
+        _forget_lost_records(out_dir / "metrics.jsonl", state.iteration)
     model, net = _parallel(model, config, info)
     criterion = task.criterion(config)
     return TrainSetup(
@@ -507,6 +514,29 @@ def _end_of_epoch(run: TrainSetup, out: _RunOutputs, info: DistInfo) -> None:
     out.save(out.last_path, run, metrics)
 
 
+class _SaveSchedule:
+    """--save-every N / --save-every-minutes M: when rank 0 also writes last.pt within an epoch.
+
+    Checked after each optimizer step. Rank 0 alone saves and alone decides (no collective depends on
+    the decision), so the clock may differ between ranks: the other ranks never look at it.
+    """
+
+    def __init__(self, config: TrainConfig, info: DistInfo) -> None:
+        self.every, self.seconds, self.is_main = config.save_every, config.save_every_minutes * 60.0, info.is_main
+        self.last = time.monotonic()
+
+    def due(self, iteration: int) -> bool:
+        if not self.is_main:
+            return False
+        if self.every and iteration % self.every == 0:
+            return True
+        return self.seconds > 0 and time.monotonic() - self.last >= self.seconds
+
+    def saved(self) -> None:
+        """last.pt was just written (within the epoch or at its end): the minutes count from now."""
+        self.last = time.monotonic()
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag checked after every step."""
 
@@ -526,6 +556,19 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _test_kill_hook(iteration: int, info: DistInfo) -> None:
+    """TEST-ONLY (tests/engine/test_train_elastic.py): ``ENCNET_TEST_KILL_AT_ITERATION=N[:LOCAL_RANK]`` makes the
+    worker of that local rank (default 0) kill itself with SIGKILL after iteration N (and after any save that
+    iteration makes), on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT=0), to test elastic restarts.
+    Inactive without the variable and outside torchrun."""
+    spec = os.environ.get("ENCNET_TEST_KILL_AT_ITERATION")
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT") != "0":
+        return
+    at, _, local_rank = spec.partition(":")
+    if iteration == int(at) and info.local_rank == int(local_rank or 0):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -571,8 +614,29 @@ def _close_dataset(loader: Any) -> None:
         node.close()
 
 
+def _forget_lost_records(metrics: Path, iteration: int) -> None:
+    """After an elastic restart: drop metrics.jsonl records of the iterations after the checkpoint the run
+    continues from (they are done again), so that no iteration is recorded twice, and a last line the dead
+    process left half written."""
+    if not metrics.is_file():
+        return
+
+    def keep(line: str) -> bool:
+        try:
+            return line.endswith("\n") and json.loads(line).get("iteration", 0) <= iteration
+        except (ValueError, AttributeError):
+            return False
+
+    lines = metrics.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if keep(line)]
+    if len(kept) < len(lines):
+        with atomic_write(metrics) as tmp:
+            tmp.write_text("".join(kept))
+
+
 def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, start_time: float) -> TrainResult:
     state, window, stopped_by = run.state, LogWindow(info), None
+    saves = _SaveSchedule(config, info)
     with _RunOutputs(Path(config.output_dir), info, emit) as out:
         out.watch_skips(run, info)
         out.emit(TrainStart(run.total_iters, state.iteration, run.iters_per_epoch, run.total_epochs, str(info.device),
@@ -602,9 +666,15 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
                         break
                     if last_of_epoch:
                         break
+                    if saves.due(state.iteration):  # rank 0 only
+                        window.check_finite(state.iteration, out.last_path)  # last.pt keeps the last good state
+                        out.save(out.last_path, run, None)
+                        saves.saved()
+                    _test_kill_hook(state.iteration, info)
                     fetch_start = time.perf_counter()
                 if stopped_by is None:
                     _end_of_epoch(run, out, info)
+                    saves.saved()
         if stopped_by is not None:
             out.save(out.last_path, run, None)
             out.emit(Message(f"{stopped_by}: saved {out.last_path} at iteration {state.iteration}; continue with --resume auto"))

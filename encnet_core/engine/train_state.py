@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ __all__ = [
     "TrainState",
     "training_payload",
     "resume_path",
+    "elastic_restart",
+    "restart_resume",
     "resume_from",
     "init_from_checkpoint",
     "EXACT_RESUME_SETTINGS",
@@ -134,6 +137,35 @@ def resume_path(resume: str | None, out_dir: Path) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint")
     return path
+
+
+def elastic_restart() -> int:
+    """Which restart of its worker group this process's torchrun agent is running (TORCHELASTIC_RESTART_COUNT;
+    0: the first attempt, or not under torchrun). With several nodes, an agent whose own workers were
+    healthy restarts them with its count unchanged: take the largest over all ranks (``max_over_ranks``)."""
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def restart_resume(resume: str | None, out_dir: Path, restart: int, say: Callable[[str], None] | None = None) -> str | None:
+    """What a run resumes from: ``resume``, unless torchrun restarted the worker group (``restart`` > 0:
+    ``--max-restarts`` after a worker or node died). Then the run folder's last.pt, when it exists, is
+    the newest state of this very run (newer than any ``--resume`` path given), and the run continues
+    from it as ``--resume auto`` would; without one yet it starts as the first attempt did. Every rank
+    decides the same way from the same (shared) run folder. ``say`` (rank 0's) gets one line."""
+    if restart <= 0:
+        return resume
+    last = out_dir / "last.pt"
+    if last.is_file():
+        if say is not None:
+            say(f"restart {restart} of torchrun: resuming from {last}")
+        return str(last)
+    if say is not None:
+        start = f"resuming from {resume}" if resume and resume != "auto" else "starting from scratch"
+        say(f"restart {restart} of torchrun: no {last} yet, {start}")
+    return resume
 
 
 def resume_from(
