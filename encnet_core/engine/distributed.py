@@ -59,10 +59,12 @@ def init_distributed(device_name: str = "auto", timeout_s: float = TrainConfig.d
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = process_device(device_name, local_rank)
     backend = "nccl" if is_cuda(device) else "gloo"
+    info = DistInfo(rank, world, local_rank, device, backend)
     if not dist.is_initialized():
         kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-    return DistInfo(rank, world, local_rank, device, backend)
+        with peer_failures(info, timeout_s, lambda: "start-up (joining the other processes)", lambda: "no step was taken"):
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return info
 
 
 def shutdown_distributed(info: DistInfo, completed: bool = False) -> None:

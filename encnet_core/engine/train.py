@@ -201,7 +201,8 @@ def setup(
         state = resume_from(path, config=config, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             total_iters=total_iters, classes=data_info.classes, ranks=info.world_size, say=say,
                             iters_per_epoch=iters_per_epoch)  # fmt: skip
-    model, net = _parallel(model, config, info)
+    with peer_failures(info, config.dist_timeout, lambda: "start-up (DDP's first broadcast)", lambda: "no step was taken"):
+        model, net = _parallel(model, config, info)
     criterion = task.criterion(config)
     return TrainSetup(
         config=config, data_info=data_info, task=task, model=model, net=net, sampler=sampler, train_loader=train_loader,

@@ -131,6 +131,22 @@ def test_rank_killed_under_torchrun(folder_h5: Path, tmp_path: Path) -> None:
     _assert_last_intact(tmp_path / "run", 4)
 
 
+def test_peer_that_never_starts_stops_rank_0_at_start_up(folder_h5: Path, tmp_path: Path) -> None:
+    """Rank 1 never joins: rank 0 gives up joining after the timeout, with the same kind of line."""
+    env = {**_env(""), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "encnet_cli", "train", *_args(folder_h5, tmp_path / "run", 2)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert _error_lines(result.stderr) == [
+        "error: rank 0: no answer from the other processes within 2 s at start-up (joining the other processes) "
+        "(a process hung or died); no step was taken"
+    ], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
 # ----------------------------------------------------------------------------- the conversion, in one process
 
 
