@@ -145,6 +145,11 @@ def test_peer_that_never_starts_stops_rank_0_at_start_up(folder_h5: Path, tmp_pa
         "(a process hung or died); no step was taken"
     ], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    debug = subprocess.run(
+        [sys.executable, "-m", "encnet_cli", "train", *_args(folder_h5, tmp_path / "run", 2)],
+        capture_output=True, text=True, timeout=120, env={**env, "ENCNET_DEBUG": "1"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "PeerLost: rank 0: no answer" in debug.stderr
 
 
 # ----------------------------------------------------------------------------- the conversion, in one process
