@@ -119,6 +119,7 @@ def train(
     output_stride: int = typer.Option(None, "--output-stride", help=f"Backbone output stride, 8 or 16{_d('output_stride')}."),
     amp: opt.Amp = typer.Option(None, "--amp", help=f"Mixed precision (fp16 needs CUDA and adds a GradScaler){_d('amp')}."),
     device: str = typer.Option(None, "--device", help=f"auto (CUDA when available), cpu, cuda or cuda:N{_d('device')}.", callback=opt.check_device, autocompletion=opt.complete_device),
+    dist_timeout: float = typer.Option(None, "--dist-timeout", metavar="SECONDS", help=f"Under torchrun: how long a collective waits for the other processes; then every process still running stops with one line naming the iteration, last.pt kept{_d('dist_timeout')}."),
     seed: int = typer.Option(None, "--seed", help=f"Seed of model init, data order and augmentation{_d('seed')}."),
     val_split: str = typer.Option(None, "--val-split", help=f"Split to validate on; '' to skip{_d('val_split')}."),
     train_split: str = typer.Option(None, "--train-split", help=f"Split to train on{_d('train_split')}."),

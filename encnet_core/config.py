@@ -69,6 +69,7 @@ class TrainConfig:
     output_stride: int = 8  # backbone output stride
     amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dist_timeout: float = 1800.0  # under torchrun: seconds a collective waits for the other processes before the run stops (PyTorch's 30 min)
     seed: int = 0  # seeds model init, data order and augmentation
     val_every: int = 1  # validate every N epochs (0 = only at the end)
     log_every: int = 10  # iterations per metrics.jsonl record and progress refresh
@@ -102,6 +103,7 @@ class TrainConfig:
             (self.log_every >= 1, "--log-every must be at least 1"),
             (self.save_every >= 0, "--save-every must be >= 0"),
             (self.save_every_minutes >= 0, "--save-every-minutes must be >= 0"),
+            (self.dist_timeout > 0, "--dist-timeout must be positive (seconds)"),
             (self.dropout is None or 0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.num_codes is None or self.num_codes >= 1, "--num-codes must be at least 1"),
         ]

@@ -56,6 +56,7 @@ from encnet_core.engine.distributed import (
     gather_lists,
     init_distributed,
     max_over_ranks,
+    peer_failures,
     shutdown_distributed,
 )
 from encnet_core.engine.events import (
@@ -207,7 +208,8 @@ def setup(
                             iters_per_epoch=iters_per_epoch)  # fmt: skip
     if restart and info.is_main:
         _forget_lost_records(out_dir / "metrics.jsonl", state.iteration)
-    model, net = _parallel(model, config, info)
+    with peer_failures(info, config.dist_timeout, lambda: "start-up (DDP's first broadcast)", lambda: "no step was taken"):
+        model, net = _parallel(model, config, info)
     criterion = task.criterion(config)
     return TrainSetup(
         config=config, data_info=data_info, task=task, model=model, net=net, sampler=sampler, train_loader=train_loader,
@@ -443,6 +445,7 @@ class _RunOutputs:
     def __init__(self, out_dir: Path, info: DistInfo, emit: Callback) -> None:
         self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best.pt"
         self.is_main, self._emit = info.is_main, emit
+        self.last_saved: int | None = None  # the iteration this run last wrote last.pt at (every rank knows it)
         self._file = (out_dir / "metrics.jsonl").open("a") if info.is_main else None
 
     def __enter__(self) -> _RunOutputs:
@@ -462,10 +465,18 @@ class _RunOutputs:
             self._emit(event)
 
     def save(self, path: Path, run: TrainSetup, metrics: dict[str, Any] | None) -> None:
+        if path == self.last_path:
+            self.last_saved = run.state.iteration
         if self.is_main:
             epoch = epoch_of(run.state.iteration, run.iters_per_epoch)
             save_checkpoint(training_payload(run.model, run.optimizer, run.scheduler, run.scaler, run.config,
                                              run.data_info, run.state, epoch, metrics), path)  # fmt: skip
+
+    def last_text(self) -> str:
+        """What last.pt holds, for the line a failed collective ends the run with."""
+        if self.last_saved is not None:
+            return f"last.pt is from iteration {self.last_saved}"
+        return "last.pt is as the run found it" if self.last_path.exists() else "no last.pt was written"
 
     def watch_skips(self, run: TrainSetup, info: DistInfo) -> None:
         """--skip-bad: each bad sample once, in metrics.jsonl and on screen (other ranks: in their log)."""
@@ -537,6 +548,28 @@ class _SaveSchedule:
         self.last = time.monotonic()
 
 
+FAULT_ENV = "ENCNET_TEST_FAULT"  # test-only: "KIND@RANK:ITERATION", KIND hang or kill, RANK a rank or lN a local rank
+
+
+def _injected_fault(info: DistInfo, iteration: int, stop: _StopFlag) -> None:
+    """Test-only, read here alone: make one process hang (until a signal) or die (SIGKILL) as it starts
+    ``iteration`` (the others then fail in that step's collectives: DDP's buffer broadcast in forward), so
+    the tests can check what the other processes do. Unset in every real run."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":  # torchrun's first attempt only
+        return
+    kind, _, place = spec.partition("@")
+    rank, _, at = place.partition(":")
+    mine = info.local_rank if rank.startswith("l") else info.rank  # "l1": local rank 1 (the process of one node)
+    if int(rank.lstrip("l")) != mine or int(at) != iteration:
+        return
+    log.warning("rank %d: %s=%s: %s at iteration %d", info.rank, FAULT_ENV, spec, kind, iteration)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    while stop.signal is None:  # "hang": as a process stuck outside Python would, until torchrun or the test ends it
+        time.sleep(0.1)
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag checked after every step."""
 
@@ -558,19 +591,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _test_kill_hook(iteration: int, info: DistInfo) -> None:
-    """TEST-ONLY (tests/engine/test_train_elastic.py): ``ENCNET_TEST_KILL_AT_ITERATION=N[:LOCAL_RANK]`` makes the
-    worker of that local rank (default 0) kill itself with SIGKILL after iteration N (and after any save that
-    iteration makes), on torchrun's first attempt only (TORCHELASTIC_RESTART_COUNT=0), to test elastic restarts.
-    Inactive without the variable and outside torchrun."""
-    spec = os.environ.get("ENCNET_TEST_KILL_AT_ITERATION")
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT") != "0":
-        return
-    at, _, local_rank = spec.partition(":")
-    if iteration == int(at) and info.local_rank == int(local_rank or 0):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -584,7 +604,7 @@ def train(
     recipe or saved config.toml can turn it on. ``resume`` needs a training checkpoint and never opens a program.
     """
     emit = callback or (lambda event: None)
-    info = init_distributed(config.device)
+    info = init_distributed(config.device, config.dist_timeout)
     completed = False
     try:
         result = _train(config, resume, emit, info, trust_code)
@@ -641,7 +661,11 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
         out.watch_skips(run, info)
         out.emit(TrainStart(run.total_iters, state.iteration, run.iters_per_epoch, run.total_epochs, str(info.device),
                             info.world_size, run.lr, run.global_batch, sum(p.numel() for p in run.model.parameters())))  # fmt: skip
-        with _StopFlag() as stop:
+        # every collective below (DDP's all-reduce, LogWindow.close, broadcast_flag, validation, all_skipped): a failed
+        # one ends the run with one line, and nothing is saved after it (the state may differ between ranks)
+        at = state.iteration  # the iteration under way (its step, or the collectives after it), for that line
+        failures = peer_failures(info, config.dist_timeout, lambda: f"iteration {at}", out.last_text)
+        with failures, _StopFlag() as stop:
             while state.iteration < run.total_iters and stopped_by is None:
                 epoch, position = divmod(state.iteration, run.iters_per_epoch)
                 run.sampler.set_epoch(epoch, position * config.accumulate)  # the sampler counts micro-batches
@@ -649,6 +673,8 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
                 fetch_start = time.perf_counter()
                 for images, masks in _step_groups(run.train_loader, config.accumulate):  # one optimizer step each
                     data_time = time.perf_counter() - fetch_start
+                    at = state.iteration + 1
+                    _injected_fault(info, at, stop)
                     loss, parts = train_step(run, images, masks, info.device)
                     state.iteration += 1
                     step_images = sum(batch.shape[0] for batch in images) * info.world_size
@@ -670,7 +696,6 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
                         window.check_finite(state.iteration, out.last_path)  # last.pt keeps the last good state
                         out.save(out.last_path, run, None)
                         saves.saved()
-                    _test_kill_hook(state.iteration, info)
                     fetch_start = time.perf_counter()
                 if stopped_by is None:
                     _end_of_epoch(run, out, info)
@@ -678,7 +703,8 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
         if stopped_by is not None:
             out.save(out.last_path, run, None)
             out.emit(Message(f"{stopped_by}: saved {out.last_path} at iteration {state.iteration}; continue with --resume auto"))
-        skipped = out.all_skipped(run, info)
+        with failures:
+            skipped = out.all_skipped(run, info)
     return TrainResult(
         output_dir=Path(config.output_dir),
         iteration=state.iteration,

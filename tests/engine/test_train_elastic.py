@@ -236,7 +236,7 @@ def _same_run(a: Path, b: Path, exact: bool) -> None:
 def test_killed_worker_restarts_and_finishes_the_same_run(one_node_run: Path, folder_h5: Path, tmp_path: Path) -> None:
     """torchrun --max-restarts 1: local rank 1 is SIGKILLed after iteration 3 (last.pt of iteration 2); the
     restarted group continues from it without being told and ends bit for bit as the uninterrupted run."""
-    result = _one_node(_train_args(folder_h5, tmp_path / "run"), tmp_path, ENCNET_TEST_KILL_AT_ITERATION="3:1")
+    result = _one_node(_train_args(folder_h5, tmp_path / "run"), tmp_path, ENCNET_TEST_FAULT="kill@l1:4")
     _check(result)
     stderr = " ".join(result.stderr.split())
     assert "restart 1 of torchrun: resuming from" in stderr and "resumed from" in stderr and "iteration 2/6" in stderr
@@ -254,7 +254,7 @@ def test_two_nodes_equal_one_node_and_survive_a_killed_node(one_node_run: Path, 
         _check(node)
     _same_run(one_node_run, tmp_path / "two", exact=False)
 
-    kill = {"ENCNET_TEST_KILL_AT_ITERATION": "3"}
+    kill = {"ENCNET_TEST_FAULT": "kill@l0:4"}  # this node's process, as iteration 4 starts
     nodes = _two_nodes(_train_args(folder_h5, tmp_path / "killed"), tmp_path, node_env=({}, kill))
     for node in nodes:
         _check(node)
