@@ -18,7 +18,7 @@ TOOLS = {  # flags of other programs the docs show with encnet (torchrun, pip, p
     "--nproc-per-node", "--nproc_per_node", "--nnodes", "--node-rank", "--node_rank", "--rdzv-backend",
     "--rdzv-endpoint", "--rdzv-id", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id", "--master-addr",
     "--master-port", "--standalone", "--max-restarts", "--no-deps", "--upgrade", "--durations", "--logdir",
-    "--backend-store-uri",
+    "--backend-store-uri", "--local-addr", "--rdzv-conf",
 }  # fmt: skip
 # the benchmark and helper scripts' own argparse flags
 SCRIPTS = {
