@@ -50,7 +50,9 @@ def test_tiny_run_measures_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
         assert run.seconds > 0 and run.wall > run.seconds and run.cpu > 0
         assert 20 < run.peak_pss_mb <= run.peak_rss_mb and run.largest_mb > 20  # a Python process with numpy and h5py
         # the workers live a fraction of a second here: the 50 ms samples may miss them
-        assert run.processes == 1 if run.workers == 1 else 1 <= run.processes <= 1 + (os.cpu_count() or 1)
+        # one process with 1 worker, plus at most a short-lived helper it starts (ctypes' ldconfig lookup at import),
+        # which a sample may catch under load (seen in the suite): no exact claim
+        assert 1 <= run.processes <= (2 if run.workers == 1 else 2 + (os.cpu_count() or 1))
     assert result["sizes"] == [20, 40] and set(result["ratios"]) == {0, 1}
     for w, ratio in result["ratios"].items():
         a, b = result["rows"][(20, w)], result["rows"][(40, w)]
