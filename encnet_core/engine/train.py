@@ -411,8 +411,12 @@ class LogWindow:
         self.total_step_time += step_time
         self.total_images += images
 
+    def finite(self) -> bool:
+        """No non-finite loss so far on this process."""
+        return not bool(self.non_finite.item())
+
     def check_finite(self, iteration: int, last_path: Path) -> None:
-        if bool(self.non_finite.item()):
+        if not self.finite():
             raise NonFiniteLoss(
                 f"the loss became non-finite near iteration {iteration}; "
                 f"{'last.pt keeps the last good state; ' if last_path.exists() else ''}"
@@ -693,8 +697,8 @@ def _run(run: TrainSetup, config: TrainConfig, emit: Callback, info: DistInfo, s
                     if last_of_epoch:
                         break
                     if saves.due(state.iteration):  # rank 0 only
-                        window.check_finite(state.iteration, out.last_path)  # last.pt keeps the last good state
-                        out.save(out.last_path, run, None)
+                        if window.finite():  # else no save (last.pt keeps the last good state); the next record's
+                            out.save(out.last_path, run, None)  # check, on every rank, stops the run
                         saves.saved()
                     fetch_start = time.perf_counter()
                 if stopped_by is None:

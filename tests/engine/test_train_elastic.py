@@ -116,7 +116,8 @@ def test_restart_forgets_the_records_after_the_checkpoint(tmp_path: Path) -> Non
 
 
 def test_save_every_never_saves_a_non_finite_state(make_config, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loss turns NaN at iteration 8: --save-every 1 stops there, last.pt of iteration 7 stays."""
+    """The loss turns NaN at iteration 8: --save-every 1 saves nothing from there on (rank 0 alone decides a save,
+    so it does not stop the run alone), the next record (iteration 12) stops the run, last.pt of iteration 7 stays."""
     import math
 
     import torch
@@ -134,7 +135,7 @@ def test_save_every_never_saves_a_non_finite_state(make_config, monkeypatch: pyt
 
     monkeypatch.setattr(segmentation_module, "SegmentationLoss", NaNFromIteration8)
     config = make_config("nan", iters=18, log_every=6, val_split="", save_every=1)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite near iteration 8; last\.pt keeps the last good state"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite near iteration 12; last\.pt keeps the last good state"):
         train(config)
     ckpt = _load(Path(config.output_dir) / "last.pt")
     assert ckpt["iteration"] == 7 and all(torch.isfinite(v.float()).all() for v in ckpt["model"].values())
