@@ -33,7 +33,7 @@ KEEP_FLOAT: tuple[str, ...] = ("/model/head/encmodule/",)  # node-name prefixes 
 CALIBRATION_BATCH = 1  # images per calibration run: memory is that of one image, whatever --calib-images is
 # ONNX Runtime's MinMax calibrator keeps only each tensor's min and max per run; its session's memory is set by
 # the first two runs (the arena, then the memory pattern) and stays there: EncNet-ResNet50 at 480 px, batch 1,
-# measured 4.2 GB peak for 2, 4 and 8 images; batch 4 took 6.8 GB for 4 images and 12 GB for 8.
+# measured 4.0 GiB peak for 2, 4 and 8 images; batch 4 took 6.5 GiB for 4 images and 11.5 GiB for 8.
 
 
 def check_calibration_data(data: Path, split: str, meta: dict[str, Any], count: int) -> None:
