@@ -134,3 +134,16 @@ def write_h5(path: Path, images: list[Path], names: list[str], dataset: str = "c
                 w, h = img.size
             writer.add(Sample(name=name, image=image.read_bytes(), height=h, width=w))
     return path
+
+
+def stop_at(iteration: int):
+    """A train() callback that interrupts the run (as `kill -TERM` would) once ``iteration`` is done."""
+    import signal
+
+    from encnet_core.engine.events import TrainLog, TrainStep
+
+    def callback(event) -> None:
+        if isinstance(event, (TrainStep, TrainLog)) and event.iteration == iteration:
+            signal.raise_signal(signal.SIGTERM)
+
+    return callback

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import torch
 from helpers import assert_same as _assert_same
 from helpers import load_checkpoint_file as _load
 from helpers import run_records as _records
+from helpers import stop_at as _stop_at
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
@@ -41,16 +41,6 @@ from encnet_core.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _stop_at(iteration: int) -> Callable[[TrainEvent], None]:
-    """A callback that interrupts the run (as `kill -TERM` would) once ``iteration`` is done."""
-
-    def callback(event: TrainEvent) -> None:
-        if isinstance(event, (TrainStep, TrainLog)) and event.iteration == iteration:
-            signal.raise_signal(signal.SIGTERM)
-
-    return callback
 
 
 # ----------------------------------------------------------------------------- schedule and sampler

@@ -18,28 +18,19 @@ from helpers import assert_same as _assert_same
 from helpers import load_checkpoint_file as _load
 from helpers import one_error_line
 from helpers import run_records as _records
+from helpers import stop_at as _stop_at
 from torch import nn
 from typer.testing import CliRunner
 
 from encnet_cli.main import app
 from encnet_core.config import TrainConfig
 from encnet_core.engine.distributed import DistInfo
-from encnet_core.engine.events import TrainEvent, TrainLog, TrainStart, TrainStep
+from encnet_core.engine.events import TrainEvent, TrainStart
 from encnet_core.engine.train import build_model, setup, train, train_step
 from encnet_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _stop_at(iteration: int) -> Callable[[TrainEvent], None]:
-    """A callback that interrupts the run (as `kill -TERM` would) once ``iteration`` is done."""
-
-    def callback(event: TrainEvent) -> None:
-        if isinstance(event, (TrainStep, TrainLog)) and event.iteration == iteration:
-            signal.raise_signal(signal.SIGTERM)
-
-    return callback
 
 
 def _equivalence_config(folder_h5: Path, out: Path, batch_size: int, accumulate: int, **changes) -> TrainConfig:
