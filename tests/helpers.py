@@ -147,3 +147,27 @@ def stop_at(iteration: int):
             signal.raise_signal(signal.SIGTERM)
 
     return callback
+
+
+TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of an encnet subprocess: this checkout first on the path, one thread, a wide terminal,
+    no torchrun variables inherited from the test's own process; ``extra`` on top."""
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
+    for name in TORCHRUN_VARS:
+        env.pop(name, None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, torchrun: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 240):
+    """``python -m encnet_cli ARGS`` in ``cwd`` (under ``torchrun`` with those launcher arguments when given), output captured."""
+    import subprocess
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", *torchrun] if torchrun is not None else [sys.executable]
+    return subprocess.run([*launcher, "-m", "encnet_cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env or cli_env(), cwd=cwd)  # fmt: skip

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import torch.nn.functional as F
 from classification_helpers import classification_config, make_synthetic_classification
 from helpers import assert_same as _assert_same
 from helpers import load_checkpoint_file as _load
+from helpers import run_cli
 from helpers import run_records as _records
 from torchvision import tv_tensors
 
@@ -36,9 +34,6 @@ from encnet_core.engine.train_state import init_from_checkpoint
 from encnet_core.errors import CheckpointError, ConfigError
 from encnet_core.models import create_model
 from encnet_core.weights.metadata import ModelMetadata
-
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -290,18 +285,9 @@ def test_two_process_gloo_run_equals_one_process_with_double_batch(cls_h5: Path,
     """
     common = [str(cls_h5), "-m", "encnet_cifar_tiny", "--iters", "3", "--workers", "0", "--lr", "0.1", "--freeze-bn",
               "--val-split", "", "--log-every", "1", "--no-progress"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(REPO)}
-    env.pop("WORLD_SIZE", None)
-    two = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "encnet_cli", "train", *common,
-         "--batch-size", "4", "-o", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    two = run_cli(["train", *common, "--batch-size", "4", "-o", str(tmp_path / "two")], tmp_path, ["--standalone", "--nproc-per-node", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "encnet_cli", "train", *common, "--batch-size", "8", "-o", str(tmp_path / "one")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    one = run_cli(["train", *common, "--batch-size", "8", "-o", str(tmp_path / "one")], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.toml", "last.pt", "metrics.jsonl"]
     assert two.stdout.count("encnet train: encnet_cifar_tiny") == 1

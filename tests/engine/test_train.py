@@ -6,9 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 import torch
 from helpers import assert_same as _assert_same
 from helpers import load_checkpoint_file as _load
+from helpers import run_cli
 from helpers import run_records as _records
 from helpers import stop_at as _stop_at
 from typer.testing import CliRunner
@@ -38,10 +36,6 @@ from encnet_core.engine.train import (
     train_step,
 )
 from encnet_core.errors import CheckpointError
-
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-
 
 # ----------------------------------------------------------------------------- schedule and sampler
 
@@ -193,18 +187,9 @@ def test_two_process_gloo_run_equals_one_process_with_double_batch(folder_h5: Pa
     """
     common = [str(folder_h5), "-m", "encnet_tiny", "--iters", "3", "--dropout", "0", "--crop-size", "32", "--base-size", "64",
               "--workers", "0", "--lr", "0.1", "--freeze-bn", "--val-split", "", "--log-every", "1", "--no-progress"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(REPO)}
-    env.pop("WORLD_SIZE", None)
-    two = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "encnet_cli", "train", *common,
-         "--batch-size", "2", "-o", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    two = run_cli(["train", *common, "--batch-size", "2", "-o", str(tmp_path / "two")], tmp_path, ["--standalone", "--nproc-per-node", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "encnet_cli", "train", *common, "--batch-size", "4", "-o", str(tmp_path / "one")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    one = run_cli(["train", *common, "--batch-size", "4", "-o", str(tmp_path / "one")], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
 
     # rank 0 alone writes the run folder and prints the summary

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 import torch
 from helpers import assert_same as _assert_same
 from helpers import load_checkpoint_file as _load
-from helpers import one_error_line
+from helpers import one_error_line, run_cli
 from helpers import run_records as _records
 from helpers import stop_at as _stop_at
 from torch import nn
@@ -28,9 +25,6 @@ from encnet_core.engine.distributed import DistInfo
 from encnet_core.engine.events import TrainEvent, TrainStart
 from encnet_core.engine.train import build_model, setup, train, train_step
 from encnet_core.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 
 
 def _equivalence_config(folder_h5: Path, out: Path, batch_size: int, accumulate: int, **changes) -> TrainConfig:
@@ -199,18 +193,10 @@ def test_two_process_gloo_accumulation_equals_one_process_with_the_whole_batch(f
     ranks once per step. Frozen BN, no dropout, no ignore pixels: see the single-process test for why."""
     common = [str(folder_h5), "-m", "encnet_tiny", "--iters", "2", "--dropout", "0", "--crop-size", "32", "--base-size", "64",
               "--workers", "0", "--lr", "0.1", "--freeze-bn", "--val-split", "", "--log-every", "1", "--no-progress"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(REPO)}
-    env.pop("WORLD_SIZE", None)
-    two = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "encnet_cli", "train", *common,
-         "--batch-size", "2", "--accumulate", "2", "-o", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    two_args = ["train", *common, "--batch-size", "2", "--accumulate", "2", "-o", str(tmp_path / "two")]
+    two = run_cli(two_args, tmp_path, ["--standalone", "--nproc-per-node", "2"])
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [sys.executable, "-m", "encnet_cli", "train", *common, "--batch-size", "8", "-o", str(tmp_path / "one")],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    one = run_cli(["train", *common, "--batch-size", "8", "-o", str(tmp_path / "one")], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "global batch 8" in " ".join(two.stderr.split())
     assert [r["iteration"] for r in _records(tmp_path / "two")] == [1, 2]

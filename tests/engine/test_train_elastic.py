@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_same as _assert_same
+from helpers import cli_env
 from helpers import load_checkpoint_file as _load
 from helpers import run_records as _records
 
@@ -143,7 +144,6 @@ def test_save_every_never_saves_a_non_finite_state(make_config, monkeypatch: pyt
 
 # ----------------------------------------------------------------------------- torchrun: restarts and two nodes
 
-REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 LIMIT = 300  # seconds for any one torchrun
 
@@ -163,10 +163,7 @@ def _train_args(data: Path, out: Path, iters: int = 6) -> list[str]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONPATH": str(REPO), **extra}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
-        env.pop(name, None)
-    return env
+    return cli_env(**extra)
 
 
 def _one_node(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,6 @@ iteration 4 (end of epoch 1); the fault strikes as iteration 6 starts, so rank 0
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -22,14 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_env, run_cli
 from helpers import load_checkpoint_file as _load
 
 from encnet_core.config import TrainConfig
 from encnet_core.engine.distributed import DistInfo, PeerLost, peer_failures
 from encnet_core.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 FAULT_AT = 6
 
 
@@ -39,9 +37,8 @@ def _args(data: Path, out: Path, timeout: float) -> list[str]:
 
 
 def _env(fault: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "300", "PYTHONPATH": str(REPO), "ENCNET_TEST_FAULT": fault}
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ENCNET_DEBUG", "TORCHELASTIC_RUN_ID"):
-        env.pop(key, None)
+    env = cli_env(COLUMNS="300", ENCNET_TEST_FAULT=fault)
+    env.pop("ENCNET_DEBUG", None)
     return env
 
 
@@ -119,11 +116,8 @@ def test_rank_killed_stops_the_others_with_one_line(folder_h5: Path, tmp_path: P
 @pytest.mark.slow
 def test_rank_killed_under_torchrun(folder_h5: Path, tmp_path: Path) -> None:
     """What the user sees: torchrun fails the job (naming the killed rank) and last.pt is intact."""
-    result = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--max-restarts", "0", "-m", "encnet_cli",
-         "train", *_args(folder_h5, tmp_path / "run", 60)],
-        capture_output=True, text=True, timeout=300, env=_env(f"kill@1:{FAULT_AT}"), cwd=tmp_path,
-    )  # fmt: skip
+    launcher = ["--standalone", "--nproc-per-node", "2", "--max-restarts", "0"]
+    result = run_cli(["train", *_args(folder_h5, tmp_path / "run", 60)], tmp_path, launcher, _env(f"kill@1:{FAULT_AT}"), timeout=300)
     assert result.returncode != 0
     assert "Signal 9 (SIGKILL) received by PID" in result.stderr or "exitcode  : -9" in result.stderr, result.stderr[-3000:]
     assert not re.search(r'File ".*encnet_(core|cli)', result.stderr), result.stderr[-3000:]  # torchrun's own traceback only

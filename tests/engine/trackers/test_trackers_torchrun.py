@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_records
-
-REPO = Path(__file__).resolve().parents[3]
-VENV_BIN = Path(sys.executable).parent
+from helpers import cli_env, run_cli, run_records
 
 
 @pytest.mark.slow
@@ -21,17 +15,14 @@ def test_two_processes_log_one_run_per_tracker(folder_h5: Path, tmp_path: Path, 
     pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'encnet[wandb]')")
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    for name in ("WORLD_SIZE", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR"):
+    env = cli_env(WANDB_MODE="offline", WANDB_SILENT="true")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR"):
         env.pop(name, None)
     out = tmp_path / "two"
-    run = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "encnet_cli", "train", str(folder_h5),
-         "-m", "encnet_tiny", "--iters", "2", "--batch-size", "2", "--crop-size", "32", "--base-size", "64", "--workers", "0",
-         "--freeze-bn", "--val-split", "", "--log-every", "1", "--no-progress", "-o", str(out),
-         "--tracker", "mlflow", "--tracker", "wandb"],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    args = ["train", str(folder_h5), "-m", "encnet_tiny", "--iters", "2", "--batch-size", "2", "--crop-size", "32",
+            "--base-size", "64", "--workers", "0", "--freeze-bn", "--val-split", "", "--log-every", "1", "--no-progress",
+            "-o", str(out), "--tracker", "mlflow", "--tracker", "wandb"]  # fmt: skip
+    run = run_cli(args, tmp_path, ["--standalone", "--nproc-per-node", "2"], env)
     assert run.returncode == 0, run.stderr[-3000:]
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # reading RUN/mlruns (MLflow 3's file store opt-in)
     client = MlflowClient(tracking_uri=(out / "mlruns").as_uri())
